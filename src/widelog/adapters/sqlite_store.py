@@ -1,0 +1,166 @@
+"""The embedded store: events in one SQLite file (stdlib, WAL), keyed by `event_id`.
+
+A few top-level fields get their own indexed columns for the queries operators run (time, request
+id, route, error code); the whole event is kept as JSON beside them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import sqlite3
+import threading
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from widelog.domain.event import is_error
+from widelog.ports import DeadLetter, WriteResult
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    event_id   TEXT PRIMARY KEY,
+    timestamp  TEXT,
+    request_id TEXT,
+    route      TEXT,
+    status     INTEGER,
+    error_code TEXT,
+    is_error   INTEGER NOT NULL,
+    doc        TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS events_timestamp ON events (timestamp);
+CREATE INDEX IF NOT EXISTS events_request_id ON events (request_id);
+CREATE INDEX IF NOT EXISTS events_route ON events (route, timestamp);
+CREATE INDEX IF NOT EXISTS events_error_code ON events (error_code, timestamp)
+    WHERE error_code IS NOT NULL;
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id          INTEGER PRIMARY KEY,
+    received_at TEXT NOT NULL,
+    source      TEXT NOT NULL,
+    error       TEXT NOT NULL,
+    payload     BLOB NOT NULL
+);
+"""
+
+_INSERT = (
+    "INSERT OR IGNORE INTO events"
+    " (event_id, timestamp, request_id, route, status, error_code, is_error, doc)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_encoder = msgspec.json.Encoder(enc_hook=str)
+
+
+def _section(doc: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    value = doc.get(name)
+    return value if isinstance(value, dict) else {}
+
+
+def _row(doc: Mapping[str, Any]) -> tuple[Any, ...]:
+    http = _section(doc, "http")
+    error = _section(doc, "error")
+    status = http.get("status")
+    return (
+        doc["event_id"],
+        str(doc.get("timestamp", "")),
+        doc.get("request_id"),
+        http.get("route"),
+        status if isinstance(status, int) else None,
+        error.get("code"),
+        int(is_error(doc)),
+        _encoder.encode(doc).decode(),
+    )
+
+
+class SQLiteEventStore:
+    """`LoggerPort` on SQLite. Calls run in a thread so the event loop never waits on disk."""
+
+    def __init__(self, path: str | Path) -> None:
+        self._path = Path(path)
+        self._lock = threading.Lock()
+        self._db: sqlite3.Connection | None = None
+
+    def _connect(self) -> sqlite3.Connection:
+        if self._db is None:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+            db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across app crashes
+            db.executescript(_SCHEMA)
+            self._db = db
+        return self._db
+
+    async def _run(self, fn: Any, *args: Any) -> Any:
+        def locked() -> Any:
+            with self._lock:
+                return fn(self._connect(), *args)
+
+        return await asyncio.to_thread(locked)
+
+    async def write_batch(self, events: Sequence[Mapping[str, Any]]) -> WriteResult:
+        result = WriteResult()
+        rows = []
+        for index, doc in enumerate(events):
+            try:
+                rows.append(_row(doc))
+            except (KeyError, TypeError, ValueError) as exc:
+                result.rejected.append((index, f"unstorable event: {exc!r}"))
+
+        def insert(db: sqlite3.Connection) -> int:
+            with db:  # one transaction per batch
+                before = db.total_changes
+                db.executemany(_INSERT, rows)
+                return db.total_changes - before
+
+        result.inserted = await self._run(insert)
+        result.duplicates = len(rows) - result.inserted
+        return result
+
+    async def write_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
+        now = dt.datetime.now(dt.UTC).isoformat()
+        rows = [(now, letter.source, letter.error, letter.payload) for letter in letters]
+
+        def insert(db: sqlite3.Connection) -> None:
+            with db:
+                db.executemany(
+                    "INSERT INTO dead_letters (received_at, source, error, payload)"
+                    " VALUES (?, ?, ?, ?)",
+                    rows,
+                )
+
+        await self._run(insert)
+
+    async def get_event(self, event_id: str) -> dict[str, Any] | None:
+        def select(db: sqlite3.Connection) -> str | None:
+            row = db.execute("SELECT doc FROM events WHERE event_id = ?", (event_id,)).fetchone()
+            return None if row is None else str(row[0])
+
+        doc = await self._run(select)
+        return None if doc is None else msgspec.json.decode(doc)
+
+    async def count_events(self, *, errors_only: bool = False) -> int:
+        sql = (
+            "SELECT count(*) FROM events WHERE is_error = 1"
+            if errors_only
+            else "SELECT count(*) FROM events"
+        )
+        return int((await self._run(lambda db: db.execute(sql).fetchone()))[0])
+
+    async def count_dead_letters(self) -> int:
+        sql = "SELECT count(*) FROM dead_letters"
+        return int((await self._run(lambda db: db.execute(sql).fetchone()))[0])
+
+    async def ping(self) -> None:
+        await self._run(lambda db: db.execute("SELECT 1").fetchone())
+
+    async def close(self) -> None:
+        def close() -> None:
+            with self._lock:
+                if self._db is not None:
+                    self._db.close()
+                    self._db = None
+
+        await asyncio.to_thread(close)

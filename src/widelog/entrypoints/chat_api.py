@@ -1,0 +1,147 @@
+"""The reference chat service: a small LLM chat API instrumented with wide events."""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, Field
+
+from widelog.entrypoints.middleware import WideEventMiddleware
+from widelog.ports import ChatTurn, LLMError, LLMRequest
+from widelog.service.logging_service import event
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+
+    from widelog.bootstrap import Container
+
+# How each LLM failure looks to the API's client. The event keeps the precise code either way.
+LLM_ERROR_STATUS = {
+    "LLM_TIMEOUT": 504,
+    "LLM_RATE_LIMITED": 503,
+    "CONTENT_FILTERED": 422,
+    "LLM_UNAVAILABLE": 502,
+}
+
+
+class ChatRequest(BaseModel):
+    session_id: Annotated[str, Field(min_length=1, max_length=128)]
+    message: Annotated[str, Field(min_length=1)]
+    language: Annotated[str | None, Field(max_length=16)] = None
+    prompt_version: Annotated[str, Field(min_length=1, max_length=64)] = "v1"
+    user_id: Annotated[str | None, Field(max_length=128)] = None
+    stream: bool = False
+
+
+class ChatResponse(BaseModel):
+    answer: str
+    session_id: str
+    model: str
+
+
+def create_app(container: Container) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        await container.start()
+        try:
+            yield
+        finally:
+            await container.aclose()
+
+    app = FastAPI(title="widelog reference chat service", lifespan=lifespan)
+    app.add_middleware(WideEventMiddleware, logging_service=container.logging)
+    app.add_exception_handler(RequestValidationError, _validation_failed)
+    llm = container.llm
+    max_chars = container.settings.max_message_chars
+
+    @app.post("/v1/chat", response_model=ChatResponse)
+    async def chat(body: ChatRequest) -> Any:
+        event.update(
+            {
+                "session_id": body.session_id,
+                "user_id": body.user_id,
+                "llm.provider": getattr(llm, "provider", "unknown"),
+                "llm.model": llm.model,
+                "llm.prompt_version": body.prompt_version,
+                "llm.language": body.language,
+                "chat.message_chars": len(body.message),
+                "chat.stream": body.stream,
+            }
+        )
+        if len(body.message) > max_chars:
+            event.error("MESSAGE_TOO_LARGE", message=f"{len(body.message)} > {max_chars} chars")
+            return JSONResponse(
+                {"detail": f"message longer than {max_chars} characters"}, status_code=413
+            )
+        request = LLMRequest(
+            messages=[ChatTurn("user", body.message)],
+            prompt_version=body.prompt_version,
+            language=body.language,
+        )
+        started = asyncio.get_running_loop().time()
+        try:
+            answer = await llm.complete(request)
+        except LLMError as exc:
+            event.set("llm.latency_ms", (asyncio.get_running_loop().time() - started) * 1000)
+            event.error(exc.code, message=str(exc), kind="LLMError")
+            status = LLM_ERROR_STATUS.get(exc.code, 502)
+            return JSONResponse({"detail": str(exc), "code": exc.code}, status_code=status)
+        event.update(
+            {
+                "llm.latency_ms": (asyncio.get_running_loop().time() - started) * 1000,
+                "llm.model": answer.model,
+                "llm.input_tokens": answer.input_tokens,
+                "llm.output_tokens": answer.output_tokens,
+            }
+        )
+        if body.stream:
+            return StreamingResponse(_chunks(answer.text), media_type="text/plain; charset=utf-8")
+        return ChatResponse(answer=answer.text, session_id=body.session_id, model=answer.model)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        checks = {"store": container.store.ping(), "llm": llm.ping()}
+        report: dict[str, str] = {}
+        for name, check in checks.items():
+            try:
+                await asyncio.wait_for(check, timeout=2.0)
+                report[name] = "ok"
+            except Exception as exc:  # noqa: BLE001 - readiness reports every failure, raises none
+                report[name] = f"error: {exc!r}"[:300]
+        report["queue_depth"] = str(container.pipeline.queue.depth)
+        ready = all(v == "ok" for k, v in report.items() if k != "queue_depth")
+        return JSONResponse({"ready": ready, "checks": report}, status_code=200 if ready else 503)
+
+    return app
+
+
+async def _chunks(text: str) -> AsyncIterator[str]:
+    for word in text.split(" "):
+        yield word + " "
+        await asyncio.sleep(0)
+
+
+async def _validation_failed(_request: Request, exc: Exception) -> JSONResponse:
+    errors = exc.errors() if isinstance(exc, RequestValidationError) else []
+    fields = sorted({".".join(str(p) for p in e.get("loc", ())[1:]) for e in errors})
+    event.error("VALIDATION_ERROR", message=f"invalid fields: {', '.join(fields)}")
+    event.set("validation.fields", fields)
+    return JSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
+
+
+def app_from_env() -> FastAPI:
+    """Factory for `uvicorn --factory` and `widelog serve`: settings from the environment."""
+    from widelog.bootstrap import build  # noqa: PLC0415 - keeps import of this module side-effect free
+    from widelog.config import Settings  # noqa: PLC0415
+
+    return create_app(build(Settings()))

@@ -1,0 +1,132 @@
+"""The `widelog` command line: serve, worker, demo."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+from rich.table import Table
+
+from widelog.config import Settings
+
+app = typer.Typer(help="Wide-event logging for LLM chat backends.", no_args_is_help=True)
+err = Console(stderr=True)
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except ValidationError as exc:
+        err.print(f"[red]invalid WIDELOG_* settings:[/red]\n{exc}")
+        raise typer.Exit(2) from None
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+
+
+@app.command()
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    log_level: str = "info",
+) -> None:
+    """Run the reference chat API (FastAPI + uvicorn) with the wide-event middleware."""
+    import uvicorn  # noqa: PLC0415 - only this command needs the server
+
+    _settings()  # fail fast, before uvicorn starts, on a bad setting
+    _configure_logging(log_level)
+    uvicorn.run(
+        "widelog.entrypoints.chat_api:app_from_env",
+        factory=True,
+        host=host,
+        port=port,
+        log_level=log_level,
+    )
+
+
+@app.command()
+def worker() -> None:
+    """Consume events from Kafka or Redis Streams into the store."""
+    settings = _settings()
+    if settings.transport == "memory":
+        err.print(
+            "WIDELOG_TRANSPORT=memory: the consumer runs inside the API process (`widelog serve`);"
+            " a separate worker needs a shared transport (Kafka or Redis Streams)."
+        )
+        raise typer.Exit(2)
+
+
+@app.command()
+def demo(
+    requests: Annotated[int, typer.Option(min=1, help="How many chat requests to send.")] = 2000,
+    concurrency: Annotated[int, typer.Option(min=1)] = 32,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    log_level: str = "warning",
+) -> None:
+    """Run the chat service in-process under synthetic traffic and report what the pipeline did."""
+    from widelog.entrypoints.demo import run_demo  # noqa: PLC0415 - keeps `--help` fast
+
+    settings = _settings()
+    _configure_logging(log_level)
+    progress = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        disable=as_json or not err.is_terminal,
+    )
+    with progress:
+        task = progress.add_task("chat requests", total=requests)
+        report = asyncio.run(
+            run_demo(
+                settings,
+                requests=requests,
+                concurrency=concurrency,
+                on_progress=lambda n: progress.advance(task, n),
+            )
+        )
+    if as_json:
+        sys.stdout.write(json.dumps(report) + "\n")
+    else:
+        _print_report(report)
+    lost = report["events"]["published"] - report["events"]["stored"]
+    if lost or report["errors"]["stored"] != report["errors"]["total"]:
+        err.print(f"[red]pipeline lost events: {lost}[/red]")
+        raise typer.Exit(1)
+
+
+def _print_report(report: dict[str, Any]) -> None:
+    console = Console()
+    table = Table(title=f"widelog demo: {report['requests']} requests", show_header=False)
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    rows = [
+        ("requests/s", report["requests_per_s"]),
+        ("HTTP status", ", ".join(f"{k}: {v}" for k, v in report["status"].items())),
+        (
+            "latency p50 / p99 (ms)",
+            f"{report['latency_ms']['p50']} / {report['latency_ms']['p99']}",
+        ),
+        *((f"events.{k}", v) for k, v in report["events"].items()),
+        *((f"errors.{k}", v) for k, v in report["errors"].items()),
+        ("transport → store", f"{report['pipeline']['transport']} → {report['pipeline']['store']}"),
+        ("batches", report["pipeline"]["batches"]),
+    ]
+    for name, value in rows:
+        table.add_row(name, str(value))
+    console.print(table)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,135 @@
+"""Ports: what the core needs from the outside world, as small structural Protocols.
+
+Adapters satisfy these without inheriting from them; `bootstrap.py` picks one per port from
+settings. Every adapter of a port passes the same contract tests (`tests/contract/`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+class PublishError(Exception):
+    """The transport could not accept an event right now (queue full, broker known down)."""
+
+
+class EventPublisher(Protocol):
+    """Hands serialized events to a transport. Called on the request path: must not block."""
+
+    def publish(self, key: str, payload: bytes) -> None:
+        """Accept the event or raise `PublishError`; never wait on the network."""
+        ...
+
+    async def flush(self, timeout: float) -> int:
+        """Wait up to `timeout` s for events to leave the process; return how many remain."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(slots=True)
+class Message:
+    """One payload read from a transport; `position` is what the source needs to commit it."""
+
+    payload: bytes
+    position: Any = None
+
+
+class EventSource(Protocol):
+    """The consumer side of a transport. Nothing is committed until the store has it."""
+
+    async def poll(self, max_messages: int, timeout: float) -> list[Message]:
+        """Up to `max_messages`, waiting at most `timeout` s for the first one."""
+        ...
+
+    async def commit(self, messages: Sequence[Message]) -> None:
+        """Mark messages as stored so they are never delivered to this group again."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(slots=True)
+class WriteResult:
+    """What a batch write did. Duplicates are events already stored: success, not failure."""
+
+    inserted: int = 0
+    duplicates: int = 0
+    rejected: list[tuple[int, str]] = field(default_factory=list)  # (index in batch, reason)
+
+
+@dataclass(slots=True, frozen=True)
+class DeadLetter:
+    """A message set aside with the reason, so it can be inspected and never stalls the source."""
+
+    payload: bytes
+    error: str
+    source: str  # where it came from, e.g. "kafka:log-events/2@1234"
+
+
+class LoggerPort(Protocol):
+    """Durable event storage. `write_batch` is idempotent: `event_id` is the key."""
+
+    async def write_batch(self, events: Sequence[Mapping[str, Any]]) -> WriteResult: ...
+
+    async def write_dead_letters(self, letters: Sequence[DeadLetter]) -> None: ...
+
+    async def get_event(self, event_id: str) -> dict[str, Any] | None: ...
+
+    async def count_events(self, *, errors_only: bool = False) -> int: ...
+
+    async def count_dead_letters(self) -> int: ...
+
+    async def ping(self) -> None:
+        """Raise if the store cannot serve requests."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(slots=True, frozen=True)
+class ChatTurn:
+    role: str  # "system" | "user" | "assistant"
+    content: str
+
+
+@dataclass(slots=True, frozen=True)
+class LLMRequest:
+    messages: Sequence[ChatTurn]
+    prompt_version: str
+    language: str | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class LLMResponse:
+    text: str
+    model: str
+    provider: str
+    input_tokens: int
+    output_tokens: int
+
+
+class LLMError(Exception):
+    """A failed completion; `code` (e.g. LLM_TIMEOUT) is what events and incidents group by."""
+
+    def __init__(self, code: str, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.code = code
+        self.retryable = retryable
+
+
+class LLMPort(Protocol):
+    """A chat completion backend."""
+
+    @property
+    def model(self) -> str: ...
+
+    async def complete(self, request: LLMRequest) -> LLMResponse:
+        """The answer, or `LLMError` with a code; never another exception for provider failures."""
+        ...
+
+    async def ping(self) -> None: ...
+
+    async def close(self) -> None: ...

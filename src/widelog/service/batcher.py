@@ -1,0 +1,181 @@
+"""The consumer: reads a transport in batches and stores them. Transport- and store-agnostic.
+
+At-least-once: a batch is committed to its source only after the store has it, so a crash
+re-delivers and the idempotent store (`event_id` is the key) turns re-delivery into duplicates
+that are counted, not stored twice. A store outage never drops or commits anything: the batch is
+retried with capped exponential backoff for as long as it takes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from widelog.domain.event import UndecodableEventError, decode
+from widelog.ports import DeadLetter, Message, WriteResult
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable, Sequence
+
+    from widelog.ports import EventSource, LoggerPort
+
+log = logging.getLogger("widelog.consumer")
+
+
+@dataclass(slots=True)
+class ConsumerStats:
+    batches: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    dead_lettered: int = 0
+    write_failures: int = 0
+    last_batch_ms: float = 0.0
+
+
+class BatchConsumer:
+    """Poll → decode → `write_batch` → dead-letter the rejects → commit, one batch at a time."""
+
+    def __init__(
+        self,
+        source: EventSource,
+        store: LoggerPort,
+        *,
+        source_name: str,
+        batch_size: int = 100,
+        flush_interval: float = 1.0,
+        write_attempts: int = 3,
+        backoff: float = 0.2,
+        max_backoff: float = 5.0,
+        shutdown_timeout: float = 10.0,
+        idle_poll: float = 0.1,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+    ) -> None:
+        self._source = source
+        self._store = store
+        self._source_name = source_name
+        self._batch_size = batch_size
+        self._flush_interval = flush_interval
+        self._write_attempts = write_attempts
+        self._backoff = backoff
+        self._max_backoff = max_backoff
+        self._shutdown_timeout = shutdown_timeout
+        self._idle_poll = idle_poll
+        self._sleep = sleep
+        self.stats = ConsumerStats()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until `stop` is set, then drain what the source still has and return."""
+        while True:
+            batch = await self._collect(stop)
+            if batch:
+                await self.process(batch, stop)
+            elif stop.is_set():
+                return
+
+    async def _collect(self, stop: asyncio.Event) -> list[Message]:
+        """Up to `batch_size` messages, returned at most `flush_interval` s after the first."""
+        batch: list[Message] = []
+        deadline: float | None = None
+        while len(batch) < self._batch_size:
+            if stop.is_set():
+                timeout = 0.0
+            elif deadline is None:
+                timeout = self._idle_poll
+            else:
+                timeout = min(self._idle_poll, deadline - time.monotonic())
+            messages = await self._source.poll(self._batch_size - len(batch), max(timeout, 0.0))
+            if messages and deadline is None:
+                deadline = time.monotonic() + self._flush_interval
+            batch.extend(messages)
+            if not batch and not stop.is_set():
+                continue
+            if (not messages and stop.is_set()) or (
+                deadline is not None and time.monotonic() >= deadline
+            ):
+                break
+        return batch
+
+    async def process(self, batch: Sequence[Message], stop: asyncio.Event | None = None) -> None:
+        started = time.perf_counter()
+        docs: list[dict[str, Any]] = []
+        positions: list[Message] = []
+        letters: list[DeadLetter] = []
+        for message in batch:
+            try:
+                docs.append(decode(message.payload))
+                positions.append(message)
+            except UndecodableEventError as exc:
+                letters.append(self._dead_letter(message, str(exc)))
+
+        results: list[WriteResult] = []
+
+        async def write() -> None:
+            results.append(await self._store.write_batch(docs))
+
+        if not await self._retry(write, "write_batch", stop):
+            return  # shutting down with the store still down: leave the batch uncommitted
+        result = results[-1]
+        letters += [self._dead_letter(positions[i], reason) for i, reason in result.rejected]
+        if letters and not await self._retry(
+            lambda: self._store.write_dead_letters(letters), "write_dead_letters", stop
+        ):
+            return
+        await self._source.commit(batch)
+
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        ok = result.inserted + result.duplicates
+        stats = self.stats
+        stats.batches += 1
+        stats.stored += result.inserted
+        stats.duplicates += result.duplicates
+        stats.dead_lettered += len(letters)
+        stats.last_batch_ms = elapsed_ms
+        log.info(
+            "Processed batch: %d events (%d success, %d failures) in %.0fms",
+            len(batch),
+            ok,
+            len(letters),
+            elapsed_ms,
+        )
+
+    async def _retry(
+        self, call: Callable[[], Awaitable[None]], what: str, stop: asyncio.Event | None
+    ) -> bool:
+        """Call until it succeeds; False only if `stop` is set and the shutdown grace ran out."""
+        attempt = 0
+        give_up_at: float | None = None
+        while True:
+            try:
+                await call()
+            except Exception as exc:  # noqa: BLE001 - any store failure is retried, none is fatal
+                attempt += 1
+                self.stats.write_failures += 1
+                delay = min(self._backoff * 2 ** (attempt - 1), self._max_backoff)
+                level = logging.WARNING if attempt <= self._write_attempts else logging.ERROR
+                log.log(
+                    level,
+                    "%s failed (attempt %d), retrying in %.1fs: %r",
+                    what,
+                    attempt,
+                    delay,
+                    exc,
+                )
+                if stop is not None and stop.is_set():
+                    give_up_at = give_up_at or time.monotonic() + self._shutdown_timeout
+                    if time.monotonic() >= give_up_at:
+                        log.error("%s: store still down at shutdown; batch left uncommitted", what)
+                        return False
+                await self._sleep(delay)
+            else:
+                return True
+
+    def _dead_letter(self, message: Message, error: str) -> DeadLetter:
+        where = (
+            self._source_name
+            if message.position is None
+            else (f"{self._source_name}@{message.position}")
+        )
+        return DeadLetter(payload=message.payload, error=error, source=where)

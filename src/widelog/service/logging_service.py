@@ -1,0 +1,132 @@
+"""LoggingService: opens one wide event per request and publishes it once, off the hot path."""
+
+from __future__ import annotations
+
+import contextvars
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from widelog.domain.event import WideEvent, encode
+from widelog.domain.ids import new_event_id
+
+if TYPE_CHECKING:
+    from widelog.ports import EventPublisher
+
+log = logging.getLogger("widelog")
+
+_current: contextvars.ContextVar[WideEvent | None] = contextvars.ContextVar(
+    "widelog_event", default=None
+)
+
+
+@dataclass(slots=True)
+class LoggingStats:
+    """Counted on every finalized event, before anything can drop it."""
+
+    finalized: int = 0
+    errors: int = 0
+    published: int = 0
+    sampled_out: int = 0
+    publish_failed: int = 0
+    finalize_failed: int = 0
+
+
+class LoggingService:
+    """Builds events and hands them to an `EventPublisher`.
+
+    `finalize()` is called at the end of every request, so it only encodes and enqueues: it never
+    waits on I/O and never raises into the request (a failure is counted and logged instead).
+    """
+
+    def __init__(
+        self,
+        *,
+        publisher: EventPublisher,
+        service: str,
+        env: str,
+        version: str,
+        instance: str,
+        max_event_bytes: int = 64 * 1024,
+    ) -> None:
+        self._publisher = publisher
+        self._static = {"service": service, "env": env, "version": version, "instance": instance}
+        self._max_event_bytes = max_event_bytes
+        self.stats = LoggingStats()
+
+    def begin(self, *, request_id: str | None = None) -> WideEvent:
+        event_id = new_event_id()
+        doc: dict[str, Any] = {
+            "event_id": event_id,
+            "request_id": request_id or event_id,
+            "timestamp": dt.datetime.now(dt.UTC),
+            **self._static,
+        }
+        return WideEvent(doc, started_ns=time.perf_counter_ns())
+
+    def finalize(self, event: WideEvent) -> None:
+        """Publish the event once; later calls for the same event do nothing."""
+        if event.finalized:
+            return
+        event.finalized = True
+        try:
+            doc = event.doc
+            if "duration_ms" not in doc:
+                doc["duration_ms"] = (time.perf_counter_ns() - event.started_ns) / 1e6
+            self.stats.finalized += 1
+            if event.has_error:
+                self.stats.errors += 1
+            payload = encode(doc, max_bytes=self._max_event_bytes)
+            self._publisher.publish(event.request_id, payload)
+            self.stats.published += 1
+        except Exception:
+            # The request has its answer already; losing its log line must not cost it more.
+            self.stats.finalize_failed += 1
+            log.exception("finalize failed for request %s", event.doc.get("request_id"))
+
+
+def current_event() -> WideEvent:
+    """The event of the request this code runs in, or a detached one that is never published."""
+    event = _current.get()
+    if event is None:
+        return WideEvent({"detached": True}, started_ns=time.perf_counter_ns())
+    return event
+
+
+class request_scope:  # noqa: N801 - used like a function: `with request_scope(event):`
+    """Make `event` the current one for the code (and tasks it starts) inside the block."""
+
+    __slots__ = ("_event", "_token")
+
+    def __init__(self, event: WideEvent) -> None:
+        self._event = event
+
+    def __enter__(self) -> WideEvent:
+        self._token = _current.set(self._event)
+        return self._event
+
+    def __exit__(self, *_exc: object) -> None:
+        _current.reset(self._token)
+
+
+class _CurrentEventProxy:
+    """`from widelog import event` then `event.set(...)` anywhere inside a request."""
+
+    __slots__ = ()
+
+    def set(self, key: str, value: Any) -> None:
+        current_event().set(key, value)
+
+    def update(self, fields: dict[str, Any]) -> None:
+        current_event().update(fields)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return current_event().get(key, default)
+
+    def error(self, code: str, *, message: str | None = None, kind: str | None = None) -> None:
+        current_event().error(code, message=message, kind=kind)
+
+
+event = _CurrentEventProxy()
