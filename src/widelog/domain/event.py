@@ -67,7 +67,7 @@ def _stringify(value: Any) -> str:
     try:
         return str(value)
     except Exception:  # noqa: BLE001 - a broken __str__ must not break the request
-        return f"<unprintable {type(value).__qualname__}>"
+        return f"<unprintable {type(value).__name__}>"
 
 
 def is_error(doc: Mapping[str, Any]) -> bool:

@@ -153,7 +153,7 @@ class BatchConsumer:
             except Exception as exc:  # noqa: BLE001 - any store failure is retried, none is fatal
                 attempt += 1
                 self.stats.write_failures += 1
-                delay = min(self._backoff * 2 ** (attempt - 1), self._max_backoff)
+                delay = min(self._backoff * 2 ** min(attempt - 1, 32), self._max_backoff)
                 level = logging.WARNING if attempt <= self._write_attempts else logging.ERROR
                 log.log(
                     level,

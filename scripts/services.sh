@@ -1,0 +1,441 @@
+#!/usr/bin/env bash
+# Installs and runs the real services that widelog's integration tests use, on 127.0.0.1 only,
+# without Docker:
+#   redis     Debian's redis-server, our own process, no persistence
+#   kafka     Apache Kafka 4.1.1, one KRaft node (broker+controller), jars from Maven Central
+#   ferretdb  FerretDB v1.24.2 (MongoDB wire protocol) on SQLite, built from services/ferretdb
+#
+# Usage: scripts/services.sh up|down|status|start NAME|stop NAME     (NAME: redis|kafka|ferretdb)
+#   up / down      start / stop all three (up reuses what is installed and what is running)
+#   start NAME     start one service, with the data it had (Kafka keeps its log dir)
+#   stop NAME      stop one service: only the process this script started (pid from its pidfile)
+#   status         one line per service; exit code 0 whatever the state
+#
+# Environment (all optional):
+#   WIDELOG_SERVICES_CACHE   downloads and builds   (default: $HOME/.cache/widelog-services)
+#   WIDELOG_SERVICES_STATE   data, logs, pidfiles   (default: /tmp/widelog-services)
+#   WIDELOG_REDIS_PORT (6379)  WIDELOG_KAFKA_PORT (9092)  WIDELOG_KAFKA_CONTROLLER_PORT (9093)
+#   WIDELOG_MONGO_PORT (27017)
+#   WIDELOG_KAFKA_HEAP_OPTS  (default: -Xms128m -Xmx512m)
+#   WIDELOG_SERVICES_TIMEOUT seconds to wait for each service to answer (default: 90)
+# See docs/services.md.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+: "${HOME:=$(getent passwd "$(id -u)" | cut -d: -f6)}"
+CACHE="${WIDELOG_SERVICES_CACHE:-$HOME/.cache/widelog-services}"
+STATE="${WIDELOG_SERVICES_STATE:-/tmp/widelog-services}"
+HOST=127.0.0.1
+REDIS_PORT="${WIDELOG_REDIS_PORT:-6379}"
+KAFKA_PORT="${WIDELOG_KAFKA_PORT:-9092}"
+KAFKA_CONTROLLER_PORT="${WIDELOG_KAFKA_CONTROLLER_PORT:-9093}"
+MONGO_PORT="${WIDELOG_MONGO_PORT:-27017}"
+KAFKA_HEAP_OPTS="${WIDELOG_KAFKA_HEAP_OPTS:--Xms128m -Xmx512m}"
+TIMEOUT="${WIDELOG_SERVICES_TIMEOUT:-90}"
+
+KAFKA_VERSION=4.1.1          # keep in step with services/kafka/pom.xml
+FERRETDB_VERSION=v1.24.2     # keep in step with services/ferretdb/go.mod
+SERVICES=(redis kafka ferretdb)
+export DEBIAN_FRONTEND=noninteractive
+
+log() { printf '[services] %s\n' "$*" >&2; }
+die() { printf '[services] ERROR: %s\n' "$*" >&2; exit 1; }
+now() { date +%s; }
+
+# ---------------------------------------------------------------------------------------------
+# small helpers
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"
+  elif command -v sudo >/dev/null 2>&1; then sudo -n "$@"
+  else die "need root (or sudo) for: $*"; fi
+}
+
+apt_updated=0
+apt_install() {  # apt_install PKG...: install from Debian's archive; 'apt-get update' once if needed
+  if [ "$apt_updated" -eq 0 ] && ! as_root apt-get install -y -q "$@" </dev/null >&2; then
+    apt_updated=1
+    as_root apt-get update -q </dev/null >&2
+    as_root apt-get install -y -q "$@" </dev/null >&2
+  elif [ "$apt_updated" -eq 1 ]; then
+    as_root apt-get install -y -q "$@" </dev/null >&2
+  fi
+}
+
+port_open() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
+
+hash_files() { cat "$@" | sha256sum | cut -c1-12; }
+
+pidfile() { echo "$STATE/$1/$1.pid"; }
+logfile() {
+  case "$1" in
+    redis) echo "$STATE/redis/redis.log" ;;
+    kafka) echo "$STATE/kafka/kafka.log (JVM stdout/stderr: $STATE/kafka/kafka.out)" ;;
+    ferretdb) echo "$STATE/ferretdb/ferretdb.log" ;;
+  esac
+}
+port_of() {
+  case "$1" in
+    redis) echo "$REDIS_PORT" ;; kafka) echo "$KAFKA_PORT" ;; ferretdb) echo "$MONGO_PORT" ;;
+  esac
+}
+marker_of() {  # a string that the command line of our process contains (guards against pid reuse)
+  case "$1" in
+    redis) echo "redis-server" ;; kafka) echo "kafka.Kafka" ;; ferretdb) echo "widelog-ferretdb" ;;
+  esac
+}
+
+# pid_alive NAME: prints the pid and succeeds when the pidfile names a live process of ours
+pid_alive() {
+  local f pid st
+  f="$(pidfile "$1")"
+  [ -s "$f" ] || return 1
+  pid="$(tr -dc 0-9 <"$f")"
+  [ -n "$pid" ] && [ -r "/proc/$pid/stat" ] || return 1
+  st="$(sed -E 's/^[0-9]+ \(.*\) ([A-Za-z]).*/\1/' "/proc/$pid/stat" 2>/dev/null)" || return 1
+  [ "$st" != Z ] && [ "$st" != X ] || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -qF -- "$(marker_of "$1")" || return 1
+  echo "$pid"
+}
+
+# launch NAME OUTFILE CMD...: start CMD in its own session, detached from our stdio and from every
+# other inherited fd (so a caller's pipe or lock is never held open), pid written to the pidfile.
+launch() {
+  local name="$1" out="$2" pf; shift 2
+  pf="$(pidfile "$name")"
+  rm -f "$pf"
+  # shellcheck disable=SC2016
+  setsid bash -c '
+    pf="$1"; shift
+    for fd in /proc/$$/fd/*; do fd="${fd##*/}"; [ "$fd" -gt 2 ] 2>/dev/null && eval "exec $fd>&-"; done
+    echo $$ >"$pf.tmp" && mv "$pf.tmp" "$pf"
+    exec "$@"' widelog-launch "$pf" "$@" </dev/null >>"$out" 2>&1 &
+  local i
+  for i in $(seq 1 100); do [ -s "$pf" ] && return 0; sleep 0.05; done
+  die "$name: no pidfile $pf after starting it; see $out"
+}
+
+# wait_ready NAME CHECK...: poll CHECK until it succeeds, the process dies, or TIMEOUT passes
+wait_ready() {
+  local name="$1" t0; shift
+  t0="$(now)"
+  while :; do
+    if "$@" >/dev/null 2>&1; then return 0; fi
+    if ! pid_alive "$name" >/dev/null; then
+      show_log_tail "$name"
+      die "$name exited during start; see $(logfile "$name")"
+    fi
+    if [ $(( $(now) - t0 )) -ge "$TIMEOUT" ]; then
+      show_log_tail "$name"
+      die "$name did not answer on $HOST:$(port_of "$name") within ${TIMEOUT}s (still running, pid $(cat "$(pidfile "$name")")); see $(logfile "$name")"
+    fi
+    sleep 0.3
+  done
+}
+
+show_log_tail() {
+  local f
+  for f in "$STATE/$1"/*.log "$STATE/$1"/*.out; do
+    [ -s "$f" ] || continue
+    printf '[services] ---- last lines of %s ----\n' "$f" >&2
+    tail -n 25 "$f" >&2
+  done
+}
+
+# refuse to start when someone else already listens on the port
+check_port_free() {
+  local name="$1" port="$2"
+  if port_open "$port"; then
+    die "$name: $HOST:$port is already in use by a process this script did not start (pidfile $(pidfile "$name") names no live $name); stop it or set the port variable (see scripts/services.sh header)"
+  fi
+}
+
+# ---------------------------------------------------------------------------------------------
+# install (cached under $CACHE, reused)
+
+java_bin() { if [ -n "${JAVA_HOME:-}" ] && [ -x "$JAVA_HOME/bin/java" ]; then echo "$JAVA_HOME/bin/java"; else echo java; fi; }
+
+ensure_java_mvn() {
+  if ! command -v "$(java_bin)" >/dev/null 2>&1; then log "installing a Java runtime (openjdk-17-jre-headless)"; apt_install openjdk-17-jre-headless; fi
+  local v
+  v="$("$(java_bin)" -version 2>&1 | sed -nE '1s/.*version "([0-9]+).*/\1/p')"
+  [ -n "$v" ] && [ "$v" -ge 17 ] || die "Kafka 4 needs Java 17 or newer, found: $("$(java_bin)" -version 2>&1 | head -1)"
+  if ! command -v mvn >/dev/null 2>&1; then log "installing Maven"; apt_install maven; fi
+}
+
+redis_install() {
+  command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1 && return 0
+  log "installing redis-server from Debian"
+  apt_install redis-server
+  command -v redis-server >/dev/null 2>&1 || die "redis-server still missing after apt-get install"
+}
+
+KLIB=""
+kafka_install() {
+  local pom="$ROOT/services/kafka/pom.xml" key dir tmp
+  key="$(hash_files "$pom")"
+  dir="$CACHE/kafka-$KAFKA_VERSION-$key"
+  KLIB="$dir/klib"
+  [ -f "$dir/.complete" ] && return 0
+  ensure_java_mvn
+  log "resolving Kafka $KAFKA_VERSION jars with Maven into $KLIB"
+  mkdir -p "$CACHE"
+  tmp="$(mktemp -d "$CACHE/.kafka-tmp.XXXXXX")"
+  if ! mvn -B -q -f "$pom" dependency:copy-dependencies -DincludeScope=runtime \
+        -DoutputDirectory="$tmp/klib" </dev/null >"$tmp/mvn.log" 2>&1; then
+    cat "$tmp/mvn.log" >&2; rm -rf "$tmp"; die "mvn dependency:copy-dependencies failed"
+  fi
+  # mvn may leave a target/ dir next to the pom: keep the repo clean
+  rm -rf "$ROOT/services/kafka/target"
+  ls "$tmp/klib/kafka_2.13-$KAFKA_VERSION.jar" >/dev/null || { rm -rf "$tmp"; die "no kafka_2.13-$KAFKA_VERSION.jar resolved"; }
+  touch "$tmp/.complete"
+  rm -rf "$dir"; mv "$tmp" "$dir"
+}
+
+FERRETDB_BIN=""
+ferretdb_install() {
+  local src="$ROOT/services/ferretdb" key dir tmp
+  key="$(hash_files "$src/go.mod" "$src/go.sum" "$src/main.go")"
+  dir="$CACHE/ferretdb-$FERRETDB_VERSION-$key"
+  FERRETDB_BIN="$dir/widelog-ferretdb"
+  [ -x "$FERRETDB_BIN" ] && return 0
+  command -v go >/dev/null 2>&1 || die "Go (1.24 or newer) is needed to build FerretDB; none on PATH"
+  log "building FerretDB $FERRETDB_VERSION (embedded, SQLite) into $dir (about a minute the first time)"
+  mkdir -p "$dir"
+  tmp="$dir/.widelog-ferretdb.tmp.$$"
+  # -mod=readonly: go.sum is committed, the build must not rewrite go.mod/go.sum in the repo
+  if ! (cd "$src" && GOFLAGS="-mod=readonly -buildvcs=false" go build -trimpath -o "$tmp" . ) </dev/null >"$dir/build.log" 2>&1; then
+    cat "$dir/build.log" >&2; rm -f "$tmp"; die "go build of services/ferretdb failed (log: $dir/build.log)"
+  fi
+  mv "$tmp" "$FERRETDB_BIN"
+}
+
+# ---------------------------------------------------------------------------------------------
+# start
+
+redis_ready() { [ "$(redis-cli -h "$HOST" -p "$REDIS_PORT" ping 2>/dev/null)" = PONG ]; }
+
+redis_start() {
+  local d="$STATE/redis"
+  mkdir -p "$d"
+  redis_install
+  check_port_free redis "$REDIS_PORT"
+  launch redis "$d/redis.log" redis-server --bind "$HOST" --port "$REDIS_PORT" \
+    --save '' --appendonly no --dir "$d" --daemonize no --protected-mode yes \
+    --logfile "$d/redis.log" --loglevel notice
+  wait_ready redis redis_ready
+}
+
+kafka_cp() { echo "$KLIB/*"; }
+
+kafka_tool() {  # kafka_tool CLASS ARGS...: run a Kafka CLI class from the cached jars
+  "$(java_bin)" -Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -cp "$(kafka_cp)" \
+    -Dlog4j2.configurationFile="$ROOT/services/kafka/log4j2.xml" \
+    -Dwidelog.kafka.log="$STATE/kafka/tools.log" "$@"
+}
+
+kafka_ready() {
+  port_open "$KAFKA_PORT" || return 1
+  # a real metadata round trip through the broker
+  timeout 30 "$(java_bin)" -Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -cp "$(kafka_cp)" \
+    -Dlog4j2.configurationFile="$ROOT/services/kafka/log4j2.xml" \
+    -Dwidelog.kafka.log="$STATE/kafka/tools.log" \
+    org.apache.kafka.tools.TopicCommand --bootstrap-server "$HOST:$KAFKA_PORT" --list
+}
+
+kafka_write_config() {
+  local d="$STATE/kafka"
+  cat >"$d/server.properties" <<EOF
+# written by scripts/services.sh at each start
+process.roles=broker,controller
+node.id=1
+controller.quorum.bootstrap.servers=$HOST:$KAFKA_CONTROLLER_PORT
+listeners=PLAINTEXT://$HOST:$KAFKA_PORT,CONTROLLER://$HOST:$KAFKA_CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://$HOST:$KAFKA_PORT,CONTROLLER://$HOST:$KAFKA_CONTROLLER_PORT
+inter.broker.listener.name=PLAINTEXT
+controller.listener.names=CONTROLLER
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=$d/data
+num.partitions=4
+auto.create.topics.enable=true
+offsets.topic.replication.factor=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+num.network.threads=2
+num.io.threads=4
+num.recovery.threads.per.data.dir=1
+EOF
+}
+
+kafka_format() {  # format the log dir once; the controller port is part of the formatted voter set
+  local d="$STATE/kafka" cid
+  if [ -f "$d/data/meta.properties" ]; then
+    if [ -f "$d/controller.port" ] && [ "$(cat "$d/controller.port")" != "$KAFKA_CONTROLLER_PORT" ]; then
+      die "kafka: $d/data was formatted with controller port $(cat "$d/controller.port"), now $KAFKA_CONTROLLER_PORT; remove $d to start afresh"
+    fi
+    return 0
+  fi
+  [ -s "$d/cluster.id" ] || head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n' >"$d/cluster.id"
+  cid="$(cat "$d/cluster.id")"
+  log "formatting Kafka storage in $d/data (cluster id $cid)"
+  mkdir -p "$d/data"
+  if ! "$(java_bin)" -Xmx256m -XX:+UseSerialGC -cp "$(kafka_cp)" \
+        -Dlog4j2.configurationFile="$ROOT/services/kafka/log4j2.xml" -Dwidelog.kafka.log="$d/tools.log" \
+        kafka.tools.StorageTool format -t "$cid" -c "$d/server.properties" --standalone --ignore-formatted \
+        </dev/null >>"$d/format.log" 2>&1; then
+    cat "$d/format.log" >&2; die "kafka storage format failed (log: $d/format.log)"
+  fi
+  echo "$KAFKA_CONTROLLER_PORT" >"$d/controller.port"
+}
+
+kafka_start() {
+  local d="$STATE/kafka"
+  mkdir -p "$d"
+  kafka_install
+  check_port_free kafka "$KAFKA_PORT"
+  check_port_free kafka "$KAFKA_CONTROLLER_PORT"
+  kafka_write_config
+  kafka_format
+  # shellcheck disable=SC2086  # KAFKA_HEAP_OPTS is a list of flags
+  launch kafka "$d/kafka.out" "$(java_bin)" $KAFKA_HEAP_OPTS -XX:+UseG1GC -XX:MaxGCPauseMillis=20 \
+    -XX:InitiatingHeapOccupancyPercent=35 -XX:+ExplicitGCInvokesConcurrent -XX:+ExitOnOutOfMemoryError \
+    -Djava.awt.headless=true \
+    -Dlog4j2.configurationFile="$ROOT/services/kafka/log4j2.xml" -Dwidelog.kafka.log="$d/kafka.log" \
+    -cp "$(kafka_cp)" kafka.Kafka "$d/server.properties"
+  wait_ready kafka kafka_ready
+}
+
+# A MongoDB "ping" over OP_MSG with nothing but Python's standard library (no pymongo needed).
+mongo_ping() {
+  python3 - "$HOST" "$MONGO_PORT" <<'EOF'
+import socket, struct, sys
+def bson(pairs):
+    out = b""
+    for k, v in pairs:
+        key = k.encode() + b"\0"
+        if isinstance(v, int):
+            out += b"\x10" + key + struct.pack("<i", v)
+        else:
+            s = v.encode() + b"\0"
+            out += b"\x02" + key + struct.pack("<i", len(s)) + s
+    return struct.pack("<i", len(out) + 5) + out + b"\0"
+body = struct.pack("<I", 0) + b"\0" + bson([("ping", 1), ("$db", "admin")])
+msg = struct.pack("<iiii", 16 + len(body), 1, 0, 2013) + body
+with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5) as s:
+    s.sendall(msg)
+    buf = b""
+    while len(buf) < 4 or len(buf) < struct.unpack("<i", buf[:4])[0]:
+        chunk = s.recv(65536)
+        if not chunk:
+            sys.exit("connection closed")
+        buf += chunk
+i = buf.find(b"\x01ok\x00")
+sys.exit(0 if i >= 0 and struct.unpack("<d", buf[i + 4:i + 12])[0] == 1.0 else "ping not ok")
+EOF
+}
+
+ferretdb_ready() { port_open "$MONGO_PORT" && mongo_ping; }
+
+ferretdb_start() {
+  local d="$STATE/ferretdb"
+  mkdir -p "$d/data"
+  ferretdb_install
+  check_port_free ferretdb "$MONGO_PORT"
+  launch ferretdb "$d/ferretdb.log" "$FERRETDB_BIN" -listen-addr "$HOST:$MONGO_PORT" \
+    -data-dir "$d/data" -log-level warn
+  wait_ready ferretdb ferretdb_ready
+}
+
+start_one() {
+  local name="$1" pid t0
+  if pid="$(pid_alive "$name")"; then
+    log "$name already running (pid $pid, port $(port_of "$name"))"
+    return 0
+  fi
+  t0="$(now)"
+  "${name}_start"
+  log "$name up on $HOST:$(port_of "$name") (pid $(cat "$(pidfile "$name")"), $(( $(now) - t0 ))s)"
+}
+
+# ---------------------------------------------------------------------------------------------
+# stop: only the pid from our pidfile, SIGTERM, wait, then SIGKILL
+
+stop_one() {
+  local name="$1" pid grace i
+  if ! pid="$(pid_alive "$name")"; then
+    rm -f "$(pidfile "$name")"
+    log "$name not running"
+    return 0
+  fi
+  case "$name" in kafka) grace=60 ;; *) grace=15 ;; esac
+  kill -TERM "$pid" 2>/dev/null || true
+  for (( i = 0; i < grace * 10; i++ )); do
+    pid_alive "$name" >/dev/null || break
+    sleep 0.1
+  done
+  if pid_alive "$name" >/dev/null; then
+    log "$name (pid $pid) still running ${grace}s after SIGTERM: SIGKILL"
+    kill -KILL "$pid" 2>/dev/null || true
+    for (( i = 0; i < 50; i++ )); do pid_alive "$name" >/dev/null || break; sleep 0.1; done
+  fi
+  pid_alive "$name" >/dev/null && die "$name (pid $pid) would not stop"
+  rm -f "$(pidfile "$name")"
+  log "$name stopped (pid $pid)"
+}
+
+status_one() {
+  local name="$1" pid
+  if pid="$(pid_alive "$name")"; then
+    printf '%-9s running  pid=%-8s port=%s\n' "$name" "$pid" "$(port_of "$name")"
+  else
+    printf '%-9s stopped  pid=%-8s port=%s\n' "$name" "-" "$(port_of "$name")"
+  fi
+}
+
+# ---------------------------------------------------------------------------------------------
+
+usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+
+check_name() {
+  case "${1:-}" in redis|kafka|ferretdb) ;; *) die "unknown service '${1:-}' (redis|kafka|ferretdb)" ;; esac
+}
+
+lock() {  # one invocation at a time per state dir; launch() closes this fd in the services
+  mkdir -p "$STATE"
+  exec 9>"$STATE/.lock"
+  flock -w 600 9 || die "another scripts/services.sh holds $STATE/.lock"
+}
+
+cmd_up() {
+  local n t0 bpid=""
+  t0="$(now)"
+  # build FerretDB (CPU-bound, about a minute when cold) while Maven downloads and the others start
+  if ! pid_alive ferretdb >/dev/null; then
+    ( ferretdb_install ) &
+    bpid=$!
+  fi
+  start_one redis
+  start_one kafka
+  if [ -n "$bpid" ]; then wait "$bpid" || die "FerretDB build failed"; fi
+  start_one ferretdb
+  log "all up in $(( $(now) - t0 ))s"
+  for n in "${SERVICES[@]}"; do status_one "$n"; done
+}
+
+main() {
+  local cmd="${1:-}"
+  case "$cmd" in
+    up) [ $# -eq 1 ] || usage; lock; cmd_up ;;
+    down) [ $# -eq 1 ] || usage; lock; stop_one ferretdb; stop_one kafka; stop_one redis ;;
+    status) [ $# -eq 1 ] || usage; for n in "${SERVICES[@]}"; do status_one "$n"; done ;;
+    start) [ $# -eq 2 ] || usage; check_name "$2"; lock; start_one "$2" ;;
+    stop) [ $# -eq 2 ] || usage; check_name "$2"; lock; stop_one "$2" ;;
+    -h|--help|help) usage ;;
+    *) usage ;;
+  esac
+}
+
+main "$@"

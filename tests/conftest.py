@@ -1,0 +1,15 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from widelog.adapters.sqlite_store import SQLiteEventStore
+
+
+@pytest.fixture
+async def sqlite_store(tmp_path: Path) -> AsyncIterator[SQLiteEventStore]:
+    store = SQLiteEventStore(tmp_path / "events.sqlite3")
+    yield store
+    await store.close()

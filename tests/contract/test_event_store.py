@@ -1,0 +1,83 @@
+"""Contract for `LoggerPort`: every store adapter runs these (subclass and provide `store`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from widelog.domain.ids import new_event_id
+from widelog.ports import DeadLetter, LoggerPort
+
+
+def make_event(**fields: Any) -> dict[str, Any]:
+    return {
+        "event_id": new_event_id(),
+        "request_id": "r",
+        "timestamp": "2026-11-27T00:00:00Z",
+        "http": {"route": "/v1/chat", "status": 200},
+        **fields,
+    }
+
+
+class EventStoreContract:
+    @pytest.fixture
+    def store(self) -> LoggerPort:
+        raise NotImplementedError
+
+    async def test_a_written_event_reads_back_unchanged(self, store):
+        event = make_event(llm={"model": "m", "input_tokens": 3}, tags=["a", "b"], ok=True)
+        result = await store.write_batch([event])
+        assert (1, 0, []) == (result.inserted, result.duplicates, result.rejected)
+        assert event == await store.get_event(event["event_id"])
+
+    async def test_writing_the_same_batch_twice_stores_each_event_once(self, store):
+        batch = [make_event() for _ in range(50)]
+        await store.write_batch(batch)
+        again = await store.write_batch(batch)
+        assert (0, 50) == (again.inserted, again.duplicates)
+        assert 50 == await store.count_events()
+
+    async def test_a_batch_with_some_duplicates_inserts_the_rest(self, store):
+        old = [make_event() for _ in range(3)]
+        await store.write_batch(old)
+        result = await store.write_batch([*old[:2], make_event(), make_event()])
+        assert (2, 2) == (result.inserted, result.duplicates)
+        assert 5 == await store.count_events()
+
+    async def test_duplicates_inside_one_batch_are_stored_once(self, store):
+        event = make_event()
+        result = await store.write_batch([event, dict(event)])
+        assert (1, 1) == (result.inserted, result.duplicates)
+
+    async def test_errors_are_counted_by_error_code_or_5xx(self, store):
+        await store.write_batch(
+            [
+                make_event(),
+                make_event(error={"code": "LLM_TIMEOUT"}),
+                make_event(http={"route": "/v1/chat", "status": 503}),
+                make_event(http={"route": "/v1/chat", "status": 404}),
+            ]
+        )
+        assert 4 == await store.count_events()
+        assert 2 == await store.count_events(errors_only=True)
+
+    async def test_an_unknown_event_id_reads_as_none(self, store):
+        assert await store.get_event("missing") is None
+
+    async def test_dead_letters_are_kept_with_their_reason(self, store):
+        await store.write_dead_letters([DeadLetter(b"\xff garbage", "not JSON", "test@1")])
+        assert 1 == await store.count_dead_letters()
+
+    async def test_an_empty_batch_is_a_no_op(self, store):
+        result = await store.write_batch([])
+        assert (0, 0) == (result.inserted, result.duplicates)
+
+    async def test_ping_succeeds_on_a_healthy_store(self, store):
+        await store.ping()
+
+
+class TestSQLiteEventStore(EventStoreContract):
+    @pytest.fixture
+    def store(self, sqlite_store):
+        return sqlite_store

@@ -1,0 +1,67 @@
+"""Contract for a transport: an `EventPublisher` and the `EventSource` that reads what it sent."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from widelog.adapters.memory_transport import (
+    InProcessEventPublisher,
+    InProcessEventSource,
+    InProcessQueue,
+)
+from widelog.ports import EventPublisher, EventSource, PublishError
+
+
+async def poll_all(source: EventSource, count: int, *, timeout: float = 10.0) -> list[bytes]:
+    payloads: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    while len(payloads) < count and time.monotonic() < deadline:
+        messages = await source.poll(count - len(payloads), 0.2)
+        payloads += [m.payload for m in messages]
+        await source.commit(messages)
+    return payloads
+
+
+class TransportContract:
+    @pytest.fixture
+    def transport(self) -> Iterator[tuple[EventPublisher, EventSource]]:
+        raise NotImplementedError
+
+    async def test_every_published_event_is_received_once(self, transport):
+        publisher, source = transport
+        sent = [f'{{"event_id": "e{i}"}}'.encode() for i in range(300)]
+        for i, payload in enumerate(sent):
+            publisher.publish(f"req-{i}", payload)
+        await publisher.flush(10)
+        assert sorted(sent) == sorted(await poll_all(source, len(sent)))
+
+    async def test_events_with_the_same_key_keep_their_order(self, transport):
+        publisher, source = transport
+        sent = [f'{{"event_id": "e{i}"}}'.encode() for i in range(50)]
+        for payload in sent:
+            publisher.publish("one-request", payload)
+        await publisher.flush(10)
+        assert sent == await poll_all(source, len(sent))
+
+    async def test_poll_on_an_empty_source_returns_nothing_within_its_timeout(self, transport):
+        _, source = transport
+        started = time.monotonic()
+        assert [] == await source.poll(10, 0.2)
+        assert time.monotonic() - started < 5
+
+
+class TestInProcessTransport(TransportContract):
+    @pytest.fixture
+    def transport(self):
+        queue = InProcessQueue()
+        return InProcessEventPublisher(queue), InProcessEventSource(queue)
+
+
+def test_a_full_in_process_queue_refuses_instead_of_blocking():
+    publisher = InProcessEventPublisher(InProcessQueue(max_events=1))
+    publisher.publish("k", b"{}")
+    with pytest.raises(PublishError):
+        publisher.publish("k", b"{}")

@@ -1,0 +1,41 @@
+import uuid
+
+import pytest
+
+from widelog.domain.ids import accept_request_id, new_event_id, parse_traceparent
+
+
+def test_event_ids_are_uuid7_unique_and_sorted_in_creation_order():
+    ids = [new_event_id() for _ in range(20_000)]
+    assert sorted(ids) == ids
+    assert len(set(ids)) == len(ids)
+    parsed = uuid.UUID(ids[0])
+    assert 7 == parsed.version
+    assert uuid.RFC_4122 == parsed.variant
+
+
+def test_a_valid_traceparent_gives_trace_and_parent_span():
+    header = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    assert ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7") == parse_traceparent(header)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        "",
+        "garbage",
+        "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+        "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    ],
+)
+def test_an_invalid_traceparent_is_ignored(header):
+    assert parse_traceparent(header) is None
+
+
+@pytest.mark.parametrize(
+    ("candidate", "expected"),
+    [("req-123", "req-123"), ("a" * 129, None), ("has space", None), ("$bad", None), (None, None)],
+)
+def test_only_plain_bounded_request_ids_are_accepted(candidate, expected):
+    assert expected == accept_request_id(candidate)
