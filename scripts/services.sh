@@ -51,13 +51,9 @@ as_root() {
   else die "need root (or sudo) for: $*"; fi
 }
 
-apt_updated=0
-apt_install() {  # apt_install PKG...: install from Debian's archive; 'apt-get update' once if needed
-  if [ "$apt_updated" -eq 0 ] && ! as_root apt-get install -y -q "$@" </dev/null >&2; then
-    apt_updated=1
+apt_install() {  # apt_install PKG...: install from Debian's archive, 'apt-get update' first if needed
+  if ! as_root apt-get install -y -q "$@" </dev/null >&2; then
     as_root apt-get update -q </dev/null >&2
-    as_root apt-get install -y -q "$@" </dev/null >&2
-  elif [ "$apt_updated" -eq 1 ]; then
     as_root apt-get install -y -q "$@" </dev/null >&2
   fi
 }
@@ -146,7 +142,7 @@ show_log_tail() {
 check_port_free() {
   local name="$1" port="$2"
   if port_open "$port"; then
-    die "$name: $HOST:$port is already in use by a process this script did not start (pidfile $(pidfile "$name") names no live $name); stop it or set the port variable (see scripts/services.sh header)"
+    die "$name: $HOST:$port is already in use by a process this script did not start (pidfile $(pidfile "$name") names no live $name; a system service such as Debian's redis-server unit?); stop it or set the port variable (see the header of scripts/services.sh)"
   fi
 }
 
@@ -181,7 +177,7 @@ kafka_install() {
   log "resolving Kafka $KAFKA_VERSION jars with Maven into $KLIB"
   mkdir -p "$CACHE"
   tmp="$(mktemp -d "$CACHE/.kafka-tmp.XXXXXX")"
-  if ! mvn -B -q -f "$pom" dependency:copy-dependencies -DincludeScope=runtime \
+  if ! mvn -B -ntp -f "$pom" dependency:copy-dependencies -DincludeScope=runtime \
         -DoutputDirectory="$tmp/klib" </dev/null >"$tmp/mvn.log" 2>&1; then
     cat "$tmp/mvn.log" >&2; rm -rf "$tmp"; die "mvn dependency:copy-dependencies failed"
   fi
@@ -220,19 +216,13 @@ redis_start() {
   mkdir -p "$d"
   redis_install
   check_port_free redis "$REDIS_PORT"
-  launch redis "$d/redis.log" redis-server --bind "$HOST" --port "$REDIS_PORT" \
+  launch redis "$d/redis.out" redis-server --bind "$HOST" --port "$REDIS_PORT" \
     --save '' --appendonly no --dir "$d" --daemonize no --protected-mode yes \
     --logfile "$d/redis.log" --loglevel notice
   wait_ready redis redis_ready
 }
 
 kafka_cp() { echo "$KLIB/*"; }
-
-kafka_tool() {  # kafka_tool CLASS ARGS...: run a Kafka CLI class from the cached jars
-  "$(java_bin)" -Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 -cp "$(kafka_cp)" \
-    -Dlog4j2.configurationFile="$ROOT/services/kafka/log4j2.xml" \
-    -Dwidelog.kafka.log="$STATE/kafka/tools.log" "$@"
-}
 
 kafka_ready() {
   port_open "$KAFKA_PORT" || return 1

@@ -109,7 +109,11 @@ async def test_retries_back_off_exponentially_up_to_the_cap(sqlite_store):
 
     store = FlakyStore(sqlite_store, failures=6)
     consumer = BatchConsumer(
-        RecordingSource(payloads(1)), store, source_name="t", backoff=0.1, max_backoff=1.0,
+        RecordingSource(payloads(1)),
+        store,
+        source_name="t",
+        backoff=0.1,
+        max_backoff=1.0,
         sleep=record,
     )
     await run_until_drained(consumer)
@@ -119,9 +123,7 @@ async def test_retries_back_off_exponentially_up_to_the_cap(sqlite_store):
 async def test_at_shutdown_a_store_that_stays_down_leaves_the_batch_uncommitted(sqlite_store):
     store = FlakyStore(sqlite_store, failures=10**9)
     source = RecordingSource(payloads(3))
-    consumer = BatchConsumer(
-        source, store, source_name="t", sleep=no_sleep, shutdown_timeout=0.05
-    )
+    consumer = BatchConsumer(source, store, source_name="t", sleep=no_sleep, shutdown_timeout=0.05)
     stop = asyncio.Event()
     stop.set()
     await asyncio.wait_for(consumer.process(source.pending, stop), timeout=5)

@@ -1,6 +1,7 @@
 """The middleware finalizes exactly one event per request, whatever way the request ends."""
 
 import asyncio
+from collections.abc import MutableMapping
 from typing import Any
 
 import httpx
@@ -169,9 +170,6 @@ async def test_a_client_that_disconnects_mid_stream_gets_one_event_marked_499():
             return {"type": "http.disconnect"}
         return message
 
-    async def send(message: dict[str, Any]) -> None:
-        return None
-
     await asyncio.wait_for(call_raw(app, "/endless", receive, send), timeout=5)
     [only] = publisher.events
     assert 499 == only["http"]["status"]
@@ -198,12 +196,6 @@ async def test_a_send_that_fails_because_the_client_left_gets_one_event_marked_4
 async def test_a_cancelled_request_is_still_finalized_once(publisher):
     app = make_app(publisher)
 
-    async def receive() -> dict[str, Any]:
-        return {"type": "http.request", "body": b"", "more_body": False}
-
-    async def send(message: dict[str, Any]) -> None:
-        return None
-
     request = asyncio.create_task(call_raw(app, "/sleep", receive, send))
     await asyncio.sleep(0.05)
     request.cancel()
@@ -215,13 +207,20 @@ async def test_a_cancelled_request_is_still_finalized_once(publisher):
 
 
 async def test_non_http_scopes_pass_through_without_an_event(publisher):
-    app = make_app(publisher)
+    service = LoggingService(publisher=publisher, service="t", env="t", version="1", instance="i")
     seen = []
 
     async def inner(scope: Any, receive: Any, send: Any) -> None:
         seen.append(scope["type"])
 
-    middleware = WideEventMiddleware(inner, logging_service=app.user_middleware[0].kwargs["logging_service"])
-    await middleware({"type": "lifespan"}, None, None)  # type: ignore[arg-type]
+    await WideEventMiddleware(inner, logging_service=service)({"type": "lifespan"}, receive, send)
     assert ["lifespan"] == seen
     assert [] == publisher.events
+
+
+async def receive() -> dict[str, Any]:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+async def send(message: MutableMapping[str, Any]) -> None:
+    return None

@@ -1,0 +1,3 @@
+from widelog.entrypoints.cli import main
+
+main()

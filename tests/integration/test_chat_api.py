@@ -1,0 +1,140 @@
+"""The reference chat service end to end on the embedded pipeline: HTTP in, SQLite rows out."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from widelog.bootstrap import Container, build
+from widelog.config import Settings
+from widelog.entrypoints.chat_api import create_app
+
+
+@pytest.fixture
+async def container(tmp_path: Path) -> AsyncIterator[Container]:
+    settings = Settings(
+        sqlite_path=tmp_path / "events.sqlite3", fake_llm_latency_ms=1, flush_interval_s=0.05
+    )
+    container = build(settings)
+    await container.start()
+    yield container
+    await container.aclose()
+
+
+@pytest.fixture
+async def client(container: Container) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=create_app(container))
+    async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+        yield client
+
+
+async def stored(container: Container, response: httpx.Response) -> dict[str, Any]:
+    await container.pipeline.drained()
+    events = await container.store.count_events()
+    assert events >= 1
+    # The API answers with the request id; with no caller id it is the event id too.
+    doc = await container.store.get_event(response.headers["x-request-id"])
+    assert doc is not None
+    return doc
+
+
+def chat(message: str, **extra: Any) -> dict[str, Any]:
+    return {"session_id": "s1", "message": message, "prompt_version": "v2", **extra}
+
+
+async def test_a_chat_is_answered_and_its_event_is_stored_with_llm_facts(container, client):
+    response = await client.post("/v1/chat", json=chat("hello", language="ko", user_id="u1"))
+    assert 200 == response.status_code
+    assert response.json()["answer"].startswith("[ko] Answer")
+    doc = await stored(container, response)
+    assert {"method": "POST", "route": "/v1/chat", "status": 200} == doc["http"]
+    assert ("s1", "u1") == (doc["session_id"], doc["user_id"])
+    assert {"provider": "fake", "model": "fake-chat-1", "prompt_version": "v2"}.items() <= (
+        doc["llm"].items()
+    )
+    assert doc["llm"]["input_tokens"] == 1
+    assert doc["llm"]["latency_ms"] > 0
+
+
+async def test_the_same_question_gets_the_same_answer(client):
+    first = await client.post("/v1/chat", json=chat("same?"))
+    second = await client.post("/v1/chat", json=chat("same?"))
+    assert first.json()["answer"] == second.json()["answer"]
+
+
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [("LLM_TIMEOUT", 504), ("LLM_RATE_LIMITED", 503), ("CONTENT_FILTERED", 422)],
+)
+async def test_an_llm_failure_maps_to_a_status_and_its_event_keeps_the_code(
+    container, client, code, status
+):
+    response = await client.post("/v1/chat", json=chat(f"hi [fail:{code}]"))
+    assert status == response.status_code
+    assert code == response.json()["code"]
+    doc = await stored(container, response)
+    assert code == doc["error"]["code"]
+    assert status == doc["http"]["status"]
+
+
+async def test_an_invalid_request_is_a_422_whose_event_names_the_bad_fields(container, client):
+    response = await client.post("/v1/chat", json={"message": "no session id"})
+    assert 422 == response.status_code
+    doc = await stored(container, response)
+    assert "VALIDATION_ERROR" == doc["error"]["code"]
+    assert ["session_id"] == doc["validation"]["fields"]
+
+
+async def test_a_message_over_the_limit_is_a_413(container, client):
+    limit = container.settings.max_message_chars
+    response = await client.post("/v1/chat", json=chat("x" * (limit + 1)))
+    assert 413 == response.status_code
+    doc = await stored(container, response)
+    assert "MESSAGE_TOO_LARGE" == doc["error"]["code"]
+
+
+async def test_a_streamed_answer_is_one_event_after_the_last_chunk(container, client):
+    response = await client.post("/v1/chat", json=chat("stream me", stream=True))
+    assert 200 == response.status_code
+    assert "stream me" in response.text
+    doc = await stored(container, response)
+    assert doc["chat"]["stream"] is True
+    assert 1 == await container.store.count_events()
+
+
+async def test_health_and_readiness_report_each_dependency(client):
+    assert {"status": "ok"} == (await client.get("/healthz")).json()
+    ready = await client.get("/readyz")
+    assert 200 == ready.status_code
+    assert {"store": "ok", "llm": "ok", "queue_depth": "0"}.items() <= ready.json()[
+        "checks"
+    ].items()
+
+
+async def test_readiness_fails_with_the_reason_when_the_store_is_down(tmp_path):
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_text("a file where the store wants a directory")
+    container = build(Settings(sqlite_path=blocked / "events.sqlite3"))
+    transport = httpx.ASGITransport(app=create_app(container))
+    async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+        ready = await client.get("/readyz")
+    assert 503 == ready.status_code
+    assert ready.json()["checks"]["store"].startswith("error:")
+
+
+async def test_shutdown_drains_events_still_in_the_queue(tmp_path):
+    path = tmp_path / "events.sqlite3"
+    container = build(Settings(sqlite_path=path, fake_llm_latency_ms=0, flush_interval_s=30))
+    await container.start()
+    transport = httpx.ASGITransport(app=create_app(container))
+    async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+        for i in range(30):
+            await client.post("/v1/chat", json=chat(f"q{i}"))
+    await container.aclose()  # well before the 30 s flush interval
+    reopened = build(Settings(sqlite_path=path))
+    assert 30 == await reopened.store.count_events()
+    await reopened.store.close()

@@ -1,0 +1,57 @@
+"""The `widelog` command as a user runs it: a separate process, exit codes, one JSON object."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+WIDELOG = [sys.executable, "-m", "widelog"]
+
+
+def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*WIDELOG, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+        check=False,
+    )
+
+
+@pytest.mark.slow
+def test_demo_json_reports_a_pipeline_that_lost_nothing():
+    result = run("demo", "--requests", "400", "--json")
+    assert 0 == result.returncode, result.stderr
+    report = json.loads(result.stdout)
+    events, errors = report["events"], report["errors"]
+    assert 400 == report["requests"] == events["finalized"]
+    assert events["published"] == events["stored"]
+    assert 0 == events["dead_lettered"] == events["sampled_out"]
+    assert errors["total"] == errors["stored"] > 0
+    assert 0 < report["latency_ms"]["p50"] <= report["latency_ms"]["p99"]
+    assert {"200", "413", "422", "503", "504"} <= set(report["status"])
+
+
+def test_demo_prints_a_readable_report_without_json():
+    result = run("demo", "--requests", "50")
+    assert 0 == result.returncode, result.stderr
+    assert "events.stored" in result.stdout
+
+
+def test_a_bad_setting_fails_the_start_naming_the_key(tmp_path: Path):
+    result = run("demo", "--requests", "1", env={"WIDELOG_TRANSPORT": "carrier-pigeon"})
+    assert 2 == result.returncode
+    assert "transport" in result.stderr
+    assert "memory" in result.stderr
+
+
+def test_worker_explains_that_the_memory_transport_needs_no_worker():
+    result = run("worker")
+    assert 2 == result.returncode
+    assert "WIDELOG_TRANSPORT=memory" in result.stderr

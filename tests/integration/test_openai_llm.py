@@ -1,0 +1,140 @@
+"""The OpenAI-compatible adapter against a real HTTP server on loopback (never the internet)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from widelog.adapters.openai_llm import OpenAICompatibleLLM
+from widelog.ports import ChatTurn, LLMError, LLMRequest
+
+# What the stub answers, chosen by the last user message.
+SCRIPT: dict[str, tuple[int, Any]] = {
+    "rate": (429, {"error": {"message": "Rate limit reached", "code": "rate_limit_exceeded"}}),
+    "filter": (400, {"error": {"message": "filtered", "code": "content_filter"}}),
+    "stopped": (
+        200,
+        {
+            "model": "m",
+            "choices": [{"message": {"content": ""}, "finish_reason": "content_filter"}],
+        },
+    ),
+    "down": (500, {"error": {"message": "internal"}}),
+    "shape": (200, {"unexpected": True}),
+    "html": (502, "<html>bad gateway</html>"),
+}
+
+
+async def completions(request: Request) -> Response:
+    body = await request.json()
+    request.app.state.seen.append((request.headers.get("authorization"), body))
+    prompt = body["messages"][-1]["content"]
+    if prompt == "slow":
+        await asyncio.sleep(2)
+    if prompt in SCRIPT:
+        status, payload = SCRIPT[prompt]
+        if isinstance(payload, str):
+            return Response(payload, status_code=status)
+        return JSONResponse(payload, status_code=status)
+    return JSONResponse(
+        {
+            "model": body["model"] + "-2026",
+            "choices": [{"message": {"content": f"echo: {prompt}"}, "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": 7, "completion_tokens": 2},
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def stub_server() -> Iterator[tuple[str, Starlette]]:
+    app = Starlette(routes=[Route("/v1/chat/completions", completions, methods=["POST"])])
+    app.state.seen = []
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        threading.Event().wait(0.01)
+    yield f"http://127.0.0.1:{sock.getsockname()[1]}/v1", app
+    server.should_exit = True
+    thread.join(timeout=5)
+    sock.close()
+
+
+def ask(prompt: str) -> LLMRequest:
+    return LLMRequest(messages=[ChatTurn("user", prompt)], prompt_version="v1")
+
+
+async def test_an_answer_carries_text_model_and_token_counts(stub_server):
+    url, app = stub_server
+    llm = OpenAICompatibleLLM(base_url=url, model="gpt-x", api_key="sk-test")
+    try:
+        answer = await llm.complete(ask("hi"))
+    finally:
+        await llm.close()
+    assert ("echo: hi", "gpt-x-2026", 7, 2) == (
+        answer.text,
+        answer.model,
+        answer.input_tokens,
+        answer.output_tokens,
+    )
+    auth, body = app.state.seen[-1]
+    assert "Bearer sk-test" == auth
+    assert [{"role": "user", "content": "hi"}] == body["messages"]
+
+
+@pytest.mark.parametrize(
+    ("prompt", "code"),
+    [
+        ("rate", "LLM_RATE_LIMITED"),
+        ("filter", "CONTENT_FILTERED"),
+        ("stopped", "CONTENT_FILTERED"),
+        ("down", "LLM_UNAVAILABLE"),
+        ("html", "LLM_UNAVAILABLE"),
+        ("shape", "LLM_BAD_RESPONSE"),
+    ],
+)
+async def test_provider_failures_become_error_codes(stub_server, prompt, code):
+    llm = OpenAICompatibleLLM(base_url=stub_server[0], model="gpt-x")
+    try:
+        with pytest.raises(LLMError) as failure:
+            await llm.complete(ask(prompt))
+    finally:
+        await llm.close()
+    assert code == failure.value.code
+
+
+async def test_a_slow_provider_is_an_llm_timeout(stub_server):
+    llm = OpenAICompatibleLLM(base_url=stub_server[0], model="gpt-x", timeout_s=0.2)
+    try:
+        with pytest.raises(LLMError) as failure:
+            await llm.complete(ask("slow"))
+    finally:
+        await llm.close()
+    assert "LLM_TIMEOUT" == failure.value.code
+
+
+async def test_an_unreachable_provider_is_unavailable():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # bound, never listening: connections are refused
+        llm = OpenAICompatibleLLM(base_url=f"http://127.0.0.1:{port}/v1", model="m")
+        try:
+            with pytest.raises(LLMError) as failure:
+                await llm.complete(ask("hi"))
+            with pytest.raises(LLMError):
+                await llm.ping()
+        finally:
+            await llm.close()
+    assert "LLM_UNAVAILABLE" == failure.value.code
