@@ -123,7 +123,8 @@ wait_ready() {
     fi
     if [ $(( $(now) - t0 )) -ge "$TIMEOUT" ]; then
       show_log_tail "$name"
-      die "$name did not answer on $HOST:$(port_of "$name") within ${TIMEOUT}s (still running, pid $(cat "$(pidfile "$name")")); see $(logfile "$name")"
+      stop_one "$name" || true   # leave nothing half-started behind
+      die "$name did not answer on $HOST:$(port_of "$name") within ${TIMEOUT}s (stopped it again); see $(logfile "$name")"
     fi
     sleep 0.3
   done

@@ -26,10 +26,22 @@ def test_finalize_publishes_one_event_keyed_by_request_id_even_if_called_twice()
 
 def test_finalize_never_raises_when_the_publisher_fails(caplog):
     service = new_service(RecordingPublisher(fail=True))
+    with caplog.at_level(logging.WARNING, logger="widelog"):
+        service.finalize(service.begin(request_id="r-9"))
+    assert (1, 0) == (service.stats.publish_failed, service.stats.published)
+    assert "publish failed for request r-9" in caplog.text
+
+
+def test_finalize_never_raises_when_encoding_fails(caplog, monkeypatch):
+    def broken_encode(*_args, **_kwargs):
+        raise RuntimeError("encoder bug")
+
+    monkeypatch.setattr("widelog.service.logging_service.encode", broken_encode)
+    publisher = RecordingPublisher()
+    service = new_service(publisher)
     with caplog.at_level(logging.ERROR, logger="widelog"):
         service.finalize(service.begin())
-    assert 1 == service.stats.finalize_failed
-    assert 0 == service.stats.published
+    assert (1, []) == (service.stats.finalize_failed, publisher.events)
     assert "finalize failed" in caplog.text
 
 

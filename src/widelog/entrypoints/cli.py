@@ -100,9 +100,10 @@ def demo(
         sys.stdout.write(json.dumps(report) + "\n")
     else:
         _print_report(report)
-    lost = report["events"]["published"] - report["events"]["stored"]
+    events = report["events"]
+    lost = events["finalized"] - events["sampled_out"] - events["stored"] - events["dead_lettered"]
     if lost or report["errors"]["stored"] != report["errors"]["total"]:
-        err.print(f"[red]pipeline lost events: {lost}[/red]")
+        err.print(f"[red]the pipeline lost {lost} events[/red]")
         raise typer.Exit(1)
 
 

@@ -135,6 +135,7 @@ async def _report(
             "finalized": logging_stats.finalized,
             "published": logging_stats.published,
             "publish_failed": logging_stats.publish_failed,
+            "finalize_failed": logging_stats.finalize_failed,
             "sampled_out": logging_stats.sampled_out,
             "stored": await store.count_events(),
             "duplicates": consumer_stats.duplicates,

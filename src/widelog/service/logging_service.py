@@ -79,12 +79,18 @@ class LoggingService:
             if event.has_error:
                 self.stats.errors += 1
             payload = encode(doc, max_bytes=self._max_event_bytes)
-            self._publisher.publish(event.request_id, payload)
-            self.stats.published += 1
         except Exception:
             # The request has its answer already; losing its log line must not cost it more.
             self.stats.finalize_failed += 1
             log.exception("finalize failed for request %s", event.doc.get("request_id"))
+            return
+        try:
+            self._publisher.publish(event.request_id, payload)
+        except Exception as exc:  # noqa: BLE001 - a transport failure is counted, never raised
+            self.stats.publish_failed += 1
+            log.warning("publish failed for request %s: %r", event.request_id, exc)
+        else:
+            self.stats.published += 1
 
 
 def current_event() -> WideEvent:
