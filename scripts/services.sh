@@ -156,7 +156,9 @@ ensure_java_mvn() {
   if ! command -v "$(java_bin)" >/dev/null 2>&1; then log "installing a Java runtime (openjdk-17-jre-headless)"; apt_install openjdk-17-jre-headless; fi
   local v
   v="$("$(java_bin)" -version 2>&1 | sed -nE '1s/.*version "([0-9]+).*/\1/p')"
-  [ -n "$v" ] && [ "$v" -ge 17 ] || die "Kafka 4 needs Java 17 or newer, found: $("$(java_bin)" -version 2>&1 | head -1)"
+  if [ -z "$v" ] || [ "$v" -lt 17 ]; then
+    die "Kafka 4 needs Java 17 or newer, found: $("$(java_bin)" -version 2>&1 | head -1)"
+  fi
   if ! command -v mvn >/dev/null 2>&1; then log "installing Maven"; apt_install maven; fi
 }
 
