@@ -6,7 +6,7 @@ settings. Every adapter of a port passes the same contract tests (`tests/contrac
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -79,6 +79,10 @@ class LoggerPort(Protocol):
     async def get_event(self, event_id: str) -> dict[str, Any] | None: ...
 
     async def count_events(self, *, errors_only: bool = False) -> int: ...
+
+    def scan_events(self, *, batch_size: int = 1000) -> AsyncIterator[dict[str, Any]]:
+        """Every stored event, oldest first (for re-weighting, rebuilds and exports)."""
+        ...
 
     async def count_dead_letters(self) -> int: ...
 

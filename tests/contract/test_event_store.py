@@ -73,6 +73,12 @@ class EventStoreContract:
         result = await store.write_batch([])
         assert (0, 0) == (result.inserted, result.duplicates)
 
+    async def test_scan_returns_every_event_once_oldest_first(self, store):
+        batch = [make_event() for _ in range(25)]
+        await store.write_batch(batch[::-1])
+        scanned = [doc async for doc in store.scan_events(batch_size=10)]
+        assert [e["event_id"] for e in batch] == [d["event_id"] for d in scanned]
+
     async def test_ping_succeeds_on_a_healthy_store(self, store):
         await store.ping()
 

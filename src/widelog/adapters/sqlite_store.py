@@ -19,7 +19,7 @@ from widelog.domain.event import is_error
 from widelog.ports import DeadLetter, WriteResult
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import AsyncIterator, Mapping, Sequence
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -148,6 +148,23 @@ class SQLiteEventStore:
             else "SELECT count(*) FROM events"
         )
         return int((await self._run(lambda db: db.execute(sql).fetchone()))[0])
+
+    async def scan_events(self, *, batch_size: int = 1000) -> AsyncIterator[dict[str, Any]]:
+        after = ""
+        while True:
+
+            def page(db: sqlite3.Connection, after: str = after) -> list[tuple[str, str]]:
+                return db.execute(
+                    "SELECT event_id, doc FROM events WHERE event_id > ? ORDER BY event_id LIMIT ?",
+                    (after, batch_size),
+                ).fetchall()
+
+            rows = await self._run(page)
+            for _, doc in rows:
+                yield msgspec.json.decode(doc)
+            if len(rows) < batch_size:
+                return
+            after = rows[-1][0]
 
     async def count_dead_letters(self) -> int:
         sql = "SELECT count(*) FROM dead_letters"
