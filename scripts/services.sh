@@ -198,7 +198,10 @@ ferretdb_install() {
   dir="$CACHE/ferretdb-$FERRETDB_VERSION-$key"
   FERRETDB_BIN="$dir/widelog-ferretdb"
   [ -x "$FERRETDB_BIN" ] && return 0
-  command -v go >/dev/null 2>&1 || die "Go (1.24 or newer) is needed to build FerretDB; none on PATH"
+  if ! command -v go >/dev/null 2>&1; then
+    [ -x /usr/local/go/bin/go ] || die "Go (1.24 or newer) is needed to build FerretDB; none on PATH"
+    PATH="/usr/local/go/bin:$PATH"
+  fi
   log "building FerretDB $FERRETDB_VERSION (embedded, SQLite) into $dir (about a minute the first time)"
   mkdir -p "$dir"
   tmp="$dir/.widelog-ferretdb.tmp.$$"
@@ -257,6 +260,9 @@ transaction.state.log.min.isr=1
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
+# after a SIGKILL the restarted broker waits for its old session to expire (default 9 s, 2 s beats)
+broker.heartbeat.interval.ms=1000
+broker.session.timeout.ms=6000
 num.network.threads=2
 num.io.threads=4
 num.recovery.threads.per.data.dir=1
@@ -330,7 +336,10 @@ sys.exit(0 if i >= 0 and struct.unpack("<d", buf[i + 4:i + 12])[0] == 1.0 else "
 EOF
 }
 
-ferretdb_ready() { port_open "$MONGO_PORT" && mongo_ping; }
+ferretdb_ready() {
+  port_open "$MONGO_PORT" || return 1
+  if command -v python3 >/dev/null 2>&1; then mongo_ping; else grep -q 'listening on' "$STATE/ferretdb/ferretdb.log"; fi
+}
 
 ferretdb_start() {
   local d="$STATE/ferretdb"
@@ -390,7 +399,7 @@ status_one() {
 
 # ---------------------------------------------------------------------------------------------
 
-usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
+usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0" >&2; exit 2; }
 
 check_name() {
   case "${1:-}" in redis|kafka|ferretdb) ;; *) die "unknown service '${1:-}' (redis|kafka|ferretdb)" ;; esac

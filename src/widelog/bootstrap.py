@@ -4,68 +4,80 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from widelog.adapters.fake_llm import FakeLLM
+from widelog.adapters.fallback import SpoolFallback
 from widelog.adapters.memory_transport import (
     InProcessEventPublisher,
     InProcessEventSource,
     InProcessQueue,
 )
 from widelog.adapters.openai_llm import OpenAICompatibleLLM
+from widelog.adapters.spool import FileSpool
 from widelog.adapters.sqlite_store import SQLiteEventStore
 from widelog.service.batcher import BatchConsumer
 from widelog.service.logging_service import LoggingService
+from widelog.service.replayer import SpoolReplayer
 
 if TYPE_CHECKING:
+    from widelog.adapters.kafka_transport import KafkaEventPublisher
+    from widelog.adapters.redis_streams import RedisStreamsEventPublisher
     from widelog.config import Settings
-    from widelog.ports import EventPublisher, LLMPort, LoggerPort
+    from widelog.ports import EventPublisher, EventSource, LLMPort, LoggerPort
 
+    MQPublisher = KafkaEventPublisher | RedisStreamsEventPublisher
 
-@dataclass
-class EmbeddedPipeline:
-    """In-process queue → `BatchConsumer` → store, running as a task beside the API."""
-
-    queue: InProcessQueue
-    consumer: BatchConsumer
-    _stop: asyncio.Event = field(default_factory=asyncio.Event)
-    _task: asyncio.Task[None] | None = None
-
-    def start(self) -> None:
-        if self._task is None:
-            self._task = asyncio.create_task(self.consumer.run(self._stop), name="widelog-consumer")
-
-    async def drained(self) -> None:
-        await self.queue.drained()
-
-    async def stop(self) -> None:
-        """Drain the queue into the store, then stop the consumer (safe to call twice)."""
-        self._stop.set()
-        if self._task is not None:
-            await self._task
+log = logging.getLogger("widelog")
 
 
 @dataclass
 class Container:
+    """Everything one process needs, started and stopped in the right order."""
+
     settings: Settings
     logging: LoggingService
     publisher: EventPublisher
     store: LoggerPort
     llm: LLMPort
-    pipeline: EmbeddedPipeline
+    queue: InProcessQueue | None = None  # the embedded transport, when it is the one in use
+    consumer: BatchConsumer | None = None  # runs in this process (embedded transport)
+    replayer: SpoolReplayer | None = None  # drains the spool (message-queue transports)
+    fallback: SpoolFallback | None = None
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _closed: bool = False
 
     async def start(self) -> None:
-        await self.store.ping()
-        self.pipeline.start()
+        if self.consumer is not None:
+            await self.store.ping()
+            self._tasks.append(asyncio.create_task(self.consumer.run(self._stop)))
+        if self.replayer is not None:
+            interval = self.settings.replay_interval_s
+            self._tasks.append(
+                asyncio.create_task(self.replayer.run(self._stop, interval=interval))
+            )
+
+    async def drained(self) -> None:
+        """Every event published so far is stored (embedded transport only)."""
+        if self.queue is None:
+            raise RuntimeError("only the in-process transport can tell when it has drained")
+        await self.queue.drained()
 
     async def aclose(self) -> None:
+        """Stop accepting, hand what is in flight on (queue → store, MQ → broker or spool)."""
         if self._closed:
             return
         self._closed = True
-        await self.pipeline.stop()
         await self.publisher.close()
+        self._stop.set()
+        for task in self._tasks:
+            await task
+        if self.fallback is not None:
+            self.fallback.spool.close()
         for closer in (self.store.close, self.llm.close):
             with contextlib.suppress(Exception):
                 await closer()
@@ -87,18 +99,114 @@ def build_llm(settings: Settings) -> LLMPort:
     )
 
 
-def build(settings: Settings) -> Container:
-    queue = InProcessQueue(max_events=settings.queue_max_events)
-    publisher = InProcessEventPublisher(queue)
-    store = SQLiteEventStore(settings.sqlite_path)
-    consumer = BatchConsumer(
-        InProcessEventSource(queue),
+def build_store(settings: Settings) -> LoggerPort:
+    if settings.store == "mongo":
+        from widelog.adapters.mongo_store import MongoEventStore  # noqa: PLC0415 - optional driver
+
+        return MongoEventStore(
+            settings.mongo_url,
+            timeout_ms=settings.mongo_timeout_ms,
+            retention_days=settings.retention_days,
+        )
+    return SQLiteEventStore(settings.sqlite_path)
+
+
+def build_spool_fallback(settings: Settings) -> SpoolFallback:
+    spool = FileSpool(
+        settings.spool_dir,
+        fsync=settings.spool_fsync,
+        fsync_interval_s=settings.spool_fsync_interval_s,
+    )
+    return SpoolFallback(spool)
+
+
+def build_mq_publisher(settings: Settings, fallback: SpoolFallback) -> MQPublisher:
+    if settings.transport == "kafka":
+        from widelog.adapters.kafka_transport import KafkaEventPublisher  # noqa: PLC0415
+
+        return KafkaEventPublisher(
+            bootstrap=settings.kafka_bootstrap,
+            topic=settings.kafka_topic,
+            fallback=fallback,
+            acks=settings.kafka_acks,
+            idempotence=settings.kafka_idempotence,
+            retries=settings.publish_retries,
+            message_timeout_ms=settings.kafka_message_timeout_ms,
+            linger_ms=settings.kafka_linger_ms,
+        )
+    if settings.transport == "redis":
+        from widelog.adapters.redis_streams import RedisStreamsEventPublisher  # noqa: PLC0415
+
+        return RedisStreamsEventPublisher(
+            _redis_client(settings),
+            stream=settings.redis_stream,
+            fallback=fallback,
+            maxlen=settings.redis_stream_maxlen,
+            retries=settings.publish_retries,
+        )
+    raise ValueError(f"no message queue for transport {settings.transport!r}")
+
+
+def build_source(settings: Settings) -> EventSource:
+    """The consumer side of a shared transport, for `widelog worker`."""
+    name = f"{settings.instance}-{os.getpid()}"
+    if settings.transport == "kafka":
+        from widelog.adapters.kafka_transport import KafkaEventSource, ensure_topic  # noqa: PLC0415
+
+        ensure_topic(
+            settings.kafka_bootstrap, settings.kafka_topic, partitions=settings.kafka_partitions
+        )
+        return KafkaEventSource(
+            bootstrap=settings.kafka_bootstrap,
+            topic=settings.kafka_topic,
+            group=settings.kafka_group,
+            client_id=name,
+        )
+    if settings.transport == "redis":
+        from widelog.adapters.redis_streams import RedisStreamsEventSource  # noqa: PLC0415
+
+        return RedisStreamsEventSource(
+            _redis_client(settings),
+            stream=settings.redis_stream,
+            group=settings.kafka_group,
+            consumer=name,
+            claim_idle_ms=settings.redis_claim_idle_ms,
+        )
+    raise ValueError("the memory transport has no separate consumer")
+
+
+def build_consumer(settings: Settings, source: EventSource, store: LoggerPort) -> BatchConsumer:
+    return BatchConsumer(
+        source,
         store,
-        source_name="memory",
+        source_name=settings.transport,
         batch_size=settings.batch_size,
         flush_interval=settings.flush_interval_s,
         write_attempts=settings.write_attempts,
+        drain_on_stop=settings.transport == "memory",
     )
+
+
+def _redis_client(settings: Settings):  # type: ignore[no-untyped-def]  # redis.asyncio.Redis
+    from redis.asyncio import Redis  # noqa: PLC0415
+
+    # Short timeouts: a slow Redis must never hold a request or a consumer for long.
+    return Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
+
+
+def build(settings: Settings) -> Container:
+    store = build_store(settings)
+    queue = consumer = replayer = fallback = None
+    publisher: EventPublisher
+    if settings.transport == "memory":
+        queue = InProcessQueue(max_events=settings.queue_max_events)
+        publisher = InProcessEventPublisher(queue)
+        consumer = build_consumer(settings, InProcessEventSource(queue), store)
+    else:
+        fallback = build_spool_fallback(settings)
+        mq_publisher = build_mq_publisher(settings, fallback)
+        replayer = SpoolReplayer(fallback.spool, mq_publisher)
+        publisher = mq_publisher
     logging_service = LoggingService(
         publisher=publisher,
         service=settings.service_name,
@@ -113,5 +221,8 @@ def build(settings: Settings) -> Container:
         publisher=publisher,
         store=store,
         llm=build_llm(settings),
-        pipeline=EmbeddedPipeline(queue=queue, consumer=consumer),
+        queue=queue,
+        consumer=consumer,
+        replayer=replayer,
+        fallback=fallback,
     )

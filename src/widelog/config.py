@@ -17,8 +17,8 @@ class Settings(BaseSettings):
 
     # Adapters. Only the values implemented so far are accepted, so a typo or an unbuilt option
     # fails the start with the list of allowed values instead of failing later.
-    transport: Literal["memory"] = "memory"
-    store: Literal["sqlite"] = "sqlite"
+    transport: Literal["memory", "kafka", "redis"] = "memory"
+    store: Literal["sqlite", "mongo"] = "sqlite"
     cache: Literal["memory"] = "memory"
     llm: Literal["fake", "openai"] = "fake"
 
@@ -26,6 +26,29 @@ class Settings(BaseSettings):
     kafka_bootstrap: str = "127.0.0.1:9092"
     mongo_url: str = "mongodb://127.0.0.1:27017/widelog"
     redis_url: str = "redis://127.0.0.1:6379/0"
+
+    # Message queues (topic/stream and group names are what operators look for).
+    kafka_topic: str = "log-events"
+    kafka_group: str = "log-consumer-group"
+    kafka_partitions: int = Field(6, ge=1)
+    kafka_acks: Literal["all", "1", "0"] = "all"
+    kafka_idempotence: bool = True
+    kafka_message_timeout_ms: int = Field(10_000, ge=1000)
+    kafka_linger_ms: int = Field(5, ge=0)
+    publish_retries: int = Field(3, ge=0)
+    redis_stream: str = "log-events"
+    redis_stream_maxlen: int = Field(1_000_000, ge=1000)
+    redis_claim_idle_ms: int = Field(30_000, ge=100)
+
+    # Durable fallback when the message queue cannot take events.
+    spool_dir: Path = Path(".widelog/spool")
+    spool_fsync: Literal["always", "interval", "never"] = "interval"
+    spool_fsync_interval_s: float = Field(1.0, gt=0)
+    replay_interval_s: float = Field(5.0, gt=0)
+
+    # MongoDB.
+    mongo_timeout_ms: int = Field(2000, ge=100)
+    retention_days: int = Field(30, ge=0)
 
     # Embedded pipeline.
     sqlite_path: Path = Path(".widelog/events.sqlite3")

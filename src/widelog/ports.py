@@ -48,6 +48,10 @@ class EventSource(Protocol):
         """Mark messages as stored so they are never delivered to this group again."""
         ...
 
+    async def keepalive(self) -> None:
+        """Called while the store is down: stay a live member of the group without fetching."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -70,7 +74,11 @@ class DeadLetter:
 
 
 class LoggerPort(Protocol):
-    """Durable event storage. `write_batch` is idempotent: `event_id` is the key."""
+    """Durable event storage. `write_batch` is idempotent: `event_id` is the key.
+
+    Events read back as they were written, except `timestamp`: an aware `datetime` (stores differ
+    in precision; MongoDB keeps milliseconds).
+    """
 
     async def write_batch(self, events: Sequence[Mapping[str, Any]]) -> WriteResult: ...
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import pytest
@@ -25,11 +26,16 @@ class EventStoreContract:
     def store(self) -> LoggerPort:
         raise NotImplementedError
 
-    async def test_a_written_event_reads_back_unchanged(self, store):
+    async def test_a_written_event_reads_back_unchanged_with_a_datetime_timestamp(self, store):
         event = make_event(llm={"model": "m", "input_tokens": 3}, tags=["a", "b"], ok=True)
+        event["timestamp"] = "2026-11-27T10:11:12.345678Z"
         result = await store.write_batch([event])
         assert (1, 0, []) == (result.inserted, result.duplicates, result.rejected)
-        assert event == await store.get_event(event["event_id"])
+        stored = await store.get_event(event["event_id"])
+        assert stored is not None
+        written_at = dt.datetime(2026, 11, 27, 10, 11, 12, 345678, tzinfo=dt.UTC)
+        assert abs(stored.pop("timestamp") - written_at) < dt.timedelta(milliseconds=1)
+        assert {k: v for k, v in event.items() if k != "timestamp"} == stored
 
     async def test_writing_the_same_batch_twice_stores_each_event_once(self, store):
         batch = [make_event() for _ in range(50)]

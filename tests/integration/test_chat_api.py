@@ -33,7 +33,7 @@ async def client(container: Container) -> AsyncIterator[httpx.AsyncClient]:
 
 
 async def stored(container: Container, response: httpx.Response) -> dict[str, Any]:
-    await container.pipeline.drained()
+    await container.drained()
     events = await container.store.count_events()
     assert events >= 1
     # The API answers with the request id; with no caller id it is the event id too.
@@ -110,7 +110,7 @@ async def test_health_and_readiness_report_each_dependency(client):
     assert {"status": "ok"} == (await client.get("/healthz")).json()
     ready = await client.get("/readyz")
     assert 200 == ready.status_code
-    assert {"store": "ok", "llm": "ok", "queue_depth": "0"}.items() <= ready.json()[
+    assert {"store": "ok", "llm": "ok", "queue_depth": 0}.items() <= ready.json()[
         "checks"
     ].items()
 

@@ -24,6 +24,7 @@ class RecordingSource:
         self.pending = [Message(p, position=i) for i, p in enumerate(payloads)]
         self.committed: list[int] = []
         self.polls: list[int] = []
+        self.keepalives = 0
 
     async def poll(self, max_messages: int, timeout: float) -> list[Message]:
         batch, self.pending = self.pending[:max_messages], self.pending[max_messages:]
@@ -34,6 +35,9 @@ class RecordingSource:
 
     async def commit(self, messages):
         self.committed += [m.position for m in messages]
+
+    async def keepalive(self) -> None:
+        self.keepalives += 1
 
     async def close(self) -> None:
         return None
@@ -99,6 +103,7 @@ async def test_nothing_is_committed_until_the_store_recovers(sqlite_store, caplo
     assert 10 == await sqlite_store.count_events()
     assert 5 == consumer.stats.write_failures
     assert "write_batch failed (attempt 5)" in caplog.text
+    assert 2 == source.keepalives  # after the 3 logged retries: paused, kept alive
 
 
 async def test_retries_back_off_exponentially_up_to_the_cap(sqlite_store):
@@ -177,3 +182,13 @@ async def test_stop_drains_everything_already_published(sqlite_store, count):
     await run_until_drained(consumer)
     assert count == await sqlite_store.count_events()
     assert 0 == queue.depth
+
+
+async def test_a_durable_source_is_not_drained_at_stop(sqlite_store):
+    source = RecordingSource(payloads(250))
+    consumer = BatchConsumer(
+        source, sqlite_store, source_name="t", batch_size=100, drain_on_stop=False
+    )
+    await run_until_drained(consumer)
+    assert 100 == await sqlite_store.count_events()
+    assert list(range(100)) == source.committed

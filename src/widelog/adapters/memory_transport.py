@@ -74,5 +74,8 @@ class InProcessEventSource:
         for _ in messages:
             self._queue.task_done()
 
+    async def keepalive(self) -> None:
+        return None
+
     async def close(self) -> None:
         return None

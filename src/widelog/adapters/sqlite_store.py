@@ -7,6 +7,7 @@ id, route, error code); the whole event is kept as JSON beside them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import sqlite3
 import threading
@@ -75,6 +76,16 @@ def _row(doc: Mapping[str, Any]) -> tuple[Any, ...]:
     )
 
 
+def _from_json(text: str) -> dict[str, Any]:
+    """The stored event, with `timestamp` as an aware datetime like every store returns it."""
+    doc: dict[str, Any] = msgspec.json.decode(text)
+    stamp = doc.get("timestamp")
+    if isinstance(stamp, str):
+        with contextlib.suppress(ValueError):
+            doc["timestamp"] = dt.datetime.fromisoformat(stamp)
+    return doc
+
+
 class SQLiteEventStore:
     """`LoggerPort` on SQLite. Calls run in a thread so the event loop never waits on disk."""
 
@@ -139,7 +150,7 @@ class SQLiteEventStore:
             return None if row is None else str(row[0])
 
         doc = await self._run(select)
-        return None if doc is None else msgspec.json.decode(doc)
+        return None if doc is None else _from_json(doc)
 
     async def count_events(self, *, errors_only: bool = False) -> int:
         sql = (
@@ -161,7 +172,7 @@ class SQLiteEventStore:
 
             rows = await self._run(page)
             for _, doc in rows:
-                yield msgspec.json.decode(doc)
+                yield _from_json(doc)
             if len(rows) < batch_size:
                 return
             after = rows[-1][0]

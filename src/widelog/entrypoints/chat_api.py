@@ -110,16 +110,24 @@ def create_app(container: Container) -> FastAPI:
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
-        checks = {"store": container.store.ping(), "llm": llm.ping()}
-        report: dict[str, str] = {}
+        """Ready unless a dependency requests need is down; a spooling MQ is degraded, not down."""
+        checks = {"llm": llm.ping()}
+        if container.consumer is not None:
+            checks["store"] = container.store.ping()
+        report: dict[str, Any] = {}
         for name, check in checks.items():
             try:
                 await asyncio.wait_for(check, timeout=2.0)
                 report[name] = "ok"
             except Exception as exc:  # noqa: BLE001 - readiness reports every failure, raises none
                 report[name] = f"error: {exc!r}"[:300]
-        report["queue_depth"] = str(container.pipeline.queue.depth)
-        ready = all(v == "ok" for k, v in report.items() if k != "queue_depth")
+        ready = all(v == "ok" for v in report.values())
+        if container.queue is not None:
+            report["queue_depth"] = container.queue.depth
+        if container.fallback is not None:
+            down = getattr(container.publisher, "broker_down", False)
+            report["transport"] = "degraded: spooling events" if down else "ok"
+            report["spool_pending"] = container.fallback.spool.has_pending()
         return JSONResponse({"ready": ready, "checks": report}, status_code=200 if ready else 503)
 
     return app

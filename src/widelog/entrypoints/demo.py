@@ -23,6 +23,7 @@ from widelog.entrypoints.chat_api import create_app
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from widelog.bootstrap import Container
     from widelog.config import Settings
 
 FAQ = [
@@ -84,6 +85,8 @@ async def run_demo(
     on_progress: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
     """Send `requests` chats through the full pipeline; wait until it drained; report."""
+    if settings.transport != "memory":
+        raise ValueError("the demo runs on the embedded transport (WIDELOG_TRANSPORT=memory)")
     with tempfile.TemporaryDirectory(prefix="widelog-demo-") as tmp:
         if settings.store == "sqlite":
             settings = settings.model_copy(update={"sqlite_path": Path(tmp) / "events.sqlite3"})
@@ -110,21 +113,23 @@ async def run_demo(
             async with httpx.AsyncClient(transport=transport, base_url="http://demo") as client:
                 await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
             traffic_s = time.perf_counter() - started
-            await asyncio.wait_for(container.pipeline.drained(), timeout=60)
+            await asyncio.wait_for(container.drained(), timeout=60)
             return await _report(container, requests, statuses, latencies, traffic_s)
         finally:
             await container.aclose()
 
 
 async def _report(
-    container: Any,
+    container: Container,
     requests: int,
     statuses: Counter[int],
     latencies: list[float],
     traffic_s: float,
 ) -> dict[str, Any]:
     logging_stats = container.logging.stats
-    consumer_stats = container.pipeline.consumer.stats
+    if container.consumer is None:
+        raise RuntimeError("the demo needs the in-process consumer")
+    consumer_stats = container.consumer.stats
     store = container.store
     return {
         "requests": requests,

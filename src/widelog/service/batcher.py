@@ -50,6 +50,7 @@ class BatchConsumer:
         backoff: float = 0.2,
         max_backoff: float = 5.0,
         shutdown_timeout: float = 10.0,
+        drain_on_stop: bool = True,
         idle_poll: float = 0.1,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
     ) -> None:
@@ -62,17 +63,22 @@ class BatchConsumer:
         self._backoff = backoff
         self._max_backoff = max_backoff
         self._shutdown_timeout = shutdown_timeout
+        self._drain_on_stop = drain_on_stop
         self._idle_poll = idle_poll
         self._sleep = sleep
         self.stats = ConsumerStats()
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Consume until `stop` is set, then drain what the source still has and return."""
+        """Consume until `stop` is set, then finish the batch in hand and return.
+
+        With `drain_on_stop` (the in-process queue, which dies with the process) it first empties
+        the source; a durable source keeps its backlog for the next consumer instead.
+        """
         while True:
             batch = await self._collect(stop)
             if batch:
                 await self.process(batch, stop)
-            elif stop.is_set():
+            if stop.is_set() and (not batch or not self._drain_on_stop):
                 return
 
     async def _collect(self, stop: asyncio.Event) -> list[Message]:
@@ -154,9 +160,9 @@ class BatchConsumer:
                 attempt += 1
                 self.stats.write_failures += 1
                 delay = min(self._backoff * 2 ** min(attempt - 1, 32), self._max_backoff)
-                level = logging.WARNING if attempt <= self._write_attempts else logging.ERROR
+                outage = attempt > self._write_attempts
                 log.log(
-                    level,
+                    logging.ERROR if outage else logging.WARNING,
                     "%s failed (attempt %d), retrying in %.1fs: %r",
                     what,
                     attempt,
@@ -168,6 +174,8 @@ class BatchConsumer:
                     if time.monotonic() >= give_up_at:
                         log.error("%s: store still down at shutdown; batch left uncommitted", what)
                         return False
+                if outage:
+                    await self._source.keepalive()  # paused: stay in the group, fetch nothing
                 await self._sleep(delay)
             else:
                 return True

@@ -1,0 +1,180 @@
+"""MongoDB store on PyMongo's native async API; also runs on FerretDB (see README for limits).
+
+`_id = event_id`, so `insert_many(ordered=False)` is idempotent: a re-delivered event fails with
+duplicate-key error 11000 and is counted as already stored, and every other event of the batch is
+inserted. Other per-document errors are rejections the consumer dead-letters; connection errors
+raise, and the consumer retries the whole batch.
+
+`timestamp` is stored as a BSON date so range queries and TTL retention work; it reads back as an
+aware `datetime` (millisecond precision, as BSON dates are).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from typing import TYPE_CHECKING, Any
+
+from bson import Binary
+from pymongo import ASCENDING, AsyncMongoClient
+from pymongo.errors import BulkWriteError, OperationFailure
+
+from widelog.ports import DeadLetter, WriteResult
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Mapping, Sequence
+
+log = logging.getLogger("widelog.mongo")
+DUPLICATE_KEY = 11000
+ERROR_FILTER = {
+    "$or": [
+        {"error.code": {"$exists": True, "$nin": [None, ""]}},
+        {"http.status": {"$gte": 500}},
+    ]
+}
+
+
+def _to_document(event: Mapping[str, Any]) -> dict[str, Any]:
+    doc = dict(event)
+    doc["_id"] = doc["event_id"]
+    stamp = doc.get("timestamp")
+    if isinstance(stamp, str):
+        try:
+            doc["timestamp"] = dt.datetime.fromisoformat(stamp)
+        except ValueError:
+            pass  # keep what the producer sent; the event is still worth storing
+    return doc
+
+
+def _from_document(doc: dict[str, Any]) -> dict[str, Any]:
+    doc.pop("_id", None)
+    stamp = doc.get("timestamp")
+    if isinstance(stamp, dt.datetime) and stamp.tzinfo is None:
+        doc["timestamp"] = stamp.replace(tzinfo=dt.UTC)
+    return doc
+
+
+class MongoEventStore:
+    def __init__(
+        self,
+        url: str,
+        *,
+        database: str | None = None,
+        events: str = "events",
+        dead_letters: str = "dead_letters",
+        timeout_ms: int = 2000,
+        retention_days: int = 0,
+    ) -> None:
+        self._client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+            url,
+            tz_aware=True,
+            serverSelectionTimeoutMS=timeout_ms,
+            connectTimeoutMS=timeout_ms,
+            socketTimeoutMS=max(timeout_ms * 5, 10_000),
+        )
+        db = self._client.get_default_database(database or "widelog")
+        self._events = db[events]
+        self._dead = db[dead_letters]
+        self._retention_days = retention_days
+        self.ttl_index = False
+        self._indexed = False
+
+    async def ensure_indexes(self) -> None:
+        """The indexes operators' queries need; a TTL index where the server supports it."""
+        if self._indexed:
+            return
+        events = self._events
+        await events.create_index([("request_id", ASCENDING)], name="request_id")
+        await events.create_index(
+            [("error.code", ASCENDING), ("timestamp", ASCENDING)], name="error_code_time"
+        )
+        await events.create_index(
+            [("http.route", ASCENDING), ("timestamp", ASCENDING)], name="route_time"
+        )
+        if self._retention_days:
+            try:
+                await events.create_index(
+                    [("timestamp", ASCENDING)],
+                    name="timestamp_ttl",
+                    expireAfterSeconds=self._retention_days * 86400,
+                )
+                self.ttl_index = True
+            except OperationFailure as exc:  # FerretDB: NotImplemented (238)
+                log.info(
+                    "no TTL index on this server (%s); retention runs as a periodic delete",
+                    exc.code,
+                )
+        if not self.ttl_index:
+            await events.create_index([("timestamp", ASCENDING)], name="timestamp")
+        self._indexed = True
+
+    async def expire(self, *, now: dt.datetime | None = None) -> int:
+        """Delete events past retention (where no TTL index does it); returns how many."""
+        if not self._retention_days or self.ttl_index:
+            return 0
+        cutoff = (now or dt.datetime.now(dt.UTC)) - dt.timedelta(days=self._retention_days)
+        result = await self._events.delete_many({"timestamp": {"$lt": cutoff}})
+        return result.deleted_count
+
+    async def write_batch(self, events: Sequence[Mapping[str, Any]]) -> WriteResult:
+        await self.ensure_indexes()
+        result = WriteResult()
+        docs, index_of = [], []
+        for index, event in enumerate(events):
+            try:
+                docs.append(_to_document(event))
+                index_of.append(index)
+            except (KeyError, TypeError) as exc:
+                result.rejected.append((index, f"unstorable event: {exc!r}"))
+        if not docs:
+            return result
+        try:
+            inserted = await self._events.insert_many(docs, ordered=False)
+            result.inserted = len(inserted.inserted_ids)
+        except BulkWriteError as exc:
+            details = exc.details
+            failed = 0
+            for error in details.get("writeErrors", []):
+                failed += 1
+                if error.get("code") == DUPLICATE_KEY:
+                    result.duplicates += 1
+                else:
+                    reason = f"mongo error {error.get('code')}: {error.get('errmsg')}"
+                    result.rejected.append((index_of[error["index"]], reason[:500]))
+            result.inserted = details.get("nInserted", len(docs) - failed)
+        return result
+
+    async def write_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
+        now = dt.datetime.now(dt.UTC)
+        await self._dead.insert_many(
+            [
+                {
+                    "received_at": now,
+                    "source": letter.source,
+                    "error": letter.error,
+                    "payload": Binary(letter.payload),
+                }
+                for letter in letters
+            ]
+        )
+
+    async def get_event(self, event_id: str) -> dict[str, Any] | None:
+        doc = await self._events.find_one({"_id": event_id})
+        return None if doc is None else _from_document(doc)
+
+    async def count_events(self, *, errors_only: bool = False) -> int:
+        return await self._events.count_documents(ERROR_FILTER if errors_only else {})
+
+    async def scan_events(self, *, batch_size: int = 1000) -> AsyncIterator[dict[str, Any]]:
+        cursor = self._events.find({}, sort=[("_id", ASCENDING)], batch_size=batch_size)
+        async for doc in cursor:
+            yield _from_document(doc)
+
+    async def count_dead_letters(self) -> int:
+        return await self._dead.count_documents({})
+
+    async def ping(self) -> None:
+        await self._client.admin.command("ping")
+
+    async def close(self) -> None:
+        await self._client.close()
