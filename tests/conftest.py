@@ -14,3 +14,11 @@ async def sqlite_store(tmp_path: Path) -> AsyncIterator[SQLiteEventStore]:
     store = SQLiteEventStore(tmp_path / "events.sqlite3")
     yield store
     await store.close()
+
+
+@pytest.fixture(scope="session")
+def live_services() -> None:
+    """Redis, Kafka and FerretDB on loopback, started once per test run (reused if running)."""
+    from tests.live import services
+
+    services("up")

@@ -93,3 +93,17 @@ class TestSQLiteEventStore(EventStoreContract):
     @pytest.fixture
     def store(self, sqlite_store):
         return sqlite_store
+
+
+@pytest.mark.mongo
+class TestMongoEventStore(EventStoreContract):
+    @pytest.fixture
+    async def store(self, live_services):
+        from tests.live import mongo_url, unique
+        from widelog.adapters.mongo_store import MongoEventStore
+
+        database = unique("widelog_test").replace("-", "_")
+        store = MongoEventStore(mongo_url(database))
+        yield store
+        await store._client.drop_database(database)
+        await store.close()

@@ -65,3 +65,62 @@ def test_a_full_in_process_queue_refuses_instead_of_blocking():
     publisher.publish("k", b"{}")
     with pytest.raises(PublishError):
         publisher.publish("k", b"{}")
+
+
+@pytest.fixture
+def spool_fallback(tmp_path):
+    from widelog.adapters.fallback import SpoolFallback
+    from widelog.adapters.spool import FileSpool
+
+    spool = FileSpool(tmp_path / "spool")
+    yield SpoolFallback(spool)
+    spool.close()
+
+
+@pytest.mark.kafka
+class TestKafkaTransport(TransportContract):
+    @pytest.fixture
+    async def transport(self, live_services, spool_fallback):
+        from tests.live import KAFKA, unique
+        from widelog.adapters.kafka_transport import (
+            KafkaEventPublisher,
+            KafkaEventSource,
+            ensure_topic,
+        )
+
+        topic = unique("contract")
+        ensure_topic(KAFKA, topic, partitions=3)
+        publisher = KafkaEventPublisher(bootstrap=KAFKA, topic=topic, fallback=spool_fallback)
+        source = KafkaEventSource(bootstrap=KAFKA, topic=topic, group=unique("group"))
+        yield publisher, source
+        await publisher.close()
+        await source.close()
+        assert 0 == spool_fallback.spooled
+
+
+@pytest.mark.redis
+class TestRedisStreamsTransport(TransportContract):
+    @pytest.fixture
+    async def transport(self, live_services, spool_fallback):
+        from redis.asyncio import Redis
+
+        from tests.live import REDIS_URL, unique
+        from widelog.adapters.redis_streams import (
+            RedisStreamsEventPublisher,
+            RedisStreamsEventSource,
+        )
+
+        stream = unique("contract")
+        publisher = RedisStreamsEventPublisher(
+            Redis.from_url(REDIS_URL), stream=stream, fallback=spool_fallback
+        )
+        source = RedisStreamsEventSource(
+            Redis.from_url(REDIS_URL), stream=stream, group="g", consumer="c1"
+        )
+        yield publisher, source
+        await publisher.close()
+        cleanup = Redis.from_url(REDIS_URL)
+        await cleanup.delete(stream)
+        await cleanup.aclose()
+        await source.close()
+        assert 0 == spool_fallback.spooled

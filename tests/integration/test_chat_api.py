@@ -110,9 +110,7 @@ async def test_health_and_readiness_report_each_dependency(client):
     assert {"status": "ok"} == (await client.get("/healthz")).json()
     ready = await client.get("/readyz")
     assert 200 == ready.status_code
-    assert {"store": "ok", "llm": "ok", "queue_depth": 0}.items() <= ready.json()[
-        "checks"
-    ].items()
+    assert {"store": "ok", "llm": "ok", "queue_depth": 0}.items() <= ready.json()["checks"].items()
 
 
 async def test_readiness_fails_with_the_reason_when_the_store_is_down(tmp_path):

@@ -135,7 +135,7 @@ class RedisStreamsEventPublisher:
         return len(self._buffer)
 
     async def close(self, timeout: float = 10.0) -> None:
-        """Flush the buffer; what is left after `timeout` goes to the spool."""
+        """Flush the buffer (what is left after `timeout` goes to the spool); close the client."""
         self._closing = True
         self._wakeup.set()
         if self._task is not None:
@@ -146,6 +146,7 @@ class RedisStreamsEventPublisher:
         while self._buffer:
             key, payload = self._buffer.popleft()
             self._fallback.spill(key, payload, "shutdown before XADD")
+        await self._redis.aclose()
 
 
 class RedisStreamsEventSource:

@@ -55,15 +55,33 @@ def serve(
 
 
 @app.command()
-def worker() -> None:
-    """Consume events from Kafka or Redis Streams into the store."""
+def worker(log_level: str = "info") -> None:
+    """Consume events from Kafka or Redis Streams into the store (one consumer-group member)."""
+    from widelog.entrypoints.worker import run_worker  # noqa: PLC0415 - loads the MQ clients
+
     settings = _settings()
     if settings.transport == "memory":
         err.print(
             "WIDELOG_TRANSPORT=memory: the consumer runs inside the API process (`widelog serve`);"
-            " a separate worker needs a shared transport (Kafka or Redis Streams)."
+            " a separate worker needs a shared transport (kafka or redis)."
         )
         raise typer.Exit(2)
+    _configure_logging(log_level)
+    asyncio.run(run_worker(settings))
+
+
+@app.command()
+def replay(log_level: str = "info") -> None:
+    """Publish the spooled events to the message queue now (the API also does it by itself)."""
+    from widelog.entrypoints.worker import replay as replay_spool  # noqa: PLC0415
+
+    settings = _settings()
+    if settings.transport == "memory":
+        err.print("WIDELOG_TRANSPORT=memory has no spool: nothing to replay.")
+        raise typer.Exit(2)
+    _configure_logging(log_level)
+    confirmed = asyncio.run(replay_spool(settings))
+    err.print(f"replayed {confirmed} events from {settings.spool_dir}")
 
 
 @app.command()

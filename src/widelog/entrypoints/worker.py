@@ -1,0 +1,74 @@
+"""`widelog worker` and `widelog replay`: the processes around a shared message queue."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from typing import TYPE_CHECKING
+
+from widelog.bootstrap import (
+    build_consumer,
+    build_mq_publisher,
+    build_source,
+    build_spool_fallback,
+    build_store,
+)
+from widelog.service.replayer import SpoolReplayer
+
+if TYPE_CHECKING:
+    from widelog.config import Settings
+    from widelog.service.batcher import ConsumerStats
+
+log = logging.getLogger("widelog.worker")
+RETENTION_EVERY_S = 3600.0
+
+
+async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -> ConsumerStats:
+    """Consume until SIGTERM/SIGINT (or `stop`): finish the batch in hand, commit, close."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    store = build_store(settings)
+    source = await asyncio.to_thread(build_source, settings)
+    consumer = build_consumer(settings, source, store)
+    retention = asyncio.create_task(_expire_periodically(store, stop))
+    log.info("worker consuming %s into %s", settings.transport, settings.store)
+    try:
+        await consumer.run(stop)
+    finally:
+        stop.set()
+        await retention
+        await source.close()
+        await store.close()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+    log.info("worker stopped: %s", consumer.stats)
+    return consumer.stats
+
+
+async def _expire_periodically(store: object, stop: asyncio.Event) -> None:
+    """Retention where the store has no TTL index (FerretDB): a delete every hour."""
+    expire = getattr(store, "expire", None)
+    while expire is not None and not stop.is_set():
+        try:
+            deleted = await expire()
+            if deleted:
+                log.info("retention deleted %d events", deleted)
+        except Exception:
+            log.exception("retention delete failed")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), RETENTION_EVERY_S)
+
+
+async def replay(settings: Settings) -> int:
+    """Publish every spooled event to the message queue now; return how many were confirmed."""
+    fallback = build_spool_fallback(settings)
+    publisher = build_mq_publisher(settings, fallback)
+    try:
+        return await SpoolReplayer(fallback.spool, publisher).replay_once()
+    finally:
+        await publisher.close()
+        fallback.spool.close()

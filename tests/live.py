@@ -1,0 +1,26 @@
+"""The real services, started by scripts/services.sh, and unique names so tests never collide."""
+
+from __future__ import annotations
+
+import subprocess
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "scripts" / "services.sh"
+KAFKA = "127.0.0.1:9092"
+REDIS_URL = "redis://127.0.0.1:6379/0"
+MONGO = "mongodb://127.0.0.1:27017"
+
+
+def services(*args: str) -> None:
+    """Run the services script (idempotent `up`; `stop NAME` / `start NAME` for fault tests)."""
+    subprocess.run([str(SCRIPT), *args], check=True, timeout=600, stdin=subprocess.DEVNULL)
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+def mongo_url(database: str) -> str:
+    return f"{MONGO}/{database}"
