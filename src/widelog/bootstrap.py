@@ -24,6 +24,8 @@ from widelog.service.logging_service import LoggingService
 from widelog.service.replayer import SpoolReplayer
 
 if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
     from widelog.adapters.kafka_transport import KafkaEventPublisher
     from widelog.adapters.redis_streams import RedisStreamsEventPublisher
     from widelog.config import Settings
@@ -161,6 +163,7 @@ def build_source(settings: Settings) -> EventSource:
             topic=settings.kafka_topic,
             group=settings.kafka_group,
             client_id=name,
+            session_timeout_ms=settings.kafka_session_timeout_ms,
         )
     if settings.transport == "redis":
         from widelog.adapters.redis_streams import RedisStreamsEventSource  # noqa: PLC0415
@@ -187,7 +190,7 @@ def build_consumer(settings: Settings, source: EventSource, store: LoggerPort) -
     )
 
 
-def _redis_client(settings: Settings):  # type: ignore[no-untyped-def]  # redis.asyncio.Redis
+def _redis_client(settings: Settings) -> Redis:
     from redis.asyncio import Redis  # noqa: PLC0415
 
     # Short timeouts: a slow Redis must never hold a request or a consumer for long.

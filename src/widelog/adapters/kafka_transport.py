@@ -81,6 +81,7 @@ class KafkaEventPublisher:
                 "queue.buffering.max.messages": queue_max_messages,
                 "compression.type": "lz4",
                 "error_cb": self._on_error,
+                "logger": log,  # librdkafka's own lines go through logging, not stderr
                 **(config or {}),
             }
         )
@@ -114,7 +115,7 @@ class KafkaEventPublisher:
             self._fallback.spill(key, msg.value() or b"", err)
 
     def _on_error(self, err: KafkaError) -> None:
-        if err.code() == KafkaError._ALL_BROKERS_DOWN:  # noqa: SLF001 - librdkafka's name
+        if err.code() == KafkaError._ALL_BROKERS_DOWN:
             if not self._broker_down:
                 log.warning("all Kafka brokers are down: spooling events until a replay succeeds")
             self._broker_down = True
@@ -203,6 +204,7 @@ class KafkaEventSource:
                 "auto.offset.reset": "earliest",
                 "session.timeout.ms": session_timeout_ms,
                 "max.poll.interval.ms": max_poll_interval_ms,
+                "logger": log,
                 **(config or {}),
             }
         )

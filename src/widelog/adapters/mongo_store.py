@@ -11,6 +11,7 @@ aware `datetime` (millisecond precision, as BSON dates are).
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 from typing import TYPE_CHECKING, Any
@@ -39,10 +40,9 @@ def _to_document(event: Mapping[str, Any]) -> dict[str, Any]:
     doc["_id"] = doc["event_id"]
     stamp = doc.get("timestamp")
     if isinstance(stamp, str):
-        try:
+        # An unparsable timestamp stays as sent: the event is still worth storing.
+        with contextlib.suppress(ValueError):
             doc["timestamp"] = dt.datetime.fromisoformat(stamp)
-        except ValueError:
-            pass  # keep what the producer sent; the event is still worth storing
     return doc
 
 

@@ -6,7 +6,8 @@ that buffer is memory, not durability: an event is durable once XADD returned (a
 per its own AOF/RDB settings) or once it is in the spool.
 
 The stream is capped with `MAXLEN ~ N` so Redis memory stays bounded: N must exceed the largest
-backlog you expect, or entries no consumer has read yet are trimmed.
+backlog you expect, or entries no consumer has read yet are trimmed. The stream is exactly as
+durable as Redis is: without AOF persistence a Redis restart loses every entry not yet consumed.
 """
 
 from __future__ import annotations
@@ -130,7 +131,7 @@ class RedisStreamsEventPublisher:
 
     async def flush(self, timeout: float) -> int:
         deadline = time.monotonic() + timeout
-        while self._buffer and time.monotonic() < deadline:
+        while self._buffer and time.monotonic() < deadline:  # noqa: ASYNC110 - a bounded wait
             await asyncio.sleep(0.01)
         return len(self._buffer)
 
@@ -189,13 +190,18 @@ class RedisStreamsEventSource:
             if claimed:
                 return claimed
         block = int(timeout * 1000)
-        response = await self._redis.xreadgroup(
-            self._group,
-            self._consumer,
-            {self._stream: ">"},
-            count=max_messages,
-            block=block if block > 0 else None,
-        )
+        try:
+            response = await self._redis.xreadgroup(
+                self._group,
+                self._consumer,
+                {self._stream: ">"},
+                count=max_messages,
+                block=block if block > 0 else None,
+            )
+        except ResponseError as exc:
+            if "NOGROUP" in str(exc):  # Redis restarted without persistence: recreate the group
+                self._group_ready = False
+            raise
         streams: Any = response or []  # RESP2: [[stream, entries]]
         return [message for _, entries in streams for message in _messages(entries)]
 

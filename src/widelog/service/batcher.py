@@ -32,6 +32,7 @@ class ConsumerStats:
     duplicates: int = 0
     dead_lettered: int = 0
     write_failures: int = 0
+    poll_failures: int = 0
     last_batch_ms: float = 0.0
 
 
@@ -92,7 +93,7 @@ class BatchConsumer:
                 timeout = self._idle_poll
             else:
                 timeout = min(self._idle_poll, deadline - time.monotonic())
-            messages = await self._source.poll(self._batch_size - len(batch), max(timeout, 0.0))
+            messages = await self._poll(self._batch_size - len(batch), max(timeout, 0.0))
             if messages and deadline is None:
                 deadline = time.monotonic() + self._flush_interval
             batch.extend(messages)
@@ -103,6 +104,18 @@ class BatchConsumer:
             ):
                 break
         return batch
+
+    async def _poll(self, max_messages: int, timeout: float) -> list[Message]:
+        """Poll; a transport outage is logged and waited out, never fatal to the consumer."""
+        try:
+            messages = await self._source.poll(max_messages, timeout)
+        except Exception as exc:  # noqa: BLE001 - the broker may come back; the worker must stay
+            self.stats.poll_failures += 1
+            if self.stats.poll_failures % 20 == 1:
+                log.warning("poll failed (%d so far), retrying: %r", self.stats.poll_failures, exc)
+            await self._sleep(min(self._max_backoff, 1.0))
+            return []
+        return messages
 
     async def process(self, batch: Sequence[Message], stop: asyncio.Event | None = None) -> None:
         started = time.perf_counter()

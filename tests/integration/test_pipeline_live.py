@@ -1,0 +1,318 @@
+"""Conservation under faults, on the real services: every finalized event is stored exactly once.
+
+The API runs in-process (its publisher, spool and replayer are the real ones); workers run as
+separate `widelog worker` processes so they can be SIGKILLed. Each test has its own topic, stream,
+consumer group and database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from confluent_kafka import Producer
+from pymongo import AsyncMongoClient
+
+from tests.live import KAFKA, mongo_url, services, unique
+from widelog.bootstrap import Container, build
+from widelog.config import Settings
+from widelog.domain.stats import percentile
+from widelog.entrypoints.chat_api import create_app
+
+pytestmark = [pytest.mark.slow, pytest.mark.kafka, pytest.mark.mongo, pytest.mark.timeout(300)]
+
+
+class Pipeline:
+    """One test's names and settings, shared by the in-process API and its worker processes."""
+
+    def __init__(self, tmp_path: Path, transport: str) -> None:
+        self.database = unique("widelog_live").replace("-", "_")
+        self.env = {
+            "WIDELOG_TRANSPORT": transport,
+            "WIDELOG_STORE": "mongo",
+            "WIDELOG_KAFKA_TOPIC": unique("log-events"),
+            "WIDELOG_KAFKA_GROUP": unique("log-consumer-group"),
+            "WIDELOG_REDIS_STREAM": unique("log-events"),
+            "WIDELOG_MONGO_URL": mongo_url(self.database),
+            "WIDELOG_KAFKA_PARTITIONS": "4",
+            "WIDELOG_KAFKA_SESSION_TIMEOUT_MS": "6000",
+            "WIDELOG_KAFKA_MESSAGE_TIMEOUT_MS": "3000",
+            "WIDELOG_REDIS_CLAIM_IDLE_MS": "2000",
+            "WIDELOG_FLUSH_INTERVAL_S": "0.2",
+            "WIDELOG_SPOOL_DIR": str(tmp_path / "spool"),
+            "WIDELOG_REPLAY_INTERVAL_S": "0.5",
+            "WIDELOG_FAKE_LLM_LATENCY_MS": "0",
+            "WIDELOG_FAKE_LLM_LATENCY_SIGMA": "0",
+        }
+        self.logs = tmp_path
+        self.workers: list[subprocess.Popen[bytes]] = []
+        self.mongo: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(mongo_url(self.database))
+
+    def settings(self) -> Settings:
+        keys = {k.removeprefix("WIDELOG_").lower(): v for k, v in self.env.items()}
+        return Settings.model_validate(keys)
+
+    def start_worker(self) -> subprocess.Popen[bytes]:
+        with (self.logs / f"worker-{len(self.workers)}.log").open("wb") as log:
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "widelog", "worker"],
+                env={**os.environ, **self.env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+        self.workers.append(worker)
+        return worker
+
+    def worker_log(self, index: int) -> str:
+        return (self.logs / f"worker-{index}.log").read_text()
+
+    async def wait_for_log(self, index: int, text: str, *, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.worker_log(index):
+            assert time.monotonic() < deadline, f"worker {index} never logged {text!r}"
+            await asyncio.sleep(0.2)
+
+    async def stored_request_ids(self) -> collections.Counter[str]:
+        events = self.mongo.get_default_database()["events"]
+        return collections.Counter(
+            [doc["request_id"] async for doc in events.find({}, {"request_id": 1})]
+        )
+
+    async def dead_letters(self) -> list[dict[str, Any]]:
+        return await self.mongo.get_default_database()["dead_letters"].find({}).to_list()
+
+    async def wait_until_stored(self, expected: set[str], *, timeout: float = 90) -> None:
+        """Wait for the backlog to drain, then require each request stored exactly once."""
+        deadline = time.monotonic() + timeout
+        stored: collections.Counter[str] = collections.Counter()
+        while time.monotonic() < deadline:
+            stored = await self.stored_request_ids()
+            if expected <= set(stored):
+                break
+            await asyncio.sleep(0.5)
+        await asyncio.sleep(1.0)  # anything stored twice would show up now
+        stored = await self.stored_request_ids()
+        missing = expected - set(stored)
+        twice = {rid: n for rid, n in stored.items() if n > 1}
+        assert (set(), {}) == (missing, twice), f"{len(missing)} missing, {len(twice)} stored twice"
+
+    async def aclose(self) -> None:
+        for worker in self.workers:
+            if worker.poll() is None:
+                worker.kill()
+                worker.wait(10)
+        await self.mongo.drop_database(self.database)
+        await self.mongo.close()
+
+
+@pytest.fixture
+async def kafka_pipeline(live_services, tmp_path) -> AsyncIterator[Pipeline]:
+    pipeline = Pipeline(tmp_path, "kafka")
+    yield pipeline
+    await pipeline.aclose()
+
+
+@pytest.fixture
+async def redis_pipeline(live_services, tmp_path) -> AsyncIterator[Pipeline]:
+    pipeline = Pipeline(tmp_path, "redis")
+    yield pipeline
+    await pipeline.aclose()
+
+
+@asynccontextmanager
+async def api(pipeline: Pipeline) -> AsyncIterator[tuple[httpx.AsyncClient, Container]]:
+    container = build(pipeline.settings())
+    await container.start()
+    transport = httpx.ASGITransport(app=create_app(container))
+    try:
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+            yield client, container
+    finally:
+        await container.aclose()
+
+
+async def send(
+    client: httpx.AsyncClient, prefix: str, count: int, *, concurrency: int = 16
+) -> tuple[set[str], list[float]]:
+    """`count` chats with caller-chosen request ids; every one must succeed."""
+    ids = [f"{prefix}-{i}" for i in range(count)]
+    pending = iter(ids)
+    latencies: list[float] = []
+
+    async def loop() -> None:
+        for request_id in pending:
+            started = time.perf_counter()
+            response = await client.post(
+                "/v1/chat",
+                json={"session_id": "s", "message": f"hello {request_id}"},
+                headers={"x-request-id": request_id},
+            )
+            latencies.append((time.perf_counter() - started) * 1000)
+            assert 200 == response.status_code, response.text
+
+    await asyncio.gather(*(loop() for _ in range(concurrency)))
+    return set(ids), latencies
+
+
+@contextmanager
+def service_down(name: str) -> Iterator[None]:
+    services("stop", name)
+    try:
+        yield
+    finally:
+        services("start", name)
+
+
+async def test_ten_thousand_requests_are_stored_exactly_once(kafka_pipeline):
+    kafka_pipeline.start_worker()
+    async with api(kafka_pipeline) as (client, container):
+        sent, latencies = await send(client, "bulk", 10_000, concurrency=32)
+        assert 10_000 == container.logging.stats.published
+    await kafka_pipeline.wait_until_stored(sent, timeout=120)
+    assert 10_000 == sum((await kafka_pipeline.stored_request_ids()).values())
+    print(f"10k: p50 {percentile(latencies, 50):.2f} ms, p99 {percentile(latencies, 99):.2f} ms")
+
+
+@pytest.mark.faults
+async def test_kafka_down_during_traffic_loses_nothing_and_requests_still_succeed(kafka_pipeline):
+    kafka_pipeline.start_worker()
+    async with api(kafka_pipeline) as (client, container):
+        before, _ = await send(client, "before", 300)
+        with service_down("kafka"):
+            during, outage_latencies = await send(client, "during", 300)
+            await asyncio.sleep(4)  # past message.timeout.ms: queued events are spooled
+            assert container.fallback is not None
+            assert container.fallback.spooled > 0
+        after, _ = await send(client, "after", 300)
+        await kafka_pipeline.wait_until_stored(before | during | after)
+        assert not container.fallback.spool.has_pending()
+    print(
+        f"kafka outage: p50 {percentile(outage_latencies, 50):.2f} ms,"
+        f" p99 {percentile(outage_latencies, 99):.2f} ms, spooled {container.fallback.spooled}"
+    )
+
+
+@pytest.mark.faults
+async def test_store_down_during_traffic_the_worker_waits_and_then_stores_everything(
+    kafka_pipeline,
+):
+    kafka_pipeline.start_worker()
+    async with api(kafka_pipeline) as (client, _):
+        before, _ = await send(client, "before", 200)
+        with service_down("ferretdb"):
+            during, latencies = await send(client, "during", 300)
+            await asyncio.sleep(3)  # the worker retries and keeps its offsets uncommitted
+        await kafka_pipeline.wait_until_stored(before | during)
+        after, _ = await send(client, "after", 50)  # live again
+        await kafka_pipeline.wait_until_stored(before | during | after)
+    assert "write_batch failed" in kafka_pipeline.worker_log(0)
+    assert percentile(latencies, 99) < 250  # the API never waits on the store
+
+
+@pytest.mark.faults
+async def test_a_worker_killed_mid_batch_then_restarted_loses_and_duplicates_nothing(
+    kafka_pipeline,
+):
+    async with api(kafka_pipeline) as (client, _):
+        sent, _ = await send(client, "kill", 3000)  # a backlog the worker is busy draining
+        worker = kafka_pipeline.start_worker()
+        while sum((await kafka_pipeline.stored_request_ids()).values()) == 0:
+            await asyncio.sleep(0.05)
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(10)
+        assert len(await kafka_pipeline.stored_request_ids()) < 3000, "killed too late"
+        kafka_pipeline.start_worker()
+        await kafka_pipeline.wait_until_stored(sent)
+
+
+@pytest.mark.faults
+async def test_two_workers_share_the_topic_and_one_takes_over_when_the_other_dies(
+    kafka_pipeline,
+):
+    first, second = kafka_pipeline.start_worker(), kafka_pipeline.start_worker()
+    async with api(kafka_pipeline) as (client, _):
+        await kafka_pipeline.wait_for_log(0, "assigned partitions")
+        await kafka_pipeline.wait_for_log(1, "assigned partitions")
+        early, _ = await send(client, "early", 1000)
+        await kafka_pipeline.wait_until_stored(early)
+        first.send_signal(signal.SIGKILL)
+        late, _ = await send(client, "late", 1000)
+        await kafka_pipeline.wait_until_stored(early | late, timeout=90)
+    assert second.poll() is None
+
+
+async def test_sigterm_finishes_the_batch_commits_and_exits(kafka_pipeline):
+    worker = kafka_pipeline.start_worker()
+    async with api(kafka_pipeline) as (client, _):
+        sent, _ = await send(client, "term", 500)
+        await kafka_pipeline.wait_until_stored(sent)
+    worker.send_signal(signal.SIGTERM)
+    assert 0 == worker.wait(20)
+    restarted = kafka_pipeline.start_worker()
+    await asyncio.sleep(8)  # it joins and reads whatever was not committed: nothing
+    restarted.send_signal(signal.SIGTERM)
+    assert 0 == restarted.wait(20)
+    assert "duplicates=0" in kafka_pipeline.worker_log(1)
+    assert "stored=0" in kafka_pipeline.worker_log(1)
+
+
+async def test_a_garbage_message_is_dead_lettered_and_the_events_behind_it_stored(
+    kafka_pipeline,
+):
+    topic = kafka_pipeline.env["WIDELOG_KAFKA_TOPIC"]
+    kafka_pipeline.start_worker()
+    async with api(kafka_pipeline) as (client, _):
+        before, _ = await send(client, "before", 20)
+        producer = Producer({"bootstrap.servers": KAFKA})
+        producer.produce(topic, b"\x00 not an event", b"garbage", partition=0)
+        assert 0 == producer.flush(10)
+        after, _ = await send(client, "after", 20)
+        await kafka_pipeline.wait_until_stored(before | after)
+    [letter] = await kafka_pipeline.dead_letters()
+    assert b"\x00 not an event" == letter["payload"]
+    assert letter["source"].startswith(f"kafka@{topic}/0@")
+    assert "not a JSON object" in letter["error"]
+
+
+@pytest.mark.redis
+@pytest.mark.faults
+async def test_redis_streams_a_killed_workers_pending_entries_are_claimed_by_another(
+    redis_pipeline,
+):
+    first = redis_pipeline.start_worker()
+    async with api(redis_pipeline) as (client, _):
+        sent, _ = await send(client, "redis", 2000)
+        while sum((await redis_pipeline.stored_request_ids()).values()) == 0:
+            await asyncio.sleep(0.05)
+        first.send_signal(signal.SIGKILL)
+        redis_pipeline.start_worker()
+        await redis_pipeline.wait_until_stored(sent)
+
+
+@pytest.mark.redis
+@pytest.mark.faults
+async def test_redis_down_during_traffic_spools_and_replays(redis_pipeline):
+    redis_pipeline.start_worker()
+    async with api(redis_pipeline) as (client, container):
+        before, _ = await send(client, "before", 200)
+        # The test Redis has no persistence: what is in the stream when it stops is gone.
+        await redis_pipeline.wait_until_stored(before)
+        with service_down("redis"):
+            during, _ = await send(client, "during", 200)
+            await asyncio.sleep(2)
+        after, _ = await send(client, "after", 200)
+        await redis_pipeline.wait_until_stored(before | during | after)
+        assert container.fallback is not None
+        assert container.fallback.spooled > 0
