@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck unit bench clean
+.PHONY: demo test lint typecheck services services-down bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,8 +15,15 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/widelog demo
 
-test: $(STAMP) lint typecheck
+# The real services (Redis, Kafka, FerretDB on 127.0.0.1) stay up after the run; `make services-down`.
+test: $(STAMP) lint typecheck services
 	$(BIN)/python -m pytest
+
+services:
+	scripts/services.sh up
+
+services-down:
+	scripts/services.sh down
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -25,8 +32,10 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-bench: $(STAMP)
+bench: $(STAMP) services
 	$(BIN)/python bench/middleware_overhead.py
+	$(BIN)/python bench/sampling_decide.py
+	$(BIN)/python bench/publish_hot_path.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

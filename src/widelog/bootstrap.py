@@ -19,6 +19,7 @@ from widelog.adapters.memory_transport import (
 from widelog.adapters.openai_llm import OpenAICompatibleLLM
 from widelog.adapters.spool import FileSpool
 from widelog.adapters.sqlite_store import SQLiteEventStore
+from widelog.domain.sampling import SamplingPolicy, TailSampler
 from widelog.service.batcher import BatchConsumer
 from widelog.service.logging_service import LoggingService
 from widelog.service.replayer import SpoolReplayer
@@ -197,7 +198,9 @@ def _redis_client(settings: Settings) -> Redis:
     return Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
 
 
-def build(settings: Settings) -> Container:
+def build(settings: Settings, *, sampling: SamplingPolicy | None = None) -> Container:
+    """Wire one process. The sampling policy comes from `WIDELOG_SAMPLING_*` unless given."""
+    policy = sampling or SamplingPolicy.from_env(os.environ)
     store = build_store(settings)
     queue = consumer = replayer = fallback = None
     publisher: EventPublisher
@@ -217,6 +220,7 @@ def build(settings: Settings) -> Container:
         version=settings.service_version,
         instance=settings.instance,
         max_event_bytes=settings.max_event_bytes,
+        sampler=TailSampler(policy),
     )
     return Container(
         settings=settings,

@@ -9,6 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.fakes import KEEP_ALL
 from widelog.bootstrap import Container, build
 from widelog.config import Settings
 from widelog.entrypoints.chat_api import create_app
@@ -19,7 +20,7 @@ async def container(tmp_path: Path) -> AsyncIterator[Container]:
     settings = Settings(
         sqlite_path=tmp_path / "events.sqlite3", fake_llm_latency_ms=1, flush_interval_s=0.05
     )
-    container = build(settings)
+    container = build(settings, sampling=KEEP_ALL)
     await container.start()
     yield container
     await container.aclose()
@@ -126,7 +127,8 @@ async def test_readiness_fails_with_the_reason_when_the_store_is_down(tmp_path):
 
 async def test_shutdown_drains_events_still_in_the_queue(tmp_path):
     path = tmp_path / "events.sqlite3"
-    container = build(Settings(sqlite_path=path, fake_llm_latency_ms=0, flush_interval_s=30))
+    settings = Settings(sqlite_path=path, fake_llm_latency_ms=0, flush_interval_s=30)
+    container = build(settings, sampling=KEEP_ALL)
     await container.start()
     transport = httpx.ASGITransport(app=create_app(container))
     async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
@@ -136,3 +138,38 @@ async def test_shutdown_drains_events_still_in_the_queue(tmp_path):
     reopened = build(Settings(sqlite_path=path))
     assert 30 == await reopened.store.count_events()
     await reopened.store.close()
+
+
+async def test_a_sampled_out_request_is_counted_but_not_stored(tmp_path):
+    settings = Settings(sqlite_path=tmp_path / "e.sqlite3", fake_llm_latency_ms=0)
+    container = build(settings)  # the default policy: 2% of ordinary requests
+    await container.start()
+    transport = httpx.ASGITransport(app=create_app(container))
+    async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+        for i in range(100):
+            await client.post("/v1/chat", json=chat(f"q{i}"))
+        failed = await client.post("/v1/chat", json=chat("x [fail:LLM_TIMEOUT]"))
+    await container.drained()
+    stats = container.logging.stats
+    assert stats.finalized == stats.published + stats.sampled_out
+    assert stats.sampled_out > 90
+    stored = await container.store.get_event(failed.headers["x-request-id"])
+    assert stored is not None
+    assert {"kept": True, "reason": "error", "rate": 1.0}.items() <= stored["sampling"].items()
+    await container.aclose()
+
+
+async def test_the_debug_header_forces_a_keep_only_when_the_policy_allows_it(tmp_path):
+    from widelog.domain.sampling import SamplingPolicy
+
+    allowed = SamplingPolicy.load(None, {"WIDELOG_SAMPLING_FORCED_ALLOWED": "true"})
+    container = build(Settings(sqlite_path=tmp_path / "e.sqlite3"), sampling=allowed)
+    await container.start()
+    transport = httpx.ASGITransport(app=create_app(container))
+    async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+        headers = {"x-widelog-force-sample": "1", "x-request-id": "debug-me"}
+        await client.post("/v1/chat", json=chat("q"), headers=headers)
+    await container.drained()
+    [stored] = [doc async for doc in container.store.scan_events()]
+    assert ("debug-me", "forced") == (stored["request_id"], stored["sampling"]["reason"])
+    await container.aclose()

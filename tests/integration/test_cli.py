@@ -32,10 +32,22 @@ def test_demo_json_reports_a_pipeline_that_lost_nothing():
     events, errors = report["events"], report["errors"]
     assert 400 == report["requests"] == events["finalized"]
     assert events["published"] == events["stored"]
-    assert 0 == events["dead_lettered"] == events["sampled_out"]
+    assert events["finalized"] == events["stored"] + events["sampled_out"]
+    assert 0 == events["dead_lettered"]
     assert errors["total"] == errors["stored"] > 0
+    assert report["traffic"]["slow"] == report["kept_by_reason"]["slow"] > 0
     assert 0 < report["latency_ms"]["p50"] <= report["latency_ms"]["p99"]
     assert {"200", "413", "422", "503", "504"} <= set(report["status"])
+
+
+@pytest.mark.slow
+def test_the_default_demo_stores_at_most_12_percent_and_every_error_and_slow_request():
+    result = run("demo", "--json")
+    assert 0 == result.returncode, result.stderr
+    report = json.loads(result.stdout)
+    assert report["events"]["stored"] <= 0.12 * report["events"]["finalized"]
+    assert report["errors"]["total"] == report["errors"]["stored"]
+    assert report["traffic"]["slow"] == report["kept_by_reason"]["slow"]
 
 
 def test_demo_prints_a_readable_report_without_json():

@@ -24,6 +24,7 @@ import pytest
 from confluent_kafka import Producer
 from pymongo import AsyncMongoClient
 
+from tests.fakes import KEEP_ALL
 from tests.live import KAFKA, mongo_url, services, unique
 from widelog.bootstrap import Container, build
 from widelog.config import Settings
@@ -133,7 +134,7 @@ async def redis_pipeline(live_services, tmp_path) -> AsyncIterator[Pipeline]:
 
 @asynccontextmanager
 async def api(pipeline: Pipeline) -> AsyncIterator[tuple[httpx.AsyncClient, Container]]:
-    container = build(pipeline.settings())
+    container = build(pipeline.settings(), sampling=KEEP_ALL)
     await container.start()
     transport = httpx.ASGITransport(app=create_app(container))
     try:

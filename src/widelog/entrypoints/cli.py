@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import sys
 from typing import Annotated, Any
 
@@ -15,17 +16,26 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedCo
 from rich.table import Table
 
 from widelog.config import Settings
+from widelog.domain.sampling import SamplingPolicy, SamplingPolicyError
+from widelog.entrypoints.sampling_cli import sampling_app
 
 app = typer.Typer(help="Wide-event logging for LLM chat backends.", no_args_is_help=True)
+app.add_typer(sampling_app, name="sampling")
 err = Console(stderr=True)
 
 
 def _settings() -> Settings:
+    """Settings and sampling policy, validated before anything starts (exit 2 naming the key)."""
     try:
-        return Settings()
+        settings = Settings()
+        SamplingPolicy.from_env(os.environ)
     except ValidationError as exc:
         err.print(f"[red]invalid WIDELOG_* settings:[/red]\n{exc}")
         raise typer.Exit(2) from None
+    except SamplingPolicyError as exc:
+        err.print(f"[red]invalid sampling policy:[/red] {exc}")
+        raise typer.Exit(2) from None
+    return settings
 
 
 def _configure_logging(level: str) -> None:
@@ -139,6 +149,8 @@ def _print_report(report: dict[str, Any]) -> None:
         ),
         *((f"events.{k}", v) for k, v in report["events"].items()),
         *((f"errors.{k}", v) for k, v in report["errors"].items()),
+        ("stored / finalized", f"{report['sampling']['stored_fraction']:.1%}"),
+        ("kept by reason", ", ".join(f"{k}: {v}" for k, v in report["kept_by_reason"].items())),
         ("transport → store", f"{report['pipeline']['transport']} → {report['pipeline']['store']}"),
         ("batches", report["pipeline"]["batches"]),
     ]

@@ -41,16 +41,19 @@ INJECTED_ERRORS = ["LLM_TIMEOUT", "LLM_RATE_LIMITED", "CONTENT_FILTERED"]
 
 # (kind, weight): what a day of traffic to a support chatbot roughly looks like.
 MIX = [
-    ("chat", 80),
-    ("repeat", 10),
-    ("slow", 2),
-    ("llm_error", 5),
-    ("invalid", 2),
-    ("oversize", 1),
+    ("chat", 83.0),
+    ("repeat", 10.0),
+    ("slow", 1.5),
+    ("llm_error", 3.5),
+    ("invalid", 1.5),
+    ("oversize", 0.5),
 ]
 
 
-def synthetic_requests(count: int, *, seed: int = 7, max_chars: int = 8000) -> list[dict[str, Any]]:
+def synthetic_requests(
+    count: int, *, seed: int = 7, max_chars: int = 8000
+) -> list[tuple[str, dict[str, Any]]]:
+    """(kind, body) pairs; slow answers take 2.1-3 s, past the default 2 s slow threshold."""
     rng = random.Random(seed)
     kinds, weights = zip(*MIX, strict=True)
     bodies = []
@@ -63,7 +66,7 @@ def synthetic_requests(count: int, *, seed: int = 7, max_chars: int = 8000) -> l
         elif kind == "repeat":
             body["message"] = rng.choice(FAQ)
         elif kind == "slow":
-            body["message"] = f"Summarize {rng.choice(TOPICS)} [slow:{rng.randrange(800, 1500)}]"
+            body["message"] = f"Summarize {rng.choice(TOPICS)} [slow:{rng.randrange(2100, 3000)}]"
         elif kind == "llm_error":
             body["message"] = (
                 f"Tell me about {rng.choice(TOPICS)} [fail:{rng.choice(INJECTED_ERRORS)}]"
@@ -73,7 +76,7 @@ def synthetic_requests(count: int, *, seed: int = 7, max_chars: int = 8000) -> l
             body["message"] = "no session"
         else:
             body["message"] = "x" * (max_chars + 1)
-        bodies.append(body)
+        bodies.append((kind, body))
     return bodies
 
 
@@ -92,7 +95,8 @@ async def run_demo(
             settings = settings.model_copy(update={"sqlite_path": Path(tmp) / "events.sqlite3"})
         container = build(settings)
         app = create_app(container)
-        bodies = synthetic_requests(requests, max_chars=settings.max_message_chars)
+        traffic = synthetic_requests(requests, max_chars=settings.max_message_chars)
+        bodies = [body for _, body in traffic]
         latencies: list[float] = []
         statuses: Counter[int] = Counter()
         pending = iter(bodies)
@@ -114,7 +118,9 @@ async def run_demo(
                 await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
             traffic_s = time.perf_counter() - started
             await asyncio.wait_for(container.drained(), timeout=60)
-            return await _report(container, requests, statuses, latencies, traffic_s)
+            report = await _report(container, requests, statuses, latencies, traffic_s)
+            report["traffic"] = dict(Counter(kind for kind, _ in traffic))
+            return report
         finally:
             await container.aclose()
 
@@ -131,6 +137,9 @@ async def _report(
         raise RuntimeError("the demo needs the in-process consumer")
     consumer_stats = container.consumer.stats
     store = container.store
+    stored = await store.count_events()
+    sampler = container.logging.sampler
+    sampling = sampler.counters.as_dict() if sampler is not None else None
     return {
         "requests": requests,
         "duration_s": round(traffic_s, 3),
@@ -142,7 +151,7 @@ async def _report(
             "publish_failed": logging_stats.publish_failed,
             "finalize_failed": logging_stats.finalize_failed,
             "sampled_out": logging_stats.sampled_out,
-            "stored": await store.count_events(),
+            "stored": stored,
             "duplicates": consumer_stats.duplicates,
             "dead_lettered": await store.count_dead_letters(),
         },
@@ -155,6 +164,14 @@ async def _report(
             "p90": round(percentile(latencies, 90), 2),
             "p99": round(percentile(latencies, 99), 2),
             "max": round(max(latencies, default=0.0), 2),
+        },
+        "kept_by_reason": dict(sampling["kept_by_reason"]) if sampling else {},
+        "sampling": {
+            "policy": container.logging.sampler.fingerprint if container.logging.sampler else None,
+            "retention_rate": sampling.get("retention_rate", 1.0) if sampling else 1.0,
+            "stored_fraction": round(stored / logging_stats.finalized, 4)
+            if logging_stats.finalized
+            else 0.0,
         },
         "pipeline": {
             "transport": container.settings.transport,

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     Send = Callable[[ASGIMessage], Awaitable[None]]
     ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+FORCE_SAMPLE_HEADER = "x-widelog-force-sample"
 CLIENT_CLOSED_REQUEST = 499  # nginx's convention: the client went away before the answer
 
 
@@ -41,6 +42,8 @@ class WideEventMiddleware:
         headers = _headers(scope)
         event = self.logging.begin(request_id=accept_request_id(headers.get("x-request-id")))
         event.set("http.method", scope["method"])
+        if headers.get(FORCE_SAMPLE_HEADER) == "1":
+            event.set("sampling.forced", value=True)  # honoured only if the policy allows it
         if trace := parse_traceparent(headers.get("traceparent", "")):
             event.set("trace_id", trace[0])
             event.set("parent_span_id", trace[1])

@@ -13,6 +13,7 @@ from widelog.domain.event import WideEvent, encode
 from widelog.domain.ids import new_event_id
 
 if TYPE_CHECKING:
+    from widelog.domain.sampling import TailSampler
     from widelog.ports import EventPublisher
 
 log = logging.getLogger("widelog")
@@ -35,7 +36,9 @@ class LoggingStats:
 
 
 class LoggingService:
-    """Builds events and hands them to an `EventPublisher`.
+    """Builds events, samples them and hands the kept ones to an `EventPublisher`.
+
+    Sampling is tail-aware: it happens at the end, when status, duration and errors are known.
 
     `finalize()` is called at the end of every request, so it only encodes and enqueues: it never
     waits on I/O and never raises into the request (a failure is counted and logged instead).
@@ -50,8 +53,10 @@ class LoggingService:
         version: str,
         instance: str,
         max_event_bytes: int = 64 * 1024,
+        sampler: TailSampler | None = None,
     ) -> None:
         self._publisher = publisher
+        self.sampler = sampler
         self._static = {"service": service, "env": env, "version": version, "instance": instance}
         self._max_event_bytes = max_event_bytes
         self.stats = LoggingStats()
@@ -78,6 +83,12 @@ class LoggingService:
             self.stats.finalized += 1
             if event.has_error:
                 self.stats.errors += 1
+            if self.sampler is not None:
+                decision = self.sampler.decide(doc, forced=event.get("sampling.forced") is True)
+                if not decision.keep:
+                    self.stats.sampled_out += 1
+                    return
+                self.sampler.apply(doc, decision)
             payload = encode(doc, max_bytes=self._max_event_bytes)
         except Exception:
             # The request has its answer already; losing its log line must not cost it more.
