@@ -165,6 +165,7 @@ def build_source(settings: Settings) -> EventSource:
             group=settings.kafka_group,
             client_id=name,
             session_timeout_ms=settings.kafka_session_timeout_ms,
+            max_poll_interval_ms=settings.kafka_max_poll_interval_ms,
         )
     if settings.transport == "redis":
         from widelog.adapters.redis_streams import RedisStreamsEventSource  # noqa: PLC0415

@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     kafka_message_timeout_ms: int = Field(10_000, ge=1000)
     kafka_linger_ms: int = Field(5, ge=0)
     kafka_session_timeout_ms: int = Field(10_000, ge=1000)
+    kafka_max_poll_interval_ms: int = Field(300_000, ge=1000)
     publish_retries: int = Field(3, ge=0)
     redis_stream: str = "log-events"
     redis_stream_maxlen: int = Field(1_000_000, ge=1000)

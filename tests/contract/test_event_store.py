@@ -98,12 +98,31 @@ class TestSQLiteEventStore(EventStoreContract):
 @pytest.mark.mongo
 class TestMongoEventStore(EventStoreContract):
     @pytest.fixture
-    async def store(self, live_services):
-        from tests.live import mongo_url, unique
+    def database(self, live_services):
+        from tests.live import unique
+
+        return unique("widelog_test").replace("-", "_")
+
+    @pytest.fixture
+    async def store(self, database):
+        from tests.live import mongo_url
         from widelog.adapters.mongo_store import MongoEventStore
 
-        database = unique("widelog_test").replace("-", "_")
         store = MongoEventStore(mongo_url(database))
         yield store
         await store._client.drop_database(database)
         await store.close()
+
+    async def test_retention_deletes_old_events_where_there_is_no_ttl_index(self, store, database):
+        from tests.live import mongo_url
+        from widelog.adapters.mongo_store import MongoEventStore
+
+        keeping_a_day = MongoEventStore(mongo_url(database), retention_days=1)
+        old, recent = make_event(), make_event()
+        old["timestamp"] = "2026-01-01T00:00:00Z"
+        recent["timestamp"] = "2026-11-27T11:00:00Z"
+        await keeping_a_day.write_batch([old, recent])
+        deleted = await keeping_a_day.expire(now=dt.datetime(2026, 11, 27, 12, tzinfo=dt.UTC))
+        assert (0 if keeping_a_day.ttl_index else 1) == deleted  # FerretDB: no TTL index
+        assert await keeping_a_day.get_event(recent["event_id"]) is not None
+        await keeping_a_day.close()

@@ -223,6 +223,23 @@ async def test_store_down_during_traffic_the_worker_waits_and_then_stores_everyt
 
 
 @pytest.mark.faults
+async def test_a_store_outage_longer_than_max_poll_interval_causes_no_rebalance(kafka_pipeline):
+    kafka_pipeline.env["WIDELOG_KAFKA_MAX_POLL_INTERVAL_MS"] = "7000"
+    kafka_pipeline.start_worker()
+    await kafka_pipeline.wait_for_log(0, "assigned partitions")
+    async with api(kafka_pipeline) as (client, _):
+        with service_down("ferretdb"):
+            during, _ = await send(client, "during", 200)
+            await asyncio.sleep(12)  # well past max.poll.interval.ms, with partitions paused
+        await kafka_pipeline.wait_until_stored(during)
+    log = kafka_pipeline.worker_log(0)
+    assert "write_batch failed (attempt 4)" in log  # it was paused, not just retrying
+    assert "revoked partitions" not in log
+    assert "lost partitions" not in log
+    assert 1 == log.count("assigned partitions")
+
+
+@pytest.mark.faults
 async def test_a_worker_killed_mid_batch_then_restarted_loses_and_duplicates_nothing(
     kafka_pipeline,
 ):
@@ -317,3 +334,29 @@ async def test_redis_down_during_traffic_spools_and_replays(redis_pipeline):
         await redis_pipeline.wait_until_stored(before | during | after)
         assert container.fallback is not None
         assert container.fallback.spooled > 0
+
+
+async def test_the_replay_command_publishes_the_spool_and_the_worker_stores_it(kafka_pipeline):
+    import msgspec
+
+    from tests.contract.test_event_store import make_event
+    from widelog.adapters.spool import FileSpool
+
+    spool = FileSpool(kafka_pipeline.env["WIDELOG_SPOOL_DIR"])
+    events = [make_event(request_id=f"spooled-{i}") for i in range(50)]
+    for event in events:
+        spool.append(event["request_id"], msgspec.json.encode(event))
+    spool.close()
+    result = subprocess.run(
+        [sys.executable, "-m", "widelog", "replay"],
+        env={**os.environ, **kafka_pipeline.env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert 0 == result.returncode, result.stderr
+    assert "replayed 50 events" in result.stderr
+    assert not FileSpool(kafka_pipeline.env["WIDELOG_SPOOL_DIR"]).has_pending()
+    kafka_pipeline.start_worker()
+    await kafka_pipeline.wait_until_stored({e["request_id"] for e in events})

@@ -21,7 +21,7 @@ class SpoolFallback:
         self.spooled = 0
         self.lost = 0
         self._warn_every_s = warn_every_s
-        self._last_warning = 0.0
+        self._last_warning = -float("inf")
         self._lock = threading.Lock()
 
     def spill(self, key: str, payload: bytes, reason: object) -> None:

@@ -187,11 +187,24 @@ class BatchConsumer:
                     if time.monotonic() >= give_up_at:
                         log.error("%s: store still down at shutdown; batch left uncommitted", what)
                         return False
-                if outage:
-                    await self._source.keepalive()  # paused: stay in the group, fetch nothing
-                await self._sleep(delay)
+                await self._wait_paused(delay)
             else:
                 return True
+
+    async def _wait_paused(self, delay: float) -> None:
+        """Back off without fetching, but keep the source alive at least once a second.
+
+        A Kafka consumer that does not poll for `max.poll.interval.ms` is thrown out of its group;
+        an outage of the store must not turn into a rebalance storm.
+        """
+        remaining = delay
+        while True:
+            await self._source.keepalive()
+            if remaining <= 0:
+                return
+            step = min(remaining, 1.0)
+            await self._sleep(step)
+            remaining -= step
 
     def _dead_letter(self, message: Message, error: str) -> DeadLetter:
         where = (
