@@ -57,11 +57,19 @@ class EventSource(Protocol):
 
 @dataclass(slots=True)
 class WriteResult:
-    """What a batch write did. Duplicates are events already stored: success, not failure."""
+    """What a batch write did, by index in the batch.
+
+    Duplicates are events already stored (a re-delivery): success, not failure, but they must not
+    be counted again by anything downstream (incidents), hence their indexes.
+    """
 
     inserted: int = 0
-    duplicates: int = 0
+    duplicate_indexes: list[int] = field(default_factory=list)
     rejected: list[tuple[int, str]] = field(default_factory=list)  # (index in batch, reason)
+
+    @property
+    def duplicates(self) -> int:
+        return len(self.duplicate_indexes)
 
 
 @dataclass(slots=True, frozen=True)

@@ -209,3 +209,20 @@ async def test_a_durable_source_is_not_drained_at_stop(sqlite_store):
     await run_until_drained(consumer)
     assert 100 == await sqlite_store.count_events()
     assert list(range(100)) == source.committed
+
+
+async def test_on_stored_gets_only_events_stored_for_the_first_time(sqlite_store):
+    seen: list[str] = []
+
+    async def record(docs):
+        seen.extend(doc["request_id"] for doc in docs)
+
+    old = [make_event(request_id=f"old-{i}") for i in range(3)]
+    await sqlite_store.write_batch(old)
+    new = [make_event(request_id=f"new-{i}") for i in range(2)]
+    batch = [msgspec.json.encode(e) for e in [old[0], new[0], old[1], new[1]]] + [b"garbage"]
+    consumer = BatchConsumer(
+        RecordingSource(batch), sqlite_store, source_name="t", on_stored=record
+    )
+    await run_until_drained(consumer)
+    assert ["new-0", "new-1"] == seen

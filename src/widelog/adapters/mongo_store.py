@@ -137,7 +137,7 @@ class MongoEventStore:
             for error in details.get("writeErrors", []):
                 failed += 1
                 if error.get("code") == DUPLICATE_KEY:
-                    result.duplicates += 1
+                    result.duplicate_indexes.append(index_of[error["index"]])
                 else:
                     reason = f"mongo error {error.get('code')}: {error.get('errmsg')}"
                     result.rejected.append((index_of[error["index"]], reason[:500]))

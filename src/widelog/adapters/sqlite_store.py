@@ -113,21 +113,19 @@ class SQLiteEventStore:
 
     async def write_batch(self, events: Sequence[Mapping[str, Any]]) -> WriteResult:
         result = WriteResult()
-        rows = []
+        rows: list[tuple[int, tuple[Any, ...]]] = []
         for index, doc in enumerate(events):
             try:
-                rows.append(_row(doc))
+                rows.append((index, _row(doc)))
             except (KeyError, TypeError, ValueError) as exc:
                 result.rejected.append((index, f"unstorable event: {exc!r}"))
 
-        def insert(db: sqlite3.Connection) -> int:
+        def insert(db: sqlite3.Connection) -> list[int]:
             with db:  # one transaction per batch
-                before = db.total_changes
-                db.executemany(_INSERT, rows)
-                return db.total_changes - before
+                return [index for index, row in rows if db.execute(_INSERT, row).rowcount == 0]
 
-        result.inserted = await self._run(insert)
-        result.duplicates = len(rows) - result.inserted
+        result.duplicate_indexes = await self._run(insert)
+        result.inserted = len(rows) - result.duplicates
         return result
 
     async def write_dead_letters(self, letters: Sequence[DeadLetter]) -> None:

@@ -37,7 +37,13 @@ class ConsumerStats:
 
 
 class BatchConsumer:
-    """Poll → decode → `write_batch` → dead-letter the rejects → commit, one batch at a time."""
+    """Poll → decode → `write_batch` → dead-letter the rejects → commit, one batch at a time.
+
+    `on_stored` (e.g. the incident aggregator) gets the events a batch stored for the first time
+    — not re-deliveries, not rejects — after the write and before the commit, retried like the
+    write. A crash between the two leaves those events stored but uncounted (their re-delivery
+    is a duplicate): counts downstream are at-most-once, the events themselves at-least-once.
+    """
 
     def __init__(
         self,
@@ -54,6 +60,7 @@ class BatchConsumer:
         drain_on_stop: bool = True,
         idle_poll: float = 0.1,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        on_stored: Callable[[list[dict[str, Any]]], Awaitable[None]] | None = None,
     ) -> None:
         self._source = source
         self._store = store
@@ -67,6 +74,7 @@ class BatchConsumer:
         self._drain_on_stop = drain_on_stop
         self._idle_poll = idle_poll
         self._sleep = sleep
+        self._on_stored = on_stored
         self.stats = ConsumerStats()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -138,6 +146,12 @@ class BatchConsumer:
             return  # shutting down with the store still down: leave the batch uncommitted
         result = results[-1]
         letters += [self._dead_letter(positions[i], reason) for i, reason in result.rejected]
+        if self._on_stored is not None:
+            skip = set(result.duplicate_indexes) | {i for i, _ in result.rejected}
+            new = [doc for i, doc in enumerate(docs) if i not in skip]
+            on_stored = self._on_stored
+            if new and not await self._retry(lambda: on_stored(new), "on_stored", stop):
+                return
         if letters and not await self._retry(
             lambda: self._store.write_dead_letters(letters), "write_dead_letters", stop
         ):
