@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from widelog.domain.event import WideEvent, encode
+from widelog.domain.event import WideEvent, encode, is_error
 from widelog.domain.ids import new_event_id
 
 if TYPE_CHECKING:
@@ -81,10 +81,12 @@ class LoggingService:
             if "duration_ms" not in doc:
                 doc["duration_ms"] = (time.perf_counter_ns() - event.started_ns) / 1e6
             self.stats.finalized += 1
-            if event.has_error:
+            if is_error(doc):
                 self.stats.errors += 1
             if self.sampler is not None:
-                decision = self.sampler.decide(doc, forced=event.get("sampling.forced") is True)
+                sampling = doc.get("sampling")
+                forced = isinstance(sampling, dict) and sampling.get("forced") is True
+                decision = self.sampler.decide(doc, forced=forced)
                 if not decision.keep:
                     self.stats.sampled_out += 1
                     return
