@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from collections.abc import Iterator
 
@@ -96,6 +98,47 @@ class TestKafkaTransport(TransportContract):
         await publisher.close()
         await source.close()
         assert 0 == spool_fallback.spooled
+
+
+@pytest.mark.kafka
+async def test_kafka_delivery_is_logged_at_debug_with_topic_and_request_id(
+    live_services, spool_fallback, caplog
+):
+    from tests.live import KAFKA, unique
+    from widelog.adapters.kafka_transport import KafkaEventPublisher, ensure_topic
+
+    topic = unique("log-events")
+    ensure_topic(KAFKA, topic, partitions=1)
+    publisher = KafkaEventPublisher(bootstrap=KAFKA, topic=topic, fallback=spool_fallback)
+    with caplog.at_level(logging.DEBUG, logger="widelog.kafka"):
+        publisher.publish("req-42", b'{"event_id": "e"}')
+        assert 0 == await publisher.flush(10)
+        await publisher.close()
+    expected = f"Published log event to Kafka topic: {topic}, requestId: req-42"
+    assert expected in caplog.messages
+
+
+@pytest.mark.kafka
+async def test_kafka_unreachable_events_go_to_the_spool_after_the_message_timeout(
+    spool_fallback,
+):
+    from widelog.adapters.kafka_transport import KafkaEventPublisher
+
+    publisher = KafkaEventPublisher(
+        bootstrap="127.0.0.1:1",  # nothing listens there
+        topic="log-events",
+        fallback=spool_fallback,
+        message_timeout_ms=1000,
+    )
+    started = time.monotonic()
+    for i in range(10):
+        publisher.publish(f"req-{i}", b"{}")
+    assert time.monotonic() - started < 0.5  # the request path never waited
+    deadline = time.monotonic() + 10
+    while spool_fallback.spooled < 10 and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    await publisher.close(timeout=1)
+    assert 10 == spool_fallback.spooled
 
 
 @pytest.mark.redis
