@@ -113,6 +113,15 @@ class TestMongoEventStore(EventStoreContract):
         await store._client.drop_database(database)
         await store.close()
 
+    async def test_an_event_bson_cannot_carry_is_rejected_and_the_rest_stored(self, store):
+        too_big_for_int64 = make_event(counter=2**64 - 1)
+        fine = [make_event(), make_event()]
+        result = await store.write_batch([fine[0], too_big_for_int64, fine[1]])
+        assert 2 == result.inserted
+        assert [1] == [index for index, _ in result.rejected]
+        assert "BSON" in result.rejected[0][1]
+        assert 2 == await store.count_events()
+
     async def test_retention_deletes_old_events_where_there_is_no_ttl_index(self, store, database):
         from tests.live import mongo_url
         from widelog.adapters.mongo_store import MongoEventStore

@@ -277,13 +277,15 @@ async def test_sigterm_finishes_the_batch_commits_and_exits(kafka_pipeline):
         sent, _ = await send(client, "term", 500)
         await kafka_pipeline.wait_until_stored(sent)
     worker.send_signal(signal.SIGTERM)
-    assert 0 == worker.wait(20)
+    assert 0 == worker.wait(20), kafka_pipeline.worker_log(0)
     restarted = kafka_pipeline.start_worker()
-    await asyncio.sleep(8)  # it joins and reads whatever was not committed: nothing
+    await kafka_pipeline.wait_for_log(1, "assigned partitions")
+    await asyncio.sleep(3)  # it reads whatever was not committed: nothing
     restarted.send_signal(signal.SIGTERM)
-    assert 0 == restarted.wait(20)
-    assert "duplicates=0" in kafka_pipeline.worker_log(1)
-    assert "stored=0" in kafka_pipeline.worker_log(1)
+    assert 0 == restarted.wait(20), kafka_pipeline.worker_log(1)
+    log = kafka_pipeline.worker_log(1)
+    assert "duplicates=0" in log, log
+    assert "stored=0" in log, log
 
 
 async def test_a_garbage_message_is_dead_lettered_and_the_events_behind_it_stored(

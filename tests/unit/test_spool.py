@@ -119,3 +119,32 @@ def test_spilling_warns_once_per_interval_with_a_count(tmp_path, caplog):
     assert 1 == len(warnings)
     assert "falling back to direct logging" in warnings[0].getMessage()
     assert 5 == fallback.spooled
+
+
+async def test_appends_racing_with_rotations_and_replays_lose_nothing(tmp_path):
+    import asyncio
+    import threading
+
+    writer = FileSpool(tmp_path, fsync="never", max_segment_bytes=2000)
+    replayer_view = FileSpool(tmp_path)
+    broker = RecordingBroker()
+    replayer = SpoolReplayer(replayer_view, broker, chunk=7)
+    keys = [f"req-{i}" for i in range(3000)]
+
+    def write() -> None:
+        for i, key in enumerate(keys):
+            writer.append(key, b"{}")
+            if i % 50 == 0:
+                writer.rotate()
+
+    thread = threading.Thread(target=write)
+    thread.start()
+    while thread.is_alive():
+        await replayer.replay_once()
+        await asyncio.sleep(0)
+    thread.join()
+    writer.close()
+    await replayer.replay_once()
+    assert set(keys) == {key for key, _ in broker.received}
+    assert not replayer_view.has_pending()
+    replayer_view.close()

@@ -35,9 +35,13 @@ log = logging.getLogger("widelog.kafka")
 
 
 def ensure_topic(
-    bootstrap: str, topic: str, *, partitions: int, replication: int = 1, timeout: float = 30.0
+    bootstrap: str, topic: str, *, partitions: int, replication: int = -1, timeout: float = 30.0
 ) -> None:
-    """Create the topic if it does not exist (several partitions: several consumers can share)."""
+    """Create the topic if it does not exist (several partitions: several consumers can share).
+
+    `replication=-1` takes the broker's `default.replication.factor`: with one replica, acks=all
+    means one broker's page cache, so production clusters want 3 and `min.insync.replicas=2`.
+    """
     admin = AdminClient({"bootstrap.servers": bootstrap})
     futures = admin.create_topics(
         [NewTopic(topic, num_partitions=partitions, replication_factor=replication)],
@@ -115,7 +119,12 @@ class KafkaEventPublisher:
             self._fallback.spill(key, msg.value() or b"", err)
 
     def _on_error(self, err: KafkaError) -> None:
-        if err.code() == KafkaError._ALL_BROKERS_DOWN:
+        if err.fatal():
+            # The idempotent producer cannot go on (e.g. a sequence gap): every event from now
+            # on is spooled, and nothing is lost, but only a new producer publishes again.
+            log.error("fatal Kafka producer error, spooling everything until restart: %s", err)
+            self._broker_down = True
+        elif err.code() == KafkaError._ALL_BROKERS_DOWN:
             if not self._broker_down:
                 log.warning("all Kafka brokers are down: spooling events until a replay succeeds")
             self._broker_down = True
@@ -124,18 +133,34 @@ class KafkaEventPublisher:
 
     def _serve_callbacks(self) -> None:
         while not self._closed.is_set():
-            self._producer.poll(0.1)
+            try:
+                self._producer.poll(0.1)
+            except Exception:  # a callback bug must not stop every later delivery report
+                log.exception("kafka delivery callback failed")
 
     async def deliver(self, records: Sequence[tuple[str, bytes]], timeout: float) -> bool:
         """Publish and wait for every acknowledgement (the spool replay path)."""
         return await asyncio.to_thread(self._deliver, records, timeout)
 
     def _deliver(self, records: Sequence[tuple[str, bytes]], timeout: float) -> bool:
+        """Produce `records` and wait for their own delivery reports.
+
+        Not `flush()`: request traffic keeps the producer's queue non-empty, so under load a
+        flush would almost never come back empty and the replay would never succeed.
+        """
+        pending = len(records)
         failures: list[KafkaError] = []
+        all_reported = threading.Event()
+        lock = threading.Lock()
 
         def on_delivery(err: KafkaError | None, _msg: KafkaMessage) -> None:
-            if err is not None:
-                failures.append(err)
+            nonlocal pending
+            with lock:
+                if err is not None:
+                    failures.append(err)
+                pending -= 1
+                if pending == 0:
+                    all_reported.set()
 
         deadline = time.monotonic() + timeout
         for key, payload in records:
@@ -146,10 +171,13 @@ class KafkaEventPublisher:
                 except BufferError:
                     if time.monotonic() >= deadline:
                         return False
-                    self._producer.poll(0.1)
-        remaining = self._producer.flush(max(deadline - time.monotonic(), 0.0))
-        if remaining or failures:
-            log.warning("replay not acknowledged: %d pending, %d failed", remaining, len(failures))
+                    time.sleep(0.05)  # the poll thread serves reports and frees the queue
+                except KafkaException as exc:
+                    log.warning("replay produce failed: %s", exc)
+                    return False
+        all_reported.wait(max(deadline - time.monotonic(), 0.0))
+        if not all_reported.is_set() or failures:
+            log.warning("replay not acknowledged: %d pending, %d failed", pending, len(failures))
             return False
         if self._broker_down:
             log.warning("Kafka accepts events again: publishing resumes")

@@ -16,9 +16,11 @@ import datetime as dt
 import logging
 from typing import TYPE_CHECKING, Any
 
+import bson
 from bson import Binary
+from bson.errors import InvalidDocument
 from pymongo import ASCENDING, AsyncMongoClient
-from pymongo.errors import BulkWriteError, OperationFailure
+from pymongo.errors import BulkWriteError, DocumentTooLarge, OperationFailure
 
 from widelog.ports import DeadLetter, WriteResult
 
@@ -27,6 +29,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("widelog.mongo")
 DUPLICATE_KEY = 11000
+NOT_IMPLEMENTED = 238
+MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
+_UNENCODABLE = (
+    InvalidDocument,
+    DocumentTooLarge,
+    OverflowError,
+)  # FerretDB's answer to a TTL index
 ERROR_FILTER = {
     "$or": [
         {"error.code": {"$exists": True, "$nin": [None, ""]}},
@@ -44,6 +53,12 @@ def _to_document(event: Mapping[str, Any]) -> dict[str, Any]:
         with contextlib.suppress(ValueError):
             doc["timestamp"] = dt.datetime.fromisoformat(stamp)
     return doc
+
+
+def _check_encodable(doc: Mapping[str, Any]) -> None:
+    """Raise for what BSON cannot carry: integers beyond int64, documents over 16 MiB."""
+    if len(bson.encode(doc)) > MAX_DOCUMENT_BYTES:
+        raise DocumentTooLarge("document larger than 16 MiB")
 
 
 def _from_document(doc: dict[str, Any]) -> dict[str, Any]:
@@ -80,32 +95,40 @@ class MongoEventStore:
         self._indexed = False
 
     async def ensure_indexes(self) -> None:
-        """The indexes operators' queries need; a TTL index where the server supports it."""
+        """The indexes operators' queries need; a TTL index where the server supports it.
+
+        An index the server refuses (say, an existing one with other options after a retention
+        change) is logged and skipped: it must never stop events from being stored.
+        """
         if self._indexed:
             return
-        events = self._events
-        await events.create_index([("request_id", ASCENDING)], name="request_id")
-        await events.create_index(
-            [("error.code", ASCENDING), ("timestamp", ASCENDING)], name="error_code_time"
-        )
-        await events.create_index(
-            [("http.route", ASCENDING), ("timestamp", ASCENDING)], name="route_time"
-        )
+        specs: list[tuple[list[tuple[str, int]], dict[str, Any]]] = [
+            ([("request_id", ASCENDING)], {"name": "request_id"}),
+            ([("error.code", ASCENDING), ("timestamp", ASCENDING)], {"name": "error_code_time"}),
+            ([("http.route", ASCENDING), ("timestamp", ASCENDING)], {"name": "route_time"}),
+        ]
         if self._retention_days:
             try:
-                await events.create_index(
+                await self._events.create_index(
                     [("timestamp", ASCENDING)],
                     name="timestamp_ttl",
                     expireAfterSeconds=self._retention_days * 86400,
                 )
                 self.ttl_index = True
-            except OperationFailure as exc:  # FerretDB: NotImplemented (238)
-                log.info(
-                    "no TTL index on this server (%s); retention runs as a periodic delete",
-                    exc.code,
-                )
+            except OperationFailure as exc:
+                if exc.code == NOT_IMPLEMENTED:
+                    log.info("no TTL index on this server: retention runs as a periodic delete")
+                else:  # e.g. a TTL index with other options exists: change it with collMod
+                    log.error(
+                        "TTL index not created (%s); retention runs as a periodic delete", exc
+                    )
         if not self.ttl_index:
-            await events.create_index([("timestamp", ASCENDING)], name="timestamp")
+            specs.append(([("timestamp", ASCENDING)], {"name": "timestamp"}))
+        for keys, options in specs:
+            try:
+                await self._events.create_index(keys, **options)
+            except OperationFailure as exc:
+                log.error("index %s not created, events are stored anyway: %s", options, exc)
         self._indexed = True
 
     async def expire(self, *, now: dt.datetime | None = None) -> int:
@@ -131,8 +154,26 @@ class MongoEventStore:
         try:
             inserted = await self._events.insert_many(docs, ordered=False)
             result.inserted = len(inserted.inserted_ids)
+        except _UNENCODABLE:
+            # One document BSON cannot carry fails the whole call, on every retry: find it, set
+            # it aside, and write the rest.
+            encodable = []
+            for i, doc in zip(index_of, docs, strict=True):
+                try:
+                    _check_encodable(doc)
+                    encodable.append(i)
+                except _UNENCODABLE as exc:
+                    result.rejected.append((i, f"not storable as BSON: {exc!r}"[:500]))
+            rest = await self.write_batch([events[i] for i in encodable])
+            result.inserted = rest.inserted
+            result.duplicate_indexes += [encodable[i] for i in rest.duplicate_indexes]
+            result.rejected += [(encodable[i], reason) for i, reason in rest.rejected]
         except BulkWriteError as exc:
             details = exc.details
+            if details.get("writeConcernErrors"):
+                # Written, but not as durably as asked (e.g. w:majority timed out): a rollback
+                # could still lose it, so the batch is retried, and the duplicates absorbed.
+                raise
             failed = 0
             for error in details.get("writeErrors", []):
                 failed += 1

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -58,6 +59,7 @@ class RedisStreamsEventPublisher:
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._down = False
+        self._inflight: list[tuple[str, bytes]] = []
         self.delivered = 0
 
     @property
@@ -85,6 +87,7 @@ class RedisStreamsEventPublisher:
                 await self._wakeup.wait()
                 continue
             batch = [self._buffer.popleft() for _ in range(min(self._chunk, len(self._buffer)))]
+            self._inflight = batch  # until XADD answers: close() spools it if it must cancel
             if await self._xadd_with_retries(batch, retries=0 if self._down else self._retries):
                 self.delivered += len(batch)
                 for key, _ in batch:
@@ -92,9 +95,21 @@ class RedisStreamsEventPublisher:
                         "Published log event to Redis stream: %s, requestId: %s", self._stream, key
                     )
             else:
+                # Redis is down: spool this batch and everything behind it now, rather than let
+                # the buffer wait out one socket timeout per batch in memory.
                 self._down = True
-                for key, payload in batch:
-                    self._fallback.spill(key, payload, "redis unavailable")
+                self._spill(batch, "redis unavailable")
+                self._spill(self._drain_buffer(), "redis unavailable")
+            self._inflight = []
+
+    def _drain_buffer(self) -> list[tuple[str, bytes]]:
+        drained = list(self._buffer)
+        self._buffer.clear()
+        return drained
+
+    def _spill(self, records: Sequence[tuple[str, bytes]], reason: str) -> None:
+        for key, payload in records:
+            self._fallback.spill(key, payload, reason)
 
     async def _xadd_with_retries(self, batch: Sequence[tuple[str, bytes]], *, retries: int) -> bool:
         for attempt in range(retries + 1):
@@ -144,9 +159,10 @@ class RedisStreamsEventPublisher:
                 await asyncio.wait_for(asyncio.shield(self._task), timeout)
             except TimeoutError:
                 self._task.cancel()
-        while self._buffer:
-            key, payload = self._buffer.popleft()
-            self._fallback.spill(key, payload, "shutdown before XADD")
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+                self._spill(self._inflight, "shutdown before XADD answered")
+        self._spill(self._drain_buffer(), "shutdown before XADD")
         await self._redis.aclose()
 
 
@@ -213,6 +229,16 @@ class RedisStreamsEventSource:
         messages = list(_messages(response[1]))
         if messages:
             log.info("claimed %d entries left pending by another consumer", len(messages))
+        deleted = response[2] if len(response) > 2 else []
+        if deleted:
+            # Trimmed by MAXLEN before anyone stored them: lost. Raise MAXLEN (or fix the store).
+            log.error(
+                "%d pending entries were trimmed from %s before being stored: %s",
+                len(deleted),
+                self._stream,
+                deleted[:5],
+            )
+            await self._redis.xack(self._stream, self._group, *deleted)
         return messages
 
     async def keepalive(self) -> None:

@@ -66,11 +66,17 @@ class FileSpool:
             self._syncer.start()
 
     def append(self, key: str, payload: bytes) -> None:
-        """Append one event; raises OSError only if the disk itself fails."""
+        """Append one event; raises OSError only if the disk itself fails.
+
+        Only the write happens under the lock: the periodic fsync and a full segment's fsync run
+        outside it, so a slow disk does not stall the caller (the request path). With
+        `fsync="always"` the caller does wait for its own line, by choice.
+        """
         line = key.encode() + b"\t" + payload + b"\n"
+        full = None
         with self._lock:
             fd = self._open()
-            os.write(fd, line)
+            _write_all(fd, line)
             self._written += len(line)
             self.appended += 1
             if self._fsync == "always":
@@ -78,12 +84,16 @@ class FileSpool:
             else:
                 self._dirty = True
             if self._written >= self._max_segment_bytes:
-                self._close_segment()
+                full = self._detach()
+        if full is not None:
+            _seal(*full)
 
     def rotate(self) -> None:
         """Close the active segment so the replayer can take it."""
         with self._lock:
-            self._close_segment()
+            full = self._detach()
+        if full is not None:
+            _seal(*full)
 
     def segments(self) -> list[Path]:
         return sorted(self.directory.glob("*.spool*"))
@@ -105,7 +115,11 @@ class FileSpool:
             except BlockingIOError:
                 yield None
                 return
-            if not path.exists():  # replayed and removed by someone else meanwhile
+            try:
+                same_file = os.fstat(fd).st_ino == os.stat(path).st_ino
+            except FileNotFoundError:
+                same_file = False
+            if not same_file:  # replayed and removed (or renamed) by someone else meanwhile
                 yield None
                 return
             yield _records(path)
@@ -114,34 +128,57 @@ class FileSpool:
 
     def close(self) -> None:
         self._closed.set()
-        with self._lock:
-            self._close_segment()
+        self.rotate()
         if self._syncer is not None:
             self._syncer.join(timeout=5)
 
     def _open(self) -> int:
         if self._fd is None:
-            name = f"{time.time_ns():020d}-{os.getpid()}.spool.active"
-            self._path = self.directory / name
-            self._fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-            fcntl.flock(self._fd, fcntl.LOCK_EX)
+            # Created under a name the replayer does not list, and locked, before it becomes a
+            # segment: a replayer must never claim (and delete) a file its writer has not locked.
+            stem = f"{time.time_ns():020d}-{os.getpid()}"
+            creating = self.directory / f"{stem}.creating"
+            fd = os.open(creating, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._path = creating.rename(self.directory / f"{stem}.spool.active")
+            self._fd = fd
             self._written = 0
         return self._fd
 
-    def _close_segment(self) -> None:
+    def _detach(self) -> tuple[int, Path] | None:
+        """Take the active segment out of use (under the lock); `_seal` it outside the lock."""
         if self._fd is None or self._path is None:
-            return
-        os.fsync(self._fd)
-        self._path.rename(self._path.with_suffix(".ready"))
-        os.close(self._fd)  # releases the lock only after the rename
+            return None
+        detached = (self._fd, self._path)
         self._fd, self._path, self._dirty = None, None, False
+        return detached
 
     def _sync_every(self, interval: float) -> None:
         while not self._closed.wait(interval):
             with self._lock:
-                if self._dirty and self._fd is not None:
-                    os.fsync(self._fd)
-                    self._dirty = False
+                if not self._dirty or self._fd is None:
+                    continue
+                fd = os.dup(self._fd)  # fsync a duplicate outside the lock: appends go on
+                self._dirty = False
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _seal(fd: int, path: Path) -> None:
+    """Make a detached segment durable and ready; the lock goes only after the rename."""
+    try:
+        os.fsync(fd)
+        path.rename(path.with_suffix(".ready"))
+    finally:
+        os.close(fd)
 
 
 def _records(path: Path) -> Iterator[tuple[str, bytes]]:

@@ -15,11 +15,12 @@ from widelog.bootstrap import (
     build_spool_fallback,
     build_store,
 )
+from widelog.service.batcher import ConsumerStats
 from widelog.service.replayer import SpoolReplayer
 
 if TYPE_CHECKING:
     from widelog.config import Settings
-    from widelog.service.batcher import ConsumerStats
+    from widelog.ports import EventSource
 
 log = logging.getLogger("widelog.worker")
 RETENTION_EVERY_S = 3600.0
@@ -32,21 +33,39 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     store = build_store(settings)
-    source = await asyncio.to_thread(build_source, settings)
-    consumer = build_consumer(settings, source, store)
-    retention = asyncio.create_task(_expire_periodically(store, stop))
-    log.info("worker consuming %s into %s", settings.transport, settings.store)
     try:
-        await consumer.run(stop)
+        source = await _connect(settings, stop)
+        if source is None:
+            return ConsumerStats()
+        consumer = build_consumer(settings, source, store)
+        retention = asyncio.create_task(_expire_periodically(store, stop))
+        log.info("worker consuming %s into %s", settings.transport, settings.store)
+        try:
+            await consumer.run(stop)
+        finally:
+            stop.set()
+            await retention
+            await source.close()
     finally:
-        stop.set()
-        await retention
-        await source.close()
         await store.close()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
     log.info("worker stopped: %s", consumer.stats)
     return consumer.stats
+
+
+async def _connect(settings: Settings, stop: asyncio.Event) -> EventSource | None:
+    """The source, once the broker answers (creating the topic); None if stopped first."""
+    delay = 1.0
+    while not stop.is_set():
+        try:
+            return await asyncio.to_thread(build_source, settings)
+        except Exception as exc:  # noqa: BLE001 - a broker still starting is not a reason to exit
+            log.warning("message queue not reachable yet, retrying in %.0fs: %r", delay, exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            delay = min(delay * 2, 30.0)
+    return None
 
 
 async def _expire_periodically(store: object, stop: asyncio.Event) -> None:

@@ -156,7 +156,10 @@ class BatchConsumer:
             lambda: self._store.write_dead_letters(letters), "write_dead_letters", stop
         ):
             return
-        await self._source.commit(batch)
+        try:
+            await self._source.commit(batch)
+        except Exception as exc:  # noqa: BLE001 - stored already; a re-delivery is a duplicate
+            log.warning("commit failed, the batch may be delivered again: %r", exc)
 
         elapsed_ms = (time.perf_counter() - started) * 1000
         ok = result.inserted + result.duplicates

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterator, Sequence
 
     from widelog.adapters.spool import FileSpool
 
@@ -56,26 +57,19 @@ class SpoolReplayer:
         """Replay every segment no live writer holds; return how many events were confirmed."""
         if not self._spool.has_pending():
             return 0
-        self._spool.rotate()
+        await asyncio.to_thread(self._spool.rotate)  # fsync and rename: off the event loop
         confirmed = 0
         for path in self._spool.segments():
             with self._spool.claim(path) as records:
                 if records is None:
                     continue
-                count = 0
-                batch: list[tuple[str, bytes]] = []
-                ok = True
-                for record in records:
-                    batch.append(record)
-                    if len(batch) >= self._chunk:
-                        ok = await self._publisher.deliver(batch, self._timeout)
-                        count += len(batch)
-                        batch = []
-                        if not ok:
-                            break
-                if ok and batch:
-                    ok = await self._publisher.deliver(batch, self._timeout)
-                    count += len(batch)
+                count, ok = 0, True
+                while ok:
+                    chunk = await asyncio.to_thread(_take, records, self._chunk)
+                    if not chunk:
+                        break
+                    ok = await self._publisher.deliver(chunk, self._timeout)
+                    count += len(chunk)
                 if not ok:
                     self.stats.failures += 1
                     log.warning("replay of %s failed; it stays in the spool", path.name)
@@ -96,3 +90,7 @@ class SpoolReplayer:
                 log.exception("spool replay failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=interval)
+
+
+def _take(records: Iterator[tuple[str, bytes]], count: int) -> list[tuple[str, bytes]]:
+    return list(itertools.islice(records, count))

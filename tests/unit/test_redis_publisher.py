@@ -1,0 +1,52 @@
+"""The Redis Streams publisher never loses a buffered event, even when Redis hangs."""
+
+import asyncio
+from typing import Any
+
+from widelog.adapters.fallback import SpoolFallback
+from widelog.adapters.redis_streams import RedisStreamsEventPublisher
+from widelog.adapters.spool import FileSpool
+
+
+class HangingRedis:
+    """A client whose XADD pipeline never answers (a stalled server, a partition)."""
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    def pipeline(self, *, transaction: bool) -> Any:
+        return self
+
+    async def __aenter__(self) -> Any:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        return None
+
+    def xadd(self, *_: object, **__: object) -> None:
+        return None
+
+    async def execute(self) -> None:
+        await asyncio.sleep(3600)
+
+    async def aclose(self) -> None:
+        self.closed = True
+
+
+async def test_close_spools_the_batch_in_flight_and_the_buffer_when_redis_hangs(tmp_path):
+    spool = FileSpool(tmp_path)
+    fallback = SpoolFallback(spool)
+    redis = HangingRedis()
+    publisher = RedisStreamsEventPublisher(
+        redis,  # type: ignore[arg-type]
+        stream="s",
+        fallback=fallback,
+        chunk=100,
+    )
+    for i in range(300):
+        publisher.publish(f"req-{i}", b"{}")
+    await asyncio.sleep(0.05)  # the flusher took its first 100 and hangs on them
+    await publisher.close(timeout=0.2)
+    spool.close()
+    assert (0, 300) == (publisher.delivered, fallback.spooled)
+    assert redis.closed
