@@ -36,6 +36,7 @@ bench: $(STAMP) services
 	$(BIN)/python bench/middleware_overhead.py
 	$(BIN)/python bench/sampling_decide.py
 	$(BIN)/python bench/publish_hot_path.py
+	$(BIN)/python bench/cache_lookup.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

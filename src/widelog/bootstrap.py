@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -11,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from widelog.adapters.fake_llm import FakeLLM
 from widelog.adapters.fallback import SpoolFallback
+from widelog.adapters.memory_cache import InMemorySemanticCache, InMemorySessionCache
 from widelog.adapters.memory_transport import (
     InProcessEventPublisher,
     InProcessEventSource,
@@ -21,10 +21,15 @@ from widelog.adapters.spool import FileSpool
 from widelog.adapters.sqlite_store import SQLiteEventStore
 from widelog.domain.sampling import SamplingPolicy, TailSampler
 from widelog.service.batcher import BatchConsumer
+from widelog.service.caches import ChatCaches, FailOpenSemanticCache, FailOpenSessionCache
+from widelog.service.chat import ChatService
+from widelog.service.circuit_breaker import CircuitBreaker
 from widelog.service.logging_service import LoggingService
 from widelog.service.replayer import SpoolReplayer
 
 if TYPE_CHECKING:
+    from collections.abc import Awaitable
+
     from redis.asyncio import Redis
 
     from widelog.adapters.kafka_transport import KafkaEventPublisher
@@ -46,6 +51,8 @@ class Container:
     publisher: EventPublisher
     store: LoggerPort
     llm: LLMPort
+    caches: ChatCaches
+    chat: ChatService
     queue: InProcessQueue | None = None  # the embedded transport, when it is the one in use
     consumer: BatchConsumer | None = None  # runs in this process (embedded transport)
     replayer: SpoolReplayer | None = None  # drains the spool (message-queue transports)
@@ -71,19 +78,30 @@ class Container:
         await self.queue.drained()
 
     async def aclose(self) -> None:
-        """Stop accepting, hand what is in flight on (queue → store, MQ → broker or spool)."""
+        """Hand what is in flight on (queue → store, MQ → broker or spool), then close clients.
+
+        The replayer stops before the publisher closes (it publishes through it), the publisher
+        closes before the spool (a purge at close spools), and one failing step never keeps the
+        others from running.
+        """
         if self._closed:
             return
         self._closed = True
-        await self.publisher.close()
         self._stop.set()
         for task in self._tasks:
-            await task
+            await _logged(task)
+        await _logged(self.publisher.close())
         if self.fallback is not None:
             self.fallback.spool.close()
-        for closer in (self.store.close, self.llm.close):
-            with contextlib.suppress(Exception):
-                await closer()
+        for closer in (self.store.close, self.llm.close, self.caches.aclose):
+            await _logged(closer())
+
+
+async def _logged(step: Awaitable[object]) -> None:
+    try:
+        await step
+    except Exception:
+        log.exception("shutdown step failed")
 
 
 def build_llm(settings: Settings) -> LLMPort:
@@ -192,6 +210,58 @@ def build_consumer(settings: Settings, source: EventSource, store: LoggerPort) -
     )
 
 
+def build_caches(settings: Settings) -> ChatCaches:
+    """In-process caches, or Redis ones behind one breaker with an in-process session fallback."""
+    memory_sessions = InMemorySessionCache(
+        ttl_s=settings.session_ttl_s,
+        max_turns=settings.session_max_turns,
+        max_bytes=settings.session_max_bytes,
+        max_sessions=settings.session_max_sessions,
+    )
+    if settings.cache == "memory":
+        return ChatCaches(
+            sessions=FailOpenSessionCache(memory_sessions),
+            answers=FailOpenSemanticCache(
+                InMemorySemanticCache(max_entries=settings.semantic_cache_max_entries)
+            ),
+            backend="memory",
+        )
+    from widelog.adapters.redis_cache import (  # noqa: PLC0415 - only the redis cache needs it
+        RedisSemanticCache,
+        RedisSessionCache,
+        cache_client,
+    )
+
+    timeout_s = settings.cache_timeout_ms / 1000
+    client = cache_client(settings.redis_url, timeout_s=timeout_s)
+    # One breaker for both caches: they share the Redis, so they are up or down together.
+    breaker = CircuitBreaker(
+        name="redis",
+        failure_threshold=settings.cache_breaker_failures,
+        reset_timeout_s=settings.cache_breaker_reset_s,
+    )
+    sessions = RedisSessionCache(
+        client,
+        namespace=settings.cache_namespace,
+        ttl_s=settings.session_ttl_s,
+        max_turns=settings.session_max_turns,
+        max_bytes=settings.session_max_bytes,
+    )
+    return ChatCaches(
+        sessions=FailOpenSessionCache(
+            sessions, fallback=memory_sessions, breaker=breaker, timeout_s=timeout_s
+        ),
+        answers=FailOpenSemanticCache(
+            RedisSemanticCache(client, namespace=settings.cache_namespace),
+            breaker=breaker,
+            timeout_s=timeout_s,
+        ),
+        backend="redis",
+        breaker=breaker,
+        closers=[client.aclose],
+    )
+
+
 def _redis_client(settings: Settings) -> Redis:
     from redis.asyncio import Redis  # noqa: PLC0415
 
@@ -223,12 +293,22 @@ def build(settings: Settings, *, sampling: SamplingPolicy | None = None) -> Cont
         max_event_bytes=settings.max_event_bytes,
         sampler=TailSampler(policy),
     )
+    llm = build_llm(settings)
+    caches = build_caches(settings)
+    chat = ChatService(
+        llm=llm,
+        sessions=caches.sessions,
+        answers=caches.answers,
+        answer_ttl_s=settings.semantic_cache_ttl_s,
+    )
     return Container(
         settings=settings,
         logging=logging_service,
         publisher=publisher,
         store=store,
-        llm=build_llm(settings),
+        llm=llm,
+        caches=caches,
+        chat=chat,
         queue=queue,
         consumer=consumer,
         replayer=replayer,

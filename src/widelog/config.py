@@ -6,7 +6,7 @@ import socket
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -19,7 +19,7 @@ class Settings(BaseSettings):
     # fails the start with the list of allowed values instead of failing later.
     transport: Literal["memory", "kafka", "redis"] = "memory"
     store: Literal["sqlite", "mongo"] = "sqlite"
-    cache: Literal["memory"] = "memory"
+    cache: Literal["memory", "redis"] = "memory"
     llm: Literal["fake", "openai"] = "fake"
 
     # Service endpoints (loopback defaults match scripts/services.sh).
@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     kafka_linger_ms: int = Field(5, ge=0)
     kafka_session_timeout_ms: int = Field(10_000, ge=1000)
     kafka_max_poll_interval_ms: int = Field(300_000, ge=1000)
-    publish_retries: int = Field(3, ge=0)
+    publish_retries: int = Field(3, ge=1)  # the idempotent producer requires at least 1
     redis_stream: str = "log-events"
     redis_stream_maxlen: int = Field(1_000_000, ge=1000)
     redis_claim_idle_ms: int = Field(30_000, ge=100)
@@ -66,6 +66,19 @@ class Settings(BaseSettings):
     instance: str = Field(default_factory=socket.gethostname)
     max_event_bytes: int = Field(64 * 1024, ge=4096)
 
+    # Caches (docs/caches.md). The namespace prefixes every Redis key, so deployments (and tests)
+    # can share one Redis; the timeout bounds each Redis operation on the request path.
+    cache_namespace: str = Field("widelog", pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+    cache_timeout_ms: float = Field(50.0, ge=1, le=5000)
+    cache_breaker_failures: int = Field(5, ge=1)
+    cache_breaker_reset_s: float = Field(2.0, gt=0, le=600)
+    session_ttl_s: float = Field(1800.0, gt=0)
+    session_max_turns: int = Field(20, ge=2, le=1000)
+    session_max_bytes: int = Field(64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    session_max_sessions: int = Field(10_000, ge=1)  # in-process cache and outage fallback
+    semantic_cache_ttl_s: float = Field(3600.0, gt=0)
+    semantic_cache_max_entries: int = Field(10_000, ge=1)  # in-process cache only
+
     # Chat API.
     max_message_chars: int = Field(8000, ge=1)
 
@@ -77,3 +90,18 @@ class Settings(BaseSettings):
     openai_model: str = "gpt-4o-mini"
     openai_api_key: SecretStr | None = None
     openai_timeout_s: float = Field(30.0, gt=0)
+
+    @model_validator(mode="after")
+    def _idempotence_needs_acks_all(self) -> Settings:
+        """The producer would refuse this pair when created; refuse it at startup instead."""
+        if self.kafka_idempotence and self.kafka_acks != "all":
+            raise ValueError("kafka_acks must be 'all' while kafka_idempotence is true")
+        return self
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, url: str) -> str:
+        """A wrong scheme would only fail at the first Redis call; say so at startup instead."""
+        if not url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return url

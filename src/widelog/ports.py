@@ -153,3 +153,143 @@ class LLMPort(Protocol):
     async def ping(self) -> None: ...
 
     async def close(self) -> None: ...
+
+
+# --- Caches: session history and the exact-key response cache (docs/caches.md) ----------------
+
+
+class CacheError(Exception):
+    """A cache could not answer. Callers read it as a miss: a cache never fails a request."""
+
+
+class CacheUnavailableError(CacheError):
+    """The backend did not answer (down, refused, timed out): counts against its circuit breaker."""
+
+
+class CorruptValueError(CacheError):
+    """The backend answered with a value this code cannot read (garbage, unknown schema version).
+
+    The backend is healthy, so this never opens a circuit; the value reads as a miss.
+    """
+
+
+class SessionCachePort(Protocol):
+    """Conversation history per session, capped in turns and bytes, expiring after the last write.
+
+    The TTL slides on writes only (a read does not keep a session alive). Caps drop the oldest
+    turns first; bytes are counted as stored (the encoded turn), so every adapter trims alike.
+    """
+
+    async def history(self, session_id: str) -> list[ChatTurn]:
+        """Oldest turn first; empty for an unknown or expired session."""
+        ...
+
+    async def append(self, session_id: str, turns: Sequence[ChatTurn]) -> None:
+        """Add `turns` at the end, trim to the caps and refresh the TTL, all at once."""
+        ...
+
+    async def clear(self, session_id: str) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(slots=True, frozen=True)
+class CachedAnswer:
+    """A complete, successful LLM answer as the response cache keeps it."""
+
+    text: str
+    model: str
+    provider: str
+    input_tokens: int
+    output_tokens: int
+    created_at: float  # Unix seconds
+
+
+class SemanticCachePort(Protocol):
+    """Exact-key response cache ("semantic" in the spec; no similarity search in this phase).
+
+    Keys come from `widelog.domain.cache_keys.answer_key`; each adapter adds its namespace.
+    """
+
+    async def get(self, key: str) -> CachedAnswer | None: ...
+
+    async def put(self, key: str, answer: CachedAnswer, *, ttl_s: float) -> None:
+        """Store or overwrite the answer under `key` for `ttl_s` seconds."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+# --- Incidents (issue 6): shared, insert-only state of the incident aggregator ------------------
+
+from typing import TYPE_CHECKING  # noqa: E402 - appended section; kept apart from the ports above
+
+if TYPE_CHECKING:
+    import datetime as dt
+    from collections.abc import Collection
+
+    from widelog.domain.incidents import Contribution, MinuteTotals, ScopeCount, Transition
+
+
+class IncidentStore(Protocol):
+    """Where every worker's incident aggregator keeps its state, so there is one incident per key.
+
+    Insert-only: each record has a deterministic id and a second insert of it is ignored, which
+    makes re-delivered and retried batches harmless and needs no atomic update (FerretDB loses
+    concurrent updates of one document). Counts are summed when read. `token` identifies the
+    batch a record came from. Times are aware UTC datetimes; minutes are whole minutes.
+    """
+
+    async def add_scope_counts(self, counts: Sequence[ScopeCount], *, token: str) -> None:
+        """Store each (scope, minute) count of this batch once."""
+        ...
+
+    async def add_contributions(self, contributions: Sequence[Contribution], *, token: str) -> None:
+        """Store each (incident, minute) contribution of this batch once, and its new members."""
+        ...
+
+    async def group_series(
+        self, incident_ids: Collection[str], start: dt.datetime, end: dt.datetime
+    ) -> dict[str, dict[dt.datetime, MinuteTotals]]:
+        """Per incident, per minute in [start, end], the sum of its contributions."""
+        ...
+
+    async def scope_series(
+        self, scope_ids: Collection[str], start: dt.datetime, end: dt.datetime
+    ) -> dict[str, dict[dt.datetime, float]]:
+        """Per scope, per minute in [start, end], the re-weighted requests."""
+        ...
+
+    async def last_event_before(self, incident_id: str, before: dt.datetime) -> dt.datetime | None:
+        """The time of the incident's last matching event in a minute before `before`."""
+        ...
+
+    async def add_transition(self, transition: Transition) -> bool:
+        """Record a lifecycle step; True only for the one call that recorded it first."""
+        ...
+
+    async def transitions(
+        self, incident_ids: Collection[str] | None = None
+    ) -> dict[str, list[Transition]]:
+        """Every recorded step of these incidents (all incidents if None), by incident."""
+        ...
+
+    async def contributions(self, incident_id: str, since: dt.datetime) -> list[Contribution]:
+        """The incident's contributions from minute `since` on."""
+        ...
+
+    async def member_counts(self, incident_id: str, since: dt.datetime) -> dict[str, int]:
+        """Distinct members by kind ("user", "session") first seen from minute `since` on."""
+        ...
+
+    async def prune(self, *, before: dt.datetime, keep: Collection[str]) -> int:
+        """Delete scope counts before `before`, and older records of groups not in `keep`."""
+        ...
+
+    async def clear(self) -> None:
+        """Delete every incident record (before a rebuild)."""
+        ...
+
+    async def ping(self) -> None: ...
+
+    async def close(self) -> None: ...

@@ -38,6 +38,10 @@ def test_demo_json_reports_a_pipeline_that_lost_nothing():
     assert report["traffic"]["slow"] == report["kept_by_reason"]["slow"] > 0
     assert 0 < report["latency_ms"]["p50"] <= report["latency_ms"]["p99"]
     assert {"200", "413", "422", "503", "504"} <= set(report["status"])
+    cache = report["cache"]
+    assert 0 < cache["semantic_hit_rate"] < cache["session_hit_rate"] < 1
+    assert cache["cached_answers_by_kind"]["repeat"] > 0
+    assert {"repeat"} == set(cache["cached_answers_by_kind"])  # only repeated questions hit
 
 
 @pytest.mark.slow
@@ -67,3 +71,9 @@ def test_worker_explains_that_the_memory_transport_needs_no_worker():
     result = run("worker")
     assert 2 == result.returncode
     assert "WIDELOG_TRANSPORT=memory" in result.stderr
+
+
+def test_acks_other_than_all_with_idempotence_fails_the_start():
+    result = run("worker", env={"WIDELOG_TRANSPORT": "kafka", "WIDELOG_KAFKA_ACKS": "1"})
+    assert 2 == result.returncode
+    assert "kafka_acks must be 'all'" in result.stderr

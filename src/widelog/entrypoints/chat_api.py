@@ -10,10 +10,11 @@ from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from widelog.entrypoints.middleware import WideEventMiddleware
-from widelog.ports import ChatTurn, LLMError, LLMRequest
+from widelog.ports import LLMError
+from widelog.service.chat import ChatQuery
 from widelog.service.logging_service import event
 
 if TYPE_CHECKING:
@@ -30,6 +31,20 @@ LLM_ERROR_STATUS = {
 }
 
 
+class CacheOptions(BaseModel):
+    """Per-request control of the response cache (the session history is not a cache to skip).
+
+    The standard `Cache-Control: no-cache` / `no-store` request directives mean the same.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    no_cache: bool = False  # skip reading: ask the model even if an answer is cached
+    no_store: bool = False  # skip writing: do not cache this answer
+    # Seconds the answer it stores lives: can shorten WIDELOG_SEMANTIC_CACHE_TTL_S, not lengthen.
+    ttl_s: Annotated[int | None, Field(ge=1, le=7 * 24 * 3600)] = None
+
+
 class ChatRequest(BaseModel):
     session_id: Annotated[str, Field(min_length=1, max_length=128)]
     message: Annotated[str, Field(min_length=1)]
@@ -37,12 +52,14 @@ class ChatRequest(BaseModel):
     prompt_version: Annotated[str, Field(min_length=1, max_length=64)] = "v1"
     user_id: Annotated[str | None, Field(max_length=128)] = None
     stream: bool = False
+    cache: CacheOptions = Field(default_factory=CacheOptions)
 
 
 class ChatResponse(BaseModel):
     answer: str
     session_id: str
     model: str
+    cached: bool = False  # served from the response cache
 
 
 def create_app(container: Container) -> FastAPI:
@@ -58,10 +75,11 @@ def create_app(container: Container) -> FastAPI:
     app.add_middleware(WideEventMiddleware, logging_service=container.logging)
     app.add_exception_handler(RequestValidationError, _validation_failed)
     llm = container.llm
+    service = container.chat
     max_chars = container.settings.max_message_chars
 
     @app.post("/v1/chat", response_model=ChatResponse)
-    async def chat(body: ChatRequest) -> Any:
+    async def chat(body: ChatRequest, request: Request) -> Any:
         event.update(
             {
                 "session_id": body.session_id,
@@ -76,33 +94,31 @@ def create_app(container: Container) -> FastAPI:
         )
         if len(body.message) > max_chars:
             event.error("MESSAGE_TOO_LARGE", message=f"{len(body.message)} > {max_chars} chars")
+            event.update({"cache.session": "bypass", "cache.semantic": "bypass"})
             return JSONResponse(
                 {"detail": f"message longer than {max_chars} characters"}, status_code=413
             )
-        request = LLMRequest(
-            messages=[ChatTurn("user", body.message)],
+        directives = _cache_control(request.headers.get("cache-control", ""))
+        query = ChatQuery(
+            session_id=body.session_id,
+            message=body.message,
             prompt_version=body.prompt_version,
             language=body.language,
+            no_cache=body.cache.no_cache or "no-cache" in directives,
+            no_store=body.cache.no_store or "no-store" in directives,
+            ttl_s=body.cache.ttl_s,
         )
-        started = asyncio.get_running_loop().time()
         try:
-            answer = await llm.complete(request)
+            answer = await service.answer(query)
         except LLMError as exc:
-            event.set("llm.latency_ms", (asyncio.get_running_loop().time() - started) * 1000)
             event.error(exc.code, message=str(exc), kind="LLMError")
             status = LLM_ERROR_STATUS.get(exc.code, 502)
             return JSONResponse({"detail": str(exc), "code": exc.code}, status_code=status)
-        event.update(
-            {
-                "llm.latency_ms": (asyncio.get_running_loop().time() - started) * 1000,
-                "llm.model": answer.model,
-                "llm.input_tokens": answer.input_tokens,
-                "llm.output_tokens": answer.output_tokens,
-            }
-        )
         if body.stream:
             return StreamingResponse(_chunks(answer.text), media_type="text/plain; charset=utf-8")
-        return ChatResponse(answer=answer.text, session_id=body.session_id, model=answer.model)
+        return ChatResponse(
+            answer=answer.text, session_id=body.session_id, model=answer.model, cached=answer.cached
+        )
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -124,6 +140,8 @@ def create_app(container: Container) -> FastAPI:
         ready = all(v == "ok" for v in report.values())
         if container.queue is not None:
             report["queue_depth"] = container.queue.depth
+        circuit = container.caches.breaker.state if container.caches.breaker else "closed"
+        report["cache"] = "ok" if circuit == "closed" else f"degraded: circuit {circuit}"
         if container.fallback is not None:
             down = getattr(container.publisher, "broker_down", False)
             report["transport"] = "degraded: spooling events" if down else "ok"
@@ -131,6 +149,11 @@ def create_app(container: Container) -> FastAPI:
         return JSONResponse({"ready": ready, "checks": report}, status_code=200 if ready else 503)
 
     return app
+
+
+def _cache_control(header: str) -> set[str]:
+    """The directive names of a `Cache-Control` header, lowercased (`max-age=0` → `max-age`)."""
+    return {part.split("=", 1)[0].strip().lower() for part in header.split(",") if part.strip()}
 
 
 async def _chunks(text: str) -> AsyncIterator[str]:

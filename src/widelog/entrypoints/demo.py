@@ -96,17 +96,19 @@ async def run_demo(
         container = build(settings)
         app = create_app(container)
         traffic = synthetic_requests(requests, max_chars=settings.max_message_chars)
-        bodies = [body for _, body in traffic]
         latencies: list[float] = []
         statuses: Counter[int] = Counter()
-        pending = iter(bodies)
+        cached: Counter[str] = Counter()  # answers served from the response cache, by kind
+        pending = iter(traffic)
 
         async def client_loop(client: httpx.AsyncClient) -> None:
-            for body in pending:
+            for kind, body in pending:
                 started = time.perf_counter()
                 response = await client.post("/v1/chat", json=body)
                 latencies.append((time.perf_counter() - started) * 1000)
                 statuses[response.status_code] += 1
+                if response.status_code == 200 and response.json().get("cached"):
+                    cached[kind] += 1
                 if on_progress:
                     on_progress(1)
 
@@ -120,6 +122,7 @@ async def run_demo(
             await asyncio.wait_for(container.drained(), timeout=60)
             report = await _report(container, requests, statuses, latencies, traffic_s)
             report["traffic"] = dict(Counter(kind for kind, _ in traffic))
+            report["cache"]["cached_answers_by_kind"] = dict(cached)
             return report
         finally:
             await container.aclose()
@@ -173,6 +176,7 @@ async def _report(
             if logging_stats.finalized
             else 0.0,
         },
+        "cache": container.caches.report(),
         "pipeline": {
             "transport": container.settings.transport,
             "store": container.settings.store,
