@@ -151,6 +151,8 @@ def _print_report(report: dict[str, Any]) -> None:
         *((f"errors.{k}", v) for k, v in report["errors"].items()),
         ("stored / finalized", f"{report['sampling']['stored_fraction']:.1%}"),
         ("kept by reason", ", ".join(f"{k}: {v}" for k, v in report["kept_by_reason"].items())),
+        ("cache hit rate: session", f"{report['cache']['session_hit_rate']:.1%}"),
+        ("cache hit rate: answers", f"{report['cache']['semantic_hit_rate']:.1%}"),
         ("transport → store", f"{report['pipeline']['transport']} → {report['pipeline']['store']}"),
         ("batches", report["pipeline"]["batches"]),
     ]
