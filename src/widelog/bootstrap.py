@@ -18,24 +18,27 @@ from widelog.adapters.memory_transport import (
 )
 from widelog.adapters.openai_llm import OpenAICompatibleLLM
 from widelog.adapters.spool import FileSpool
+from widelog.adapters.sqlite_incidents import SQLiteIncidentStore
 from widelog.adapters.sqlite_store import SQLiteEventStore
+from widelog.domain.incident_rules import IncidentRules
 from widelog.domain.sampling import SamplingPolicy, TailSampler
 from widelog.service.batcher import BatchConsumer
 from widelog.service.caches import ChatCaches, FailOpenSemanticCache, FailOpenSessionCache
 from widelog.service.chat import ChatService
 from widelog.service.circuit_breaker import CircuitBreaker
+from widelog.service.incident_aggregator import IncidentAggregator, run_sweeper
 from widelog.service.logging_service import LoggingService
 from widelog.service.replayer import SpoolReplayer
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable
+    from collections.abc import Awaitable, Mapping
 
     from redis.asyncio import Redis
 
     from widelog.adapters.kafka_transport import KafkaEventPublisher
     from widelog.adapters.redis_streams import RedisStreamsEventPublisher
     from widelog.config import Settings
-    from widelog.ports import EventPublisher, EventSource, LLMPort, LoggerPort
+    from widelog.ports import EventPublisher, EventSource, IncidentStore, LLMPort, LoggerPort
 
     MQPublisher = KafkaEventPublisher | RedisStreamsEventPublisher
 
@@ -53,6 +56,8 @@ class Container:
     llm: LLMPort
     caches: ChatCaches
     chat: ChatService
+    incidents: IncidentStore
+    aggregator: IncidentAggregator | None = None  # beside the in-process consumer
     queue: InProcessQueue | None = None  # the embedded transport, when it is the one in use
     consumer: BatchConsumer | None = None  # runs in this process (embedded transport)
     replayer: SpoolReplayer | None = None  # drains the spool (message-queue transports)
@@ -65,6 +70,8 @@ class Container:
         if self.consumer is not None:
             await self.store.ping()
             self._tasks.append(asyncio.create_task(self.consumer.run(self._stop)))
+        if self.aggregator is not None:
+            self._tasks.append(asyncio.create_task(run_sweeper(self.aggregator, self._stop)))
         if self.replayer is not None:
             interval = self.settings.replay_interval_s
             self._tasks.append(
@@ -93,7 +100,7 @@ class Container:
         await _logged(self.publisher.close())
         if self.fallback is not None:
             self.fallback.spool.close()
-        for closer in (self.store.close, self.llm.close, self.caches.aclose):
+        for closer in (self.store.close, self.incidents.close, self.llm.close, self.caches.aclose):
             await _logged(closer())
 
 
@@ -198,7 +205,14 @@ def build_source(settings: Settings) -> EventSource:
     raise ValueError("the memory transport has no separate consumer")
 
 
-def build_consumer(settings: Settings, source: EventSource, store: LoggerPort) -> BatchConsumer:
+def build_consumer(
+    settings: Settings,
+    source: EventSource,
+    store: LoggerPort,
+    *,
+    aggregator: IncidentAggregator | None = None,
+) -> BatchConsumer:
+    """The consumer; with an aggregator, every newly stored batch also feeds the incidents."""
     return BatchConsumer(
         source,
         store,
@@ -207,7 +221,22 @@ def build_consumer(settings: Settings, source: EventSource, store: LoggerPort) -
         flush_interval=settings.flush_interval_s,
         write_attempts=settings.write_attempts,
         drain_on_stop=settings.transport == "memory",
+        on_stored=aggregator.observe if aggregator is not None else None,
     )
+
+
+def load_incident_rules(environ: Mapping[str, str] | None = None) -> IncidentRules:
+    """`WIDELOG_INCIDENTS_RULES` (TOML) + `WIDELOG_INCIDENTS_*`; raises `IncidentRulesError`."""
+    return IncidentRules.from_env(os.environ if environ is None else environ)
+
+
+def build_incident_store(settings: Settings) -> IncidentStore:
+    """The incident store beside the events: same SQLite file, or same MongoDB database."""
+    if settings.store == "mongo":
+        from widelog.adapters.mongo_incidents import MongoIncidentStore  # noqa: PLC0415
+
+        return MongoIncidentStore(settings.mongo_url, timeout_ms=settings.mongo_timeout_ms)
+    return SQLiteIncidentStore(settings.sqlite_path)
 
 
 def build_caches(settings: Settings) -> ChatCaches:
@@ -269,16 +298,29 @@ def _redis_client(settings: Settings) -> Redis:
     return Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
 
 
-def build(settings: Settings, *, sampling: SamplingPolicy | None = None) -> Container:
-    """Wire one process. The sampling policy comes from `WIDELOG_SAMPLING_*` unless given."""
+def build(
+    settings: Settings,
+    *,
+    sampling: SamplingPolicy | None = None,
+    incident_rules: IncidentRules | None = None,
+) -> Container:
+    """Wire one process; sampling policy and incident rules come from the environment unless given.
+
+    With the embedded transport the consumer, and so the incident aggregator, run in this
+    process; otherwise `widelog worker` runs them and this process only reads incidents.
+    """
     policy = sampling or SamplingPolicy.from_env(os.environ)
     store = build_store(settings)
-    queue = consumer = replayer = fallback = None
+    incidents = build_incident_store(settings)
+    queue = consumer = replayer = fallback = aggregator = None
     publisher: EventPublisher
     if settings.transport == "memory":
         queue = InProcessQueue(max_events=settings.queue_max_events)
         publisher = InProcessEventPublisher(queue)
-        consumer = build_consumer(settings, InProcessEventSource(queue), store)
+        aggregator = IncidentAggregator(incidents, incident_rules or load_incident_rules())
+        consumer = build_consumer(
+            settings, InProcessEventSource(queue), store, aggregator=aggregator
+        )
     else:
         fallback = build_spool_fallback(settings)
         mq_publisher = build_mq_publisher(settings, fallback)
@@ -309,6 +351,8 @@ def build(settings: Settings, *, sampling: SamplingPolicy | None = None) -> Cont
         llm=llm,
         caches=caches,
         chat=chat,
+        incidents=incidents,
+        aggregator=aggregator,
         queue=queue,
         consumer=consumer,
         replayer=replayer,

@@ -50,6 +50,11 @@ def test_the_default_demo_stores_at_most_12_percent_and_every_error_and_slow_req
     assert 0 == result.returncode, result.stderr
     report = json.loads(result.stdout)
     assert report["events"]["stored"] <= 0.12 * report["events"]["finalized"]
+    opened = {(i["rule"]["id"], i["group"]["error.code"]) for i in report["incidents"]}
+    expected = {
+        ("errors", code) for code in ("LLM_TIMEOUT", "CONTENT_FILTERED", "LLM_RATE_LIMITED")
+    }
+    assert expected == opened
     assert report["errors"]["total"] == report["errors"]["stored"]
     assert report["traffic"]["slow"] == report["kept_by_reason"]["slow"]
 

@@ -12,6 +12,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from widelog.entrypoints.incidents_api import incidents_router
 from widelog.entrypoints.middleware import WideEventMiddleware
 from widelog.ports import LLMError
 from widelog.service.chat import ChatQuery
@@ -74,6 +75,7 @@ def create_app(container: Container) -> FastAPI:
     app = FastAPI(title="widelog reference chat service", lifespan=lifespan)
     app.add_middleware(WideEventMiddleware, logging_service=container.logging)
     app.add_exception_handler(RequestValidationError, _validation_failed)
+    app.include_router(incidents_router(container.incidents))
     llm = container.llm
     service = container.chat
     max_chars = container.settings.max_message_chars

@@ -15,12 +15,16 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
+from widelog.bootstrap import load_incident_rules
 from widelog.config import Settings
+from widelog.domain.incident_rules import IncidentRulesError
 from widelog.domain.sampling import SamplingPolicy, SamplingPolicyError
+from widelog.entrypoints.incidents_cli import incidents_app
 from widelog.entrypoints.sampling_cli import sampling_app
 
 app = typer.Typer(help="Wide-event logging for LLM chat backends.", no_args_is_help=True)
 app.add_typer(sampling_app, name="sampling")
+app.add_typer(incidents_app, name="incidents")
 err = Console(stderr=True)
 
 
@@ -29,11 +33,15 @@ def _settings() -> Settings:
     try:
         settings = Settings()
         SamplingPolicy.from_env(os.environ)
+        load_incident_rules()
     except ValidationError as exc:
         err.print(f"[red]invalid WIDELOG_* settings:[/red]\n{exc}")
         raise typer.Exit(2) from None
     except SamplingPolicyError as exc:
         err.print(f"[red]invalid sampling policy:[/red] {exc}")
+        raise typer.Exit(2) from None
+    except IncidentRulesError as exc:
+        err.print(f"[red]invalid incident rules:[/red] {exc}")
         raise typer.Exit(2) from None
     return settings
 
@@ -159,6 +167,10 @@ def _print_report(report: dict[str, Any]) -> None:
     for name, value in rows:
         table.add_row(name, str(value))
     console.print(table)
+    for incident in report["incidents"]:
+        console.print(f"\n[bold]incident[/bold] {incident['text']}", highlight=False)
+    if not report["incidents"]:
+        console.print("\nno incidents opened")
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ import httpx
 from widelog.bootstrap import build
 from widelog.domain.stats import percentile
 from widelog.entrypoints.chat_api import create_app
+from widelog.service.incident_queries import incident_summaries
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -123,6 +124,7 @@ async def run_demo(
             report = await _report(container, requests, statuses, latencies, traffic_s)
             report["traffic"] = dict(Counter(kind for kind, _ in traffic))
             report["cache"]["cached_answers_by_kind"] = dict(cached)
+            report["incidents"] = await incident_summaries(container.incidents)
             return report
         finally:
             await container.aclose()

@@ -10,12 +10,15 @@ from typing import TYPE_CHECKING
 
 from widelog.bootstrap import (
     build_consumer,
+    build_incident_store,
     build_mq_publisher,
     build_source,
     build_spool_fallback,
     build_store,
+    load_incident_rules,
 )
 from widelog.service.batcher import ConsumerStats
+from widelog.service.incident_aggregator import IncidentAggregator, run_sweeper
 from widelog.service.replayer import SpoolReplayer
 
 if TYPE_CHECKING:
@@ -37,15 +40,21 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
         source = await _connect(settings, stop)
         if source is None:
             return ConsumerStats()
-        consumer = build_consumer(settings, source, store)
+        incidents = build_incident_store(settings)
+        aggregator = IncidentAggregator(incidents, load_incident_rules())
+        consumer = build_consumer(settings, source, store, aggregator=aggregator)
         retention = asyncio.create_task(_expire_periodically(store, stop))
+        # Every worker sweeps: each resolution is recorded once, whoever finds it first.
+        sweeper = asyncio.create_task(run_sweeper(aggregator, stop))
         log.info("worker consuming %s into %s", settings.transport, settings.store)
         try:
             await consumer.run(stop)
         finally:
             stop.set()
             await retention
+            await sweeper
             await source.close()
+            await incidents.close()
     finally:
         await store.close()
         for signum in (signal.SIGTERM, signal.SIGINT):

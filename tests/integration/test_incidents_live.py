@@ -1,0 +1,247 @@
+"""Incidents on real parts: two workers sharing one FerretDB store, restarts, rebuild, the demo.
+
+The workers are two aggregators with their own MongoDB clients, each reading its own half of the
+partitions in small batches at the same time, as two `widelog worker` processes would.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.incident_traffic import T0, batches, burst
+from widelog.adapters.sqlite_incidents import SQLiteIncidentStore
+from widelog.domain.incident_rules import IncidentRules
+from widelog.service.incident_aggregator import IncidentAggregator
+from widelog.service.incident_queries import incident_summaries
+
+MIN = dt.timedelta(minutes=1)
+PARTITIONS = 6
+
+
+def comparable(summary: dict[str, Any]) -> dict[str, Any]:
+    """What two runs over the same events agree on exactly, however the workers interleaved.
+
+    When an incident *opens* is when the evidence stored so far crosses the thresholds: with
+    two workers each holding half of a minute's events, that can be a little later than over
+    complete data (`opened_within`). Counts, times seen, statuses and sweep resolutions agree.
+    """
+    keep = (
+        "id", "status", "group", "events", "first_seen", "last_seen", "resolved_at",
+        "regressions", "affected", "duration_ms", "window",
+    )  # fmt: skip
+    return {k: summary[k] for k in keep}
+
+
+def opened_within(
+    expected: list[dict[str, Any]], actual: list[dict[str, Any]], tolerance: dt.timedelta
+) -> None:
+    for want, got in zip(expected, actual, strict=True):
+        for field in ("opened_at", "first_opened_at"):
+            delta = dt.datetime.fromisoformat(got[field]) - dt.datetime.fromisoformat(want[field])
+            assert dt.timedelta(0) <= delta <= tolerance, (field, want[field], got[field])
+
+
+def partition_of(event: dict[str, Any]) -> int:
+    """Like Kafka's keyed partitioning: a stable hash of the key (here the request id)."""
+    digest = hashlib.sha256(event["request_id"].encode()).digest()
+    return int.from_bytes(digest[:4], "big") % PARTITIONS
+
+
+def traffic() -> list[dict[str, Any]]:
+    """Two LLM failure bursts, noise, a quiet hour, then the timeouts come back (a regression)."""
+    return [
+        *burst(T0, successes=2000, errors={"LLM_TIMEOUT": 40, "LLM_RATE_LIMITED": 30}),
+        *burst(T0 + 3 * MIN, successes=500, errors={"VALIDATION_ERROR": 6, "LLM_UNAVAILABLE": 4}),
+        *burst(T0 + 80 * MIN, successes=1000, errors={"LLM_TIMEOUT": 50}),
+    ]
+
+
+async def consume(aggregator: IncidentAggregator, events: list[dict[str, Any]]) -> None:
+    """One worker: its partitions' events, in time order, in batches of 50."""
+    for batch in batches(events, 50):
+        await aggregator.observe(batch)
+        await asyncio.sleep(0)  # let the other worker in between batches, as I/O would
+
+
+async def reference(
+    path: Path, events: list[dict[str, Any]], now: dt.datetime
+) -> list[dict[str, Any]]:
+    """The summaries one worker reading everything in order produces (SQLite)."""
+    store = SQLiteIncidentStore(path)
+    aggregator = IncidentAggregator(store, IncidentRules())
+    for batch in batches(events, 100):
+        await aggregator.observe(batch)
+    await aggregator.sweep(now)
+    summaries = await incident_summaries(store)
+    await store.close()
+    return summaries
+
+
+@pytest.fixture
+def database(live_services):
+    from tests.live import unique
+
+    return unique("widelog_test").replace("-", "_")
+
+
+@pytest.fixture
+async def mongo_stores(database):
+    """Three clients of one database: two workers and a reader."""
+    from tests.live import mongo_url
+    from widelog.adapters.mongo_incidents import MongoIncidentStore
+
+    stores = [MongoIncidentStore(mongo_url(database)) for _ in range(3)]
+    yield stores
+    await stores[0]._client.drop_database(database)
+    for store in stores:
+        await store.close()
+
+
+@pytest.mark.mongo
+async def test_two_workers_sharing_one_ferretdb_store_yield_one_incident_per_key(
+    mongo_stores, tmp_path, caplog
+):
+    caplog.set_level(logging.INFO, "widelog.incidents")
+    events = traffic()
+    now = T0 + 3 * 60 * MIN
+    one, two, reader = mongo_stores
+    worker_one = IncidentAggregator(one, IncidentRules())
+    worker_two = IncidentAggregator(two, IncidentRules())
+    mine = [e for e in events if partition_of(e) < PARTITIONS // 2]
+    theirs = [e for e in events if partition_of(e) >= PARTITIONS // 2]
+
+    await asyncio.gather(consume(worker_one, mine), consume(worker_two, theirs))
+    await asyncio.gather(worker_one.sweep(now), worker_two.sweep(now))
+
+    shared = await incident_summaries(reader)
+    keys = Counter((s["rule"]["id"], tuple(s["group"].items())) for s in shared)
+    assert 2 == len(keys), keys
+    assert {1} == set(keys.values())
+    lines = [r.getMessage() for r in caplog.records]
+    assert 3 == sum(" opened: " in m or "reopened" in m for m in lines)  # 2 openings, 1 reopening
+    assert 3 == sum(" resolved: " in m for m in lines)
+    expected = await reference(tmp_path / "reference.sqlite3", events, now)
+    assert [comparable(s) for s in expected] == [comparable(s) for s in shared]
+    opened_within(expected, shared, dt.timedelta(minutes=5))
+
+
+@pytest.mark.mongo
+async def test_streaming_and_rebuild_agree_on_ferretdb(mongo_stores, database, tmp_path):
+    from tests.live import mongo_url
+    from widelog.adapters.mongo_incidents import MongoIncidentStore
+    from widelog.adapters.mongo_store import MongoEventStore
+
+    events = traffic()
+    now = T0 + 3 * 60 * MIN
+    one, two, _ = mongo_stores
+    workers = [IncidentAggregator(store, IncidentRules()) for store in (one, two)]
+    event_store = MongoEventStore(mongo_url(database))
+    await event_store.write_batch(events)
+
+    await asyncio.gather(
+        consume(workers[0], [e for e in events if partition_of(e) % 2 == 0]),
+        consume(workers[1], [e for e in events if partition_of(e) % 2 == 1]),
+    )
+    await workers[0].sweep(now)
+    rebuilt_store = MongoIncidentStore(mongo_url(database), prefix="rebuilt_")
+    result = await IncidentAggregator(rebuilt_store, IncidentRules()).rebuild(
+        event_store.scan_events(), T0 - MIN, now=now
+    )
+
+    streamed = await incident_summaries(one)
+    rebuilt = await incident_summaries(rebuilt_store)
+    assert (len(events), 2) == (result.events, result.opened)
+    assert [comparable(s) for s in rebuilt] == [comparable(s) for s in streamed]
+    opened_within(rebuilt, streamed, dt.timedelta(minutes=5))
+    assert [0, 1] == sorted(s["regressions"] for s in streamed)
+    await rebuilt_store.close()
+    await event_store.close()
+
+
+@pytest.mark.mongo
+async def test_a_restarted_worker_carries_on_with_the_open_incident_in_the_store(
+    mongo_stores, database, tmp_path
+):
+    from tests.live import mongo_url
+    from widelog.adapters.mongo_incidents import MongoIncidentStore
+
+    events = burst(T0, successes=2000, errors={"LLM_TIMEOUT": 40})
+    first, _, reader = mongo_stores
+    before_restart = IncidentAggregator(first, IncidentRules())
+    for batch in batches(events[:1200], 100):
+        await before_restart.observe(batch)
+    [open_] = await incident_summaries(reader)
+
+    restarted_store = MongoIncidentStore(mongo_url(database))  # a new process, a new client
+    restarted = IncidentAggregator(restarted_store, IncidentRules())
+    for batch in batches(events[1200:], 100):
+        await restarted.observe(batch)
+    [after] = await incident_summaries(reader)
+
+    assert ("open", "open") == (open_["status"], after["status"])
+    assert (open_["id"], open_["opened_at"]) == (after["id"], after["opened_at"])
+    assert 40 == after["events"] > open_["events"]
+    expected = await reference(tmp_path / "r.sqlite3", events, T0 + 3 * MIN)
+    assert expected == [after]  # one worker at a time: exactly what one uninterrupted run says
+    await restarted_store.close()
+
+
+@pytest.mark.slow
+async def test_the_demo_traffic_opens_the_incidents_a_person_would_expect_and_nothing_else(
+    tmp_path,
+):
+    """The demo's mix (2,000 requests, 2% baseline sampling): the three injected LLM failure
+    codes on /v1/chat, and no incident for the 1.5% invalid, 0.5% oversized or 1.5% slow ones."""
+    from widelog.bootstrap import build
+    from widelog.config import Settings
+    from widelog.entrypoints.chat_api import create_app
+    from widelog.entrypoints.demo import synthetic_requests
+
+    settings = Settings(transport="memory", store="sqlite", sqlite_path=tmp_path / "demo.sqlite3")
+    container = build(settings, incident_rules=IncidentRules())
+    incidents = container.incidents
+    app = create_app(container)
+    pending = iter([body for _, body in synthetic_requests(2000)])
+
+    async def client_loop(client: httpx.AsyncClient) -> None:
+        for body in pending:
+            await client.post("/v1/chat", json=body)
+
+    await container.start()
+    started = time.perf_counter()
+    try:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://demo") as client:
+            await asyncio.gather(*(client_loop(client) for _ in range(32)))
+        await asyncio.wait_for(container.drained(), timeout=60)
+        streamed = await incident_summaries(incidents)
+        print(f"demo traffic in {time.perf_counter() - started:.1f}s")
+        rebuilt = SQLiteIncidentStore(tmp_path / "rebuilt.sqlite3")
+        await IncidentAggregator(rebuilt, IncidentRules()).rebuild(
+            container.store.scan_events(), dt.datetime.now(dt.UTC) - 60 * MIN
+        )
+        from_rebuild = await incident_summaries(rebuilt)
+        await rebuilt.close()
+    finally:
+        await container.aclose()
+
+    groups = sorted((s["rule"]["id"], s["status"], tuple(s["group"].items())) for s in streamed)
+    assert [
+        ("errors", "open", (("error.code", code), ("http.route", "/v1/chat")))
+        for code in ("CONTENT_FILTERED", "LLM_RATE_LIMITED", "LLM_TIMEOUT")
+    ] == groups
+    assert {22, 18, 26} == {s["events"] for s in streamed}
+    for summary in streamed:
+        print(summary["text"])
+    assert sorted(s["id"] for s in streamed) == sorted(s["id"] for s in from_rebuild)
+    assert sorted(s["events"] for s in streamed) == sorted(s["events"] for s in from_rebuild)

@@ -1,0 +1,785 @@
+"""Incidents: rules as data, masking, and the lifecycle on real event-time windows.
+
+Time is injected through the events' own timestamps (and `now` for the sweep), so every scenario
+runs in milliseconds whatever windows it spans. The store is the embedded SQLite adapter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import re
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+import pytest
+from fastapi import FastAPI
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from typer.testing import CliRunner
+
+from tests.incident_traffic import T0, batches, burst, request, spread
+from tests.unit.test_batcher import RecordingSource
+from widelog.adapters.sqlite_incidents import SQLiteIncidentStore
+from widelog.adapters.sqlite_store import SQLiteEventStore
+from widelog.domain.incident_rules import (
+    DEFAULT_RULES,
+    IncidentRules,
+    IncidentRulesError,
+    parse_duration,
+)
+from widelog.domain.incident_summary import summarize
+from widelog.domain.masking import MASKING_VERSION, mask
+from widelog.entrypoints.incidents_api import incidents_router
+from widelog.entrypoints.incidents_cli import incidents_app
+from widelog.service.batcher import BatchConsumer
+from widelog.service.incident_aggregator import IncidentAggregator
+from widelog.service.incident_queries import get_incident, incident_summaries, list_incidents
+
+ROOT = Path(__file__).resolve().parents[2]
+MIN = dt.timedelta(minutes=1)
+deterministic = settings(derandomize=True, database=None, deadline=None, max_examples=300)
+
+
+def rules(*overrides: dict[str, Any], **top: Any) -> IncidentRules:
+    """The defaults, or exactly the given rules (each a dict as in the TOML file)."""
+    if not overrides:
+        return IncidentRules.model_validate(top)
+    return IncidentRules.model_validate({**top, "rules": list(overrides)})
+
+
+class World:
+    """One incident store and aggregators on it; events go in as the consumer's batches would."""
+
+    def __init__(self, path: Path, incident_rules: IncidentRules | None = None) -> None:
+        self.store = SQLiteIncidentStore(path)
+        self.rules = incident_rules or IncidentRules()
+        self.aggregator = IncidentAggregator(self.store, self.rules)
+
+    async def feed(self, events: list[dict[str, Any]], size: int = 100) -> None:
+        for batch in batches(events, size):
+            await self.aggregator.observe(batch)
+
+    async def summaries(self) -> list[dict[str, Any]]:
+        return await incident_summaries(self.store)
+
+    async def groups(self) -> list[tuple[str, str, tuple[tuple[str, str | None], ...]]]:
+        return sorted(
+            (s["rule"]["id"], s["status"], tuple(s["group"].items()))
+            for s in await self.summaries()
+        )
+
+
+@pytest.fixture
+async def world(tmp_path: Path):
+    world = World(tmp_path / "incidents.sqlite3")
+    yield world
+    await world.store.close()
+
+
+def comparable(summary: dict[str, Any]) -> dict[str, Any]:
+    """What must agree between two runs over the same events (samples may differ by batching)."""
+    keep = (
+        "id",
+        "status",
+        "group",
+        "events",
+        "first_seen",
+        "last_seen",
+        "opened_at",
+        "first_opened_at",
+        "resolved_at",
+        "regressions",
+        "affected",
+        "duration_ms",
+        "window",
+    )
+    return {k: summary[k] for k in keep}
+
+
+# --- scenarios ---------------------------------------------------------------------------------
+
+
+async def test_a_burst_of_llm_timeouts_on_chat_opens_one_incident(world):
+    await world.feed(burst(T0, successes=1000, errors={"LLM_TIMEOUT": 30}))
+
+    [incident] = await world.summaries()
+    assert ("errors", "open") == (incident["rule"]["id"], incident["status"])
+    assert {"error.code": "LLM_TIMEOUT", "http.route": "/v1/chat"} == incident["group"]
+    assert 30 == incident["events"]
+    assert 1030 == incident["window"]["requests"]
+
+
+async def test_two_codes_open_two_incidents(world):
+    await world.feed(burst(T0, errors={"LLM_TIMEOUT": 30, "LLM_RATE_LIMITED": 25}))
+
+    assert [
+        ("errors", "open", (("error.code", "LLM_RATE_LIMITED"), ("http.route", "/v1/chat"))),
+        ("errors", "open", (("error.code", "LLM_TIMEOUT"), ("http.route", "/v1/chat"))),
+    ] == await world.groups()
+
+
+async def test_noise_under_the_thresholds_opens_nothing(world):
+    # 9 timeouts (min_count 10), 12 rate-limits among 5,000 requests (0.24% < 0.5%), 3 of 3
+    # requests failing on a quiet route (the volume guard), and client errors at 2%.
+    await world.feed(
+        [
+            *burst(T0, successes=5000, seconds=240, errors={"LLM_TIMEOUT": 9}),
+            *burst(T0 + 10 * MIN, successes=5000, seconds=240, errors={"LLM_RATE_LIMITED": 12}),
+            *burst(T0, successes=0, route="/v1/admin", errors={"UNHANDLED_EXCEPTION": 3}),
+            *burst(T0 + 20 * MIN, successes=1000, errors={"VALIDATION_ERROR": 20}),
+        ]
+    )
+    assert [] == await world.summaries()
+
+
+async def test_the_volume_guard_needs_enough_requests_before_a_rate_can_open_an_incident(tmp_path):
+    rate_only = rules({"id": "e", "match": {"error": True}, "min_rate": 0.5, "min_requests": 20})
+    world = World(tmp_path / "i.sqlite3", rate_only)
+    await world.feed(burst(T0, successes=0, route="/tiny", errors={"X": 3}))
+    assert [] == await world.summaries()  # 100% of 3 requests: not an incident
+
+    await world.feed(burst(T0 + 30 * MIN, successes=10, route="/small", errors={"X": 20}))
+    assert [("e", "open", (("error.code", "X"), ("http.route", "/small")))] == await world.groups()
+    await world.store.close()
+
+
+async def test_a_quiet_period_resolves_the_incident_at_the_last_event_plus_quiet(world):
+    await world.feed(burst(T0, errors={"LLM_TIMEOUT": 30}))
+    [open_] = await world.summaries()
+    last_seen = dt.datetime.fromisoformat(open_["last_seen"])
+    lateness = dt.timedelta(seconds=world.rules.lateness)
+
+    await world.aggregator.sweep(last_seen + 15 * MIN + lateness - dt.timedelta(seconds=1))
+    assert "open" == (await world.summaries())[0]["status"]
+
+    result = await world.aggregator.sweep(last_seen + 15 * MIN + lateness)
+    [resolved] = await world.summaries()
+    assert 1 == result.resolved
+    assert "resolved" == resolved["status"]
+    assert (last_seen + 15 * MIN).isoformat(timespec="milliseconds") == resolved["resolved_at"]
+    assert "no matching event for 15 min" == resolved["resolve_reason"]
+
+
+async def test_a_new_burst_after_resolution_reopens_the_incident_as_a_regression(world, caplog):
+    caplog.set_level(logging.INFO, "widelog.incidents")
+    await world.feed(burst(T0, errors={"LLM_TIMEOUT": 30}))
+    await world.aggregator.sweep(T0 + 60 * MIN)
+    await world.feed(burst(T0 + 90 * MIN, errors={"LLM_TIMEOUT": 40}))
+
+    [incident] = await world.summaries()
+    assert ("open", 1, 70) == (incident["status"], incident["regressions"], incident["events"])
+    assert [1, 2] == [e["number"] for e in incident["episodes"]]
+    assert incident["episodes"][0]["resolved_at"] is not None
+    messages = [r.getMessage() for r in caplog.records]
+    assert 1 == sum(" opened: rule errors" in m for m in messages)
+    assert 1 == sum(" resolved: rule errors" in m for m in messages)
+    assert 1 == sum("reopened (regression 1): rule errors" in m for m in messages)
+
+
+async def test_the_lifecycle_follows_event_time_not_when_the_consumer_read_the_batch(tmp_path):
+    """No sweep ran between the bursts (a consumer catching up on a backlog): same history."""
+    swept = World(tmp_path / "swept.sqlite3")
+    backlog = World(tmp_path / "backlog.sqlite3")
+    first = burst(T0, errors={"LLM_TIMEOUT": 30})
+    second = burst(T0 + 90 * MIN, errors={"LLM_TIMEOUT": 40})
+    await swept.feed(first)
+    await swept.aggregator.sweep(T0 + 60 * MIN)
+    await swept.feed(second)
+    await backlog.feed(first + second, size=700)  # batches spanning both bursts
+
+    assert [comparable(s) for s in await swept.summaries()] == [
+        comparable(s) for s in await backlog.summaries()
+    ]
+    for world in (swept, backlog):
+        await world.store.close()
+
+
+async def test_redelivered_batches_leave_every_count_unchanged(world):
+    events = burst(T0, errors={"LLM_TIMEOUT": 30, "LLM_RATE_LIMITED": 20})
+    await world.feed(events)
+    before = await world.summaries()
+
+    # The same batches again: an `on_stored` retried after a failure halfway. (A re-delivered
+    # event in another batch never gets here: the store reports it as a duplicate, see below.)
+    await world.feed(events)
+    assert before == await world.summaries()
+
+
+async def test_the_consumer_hands_only_newly_stored_events_to_the_aggregator(world, tmp_path):
+    events = burst(T0, errors={"LLM_TIMEOUT": 30})
+    payloads = [msgspec.json.encode(e) for e in events]
+    store = SQLiteEventStore(tmp_path / "events.sqlite3")
+    for redelivery in (False, True):
+        source = RecordingSource(payloads)
+        consumer = BatchConsumer(
+            source, store, source_name="test", on_stored=world.aggregator.observe
+        )
+        for start in range(0, len(payloads), 100):
+            await consumer.process(source.pending[start : start + 100])
+        [incident] = await world.summaries()
+        assert 30 == incident["events"], f"after a re-delivery: {redelivery}"
+    await store.close()
+
+
+async def test_two_workers_sharing_the_partitions_yield_one_incident_per_key(tmp_path, caplog):
+    caplog.set_level(logging.INFO, "widelog.incidents")
+    path = tmp_path / "shared.sqlite3"
+    one, two = World(path), World(path)  # two processes' worth of connections to one store
+    events = burst(T0, successes=2000, errors={"LLM_TIMEOUT": 40, "LLM_RATE_LIMITED": 30})
+    partitions = [events[0::2], events[1::2]]  # each worker reads half of every minute
+
+    await asyncio.gather(one.feed(partitions[0], 50), two.feed(partitions[1], 50))
+
+    reference = World(tmp_path / "reference.sqlite3")
+    await reference.feed(events)
+    expected, shared = await reference.summaries(), await one.summaries()
+    # When each opened may differ by the workers' lag: the evidence was split between them.
+    exact = [{k: v for k, v in comparable(s).items() if "opened" not in k} for s in shared]
+    assert [{k: v for k, v in comparable(s).items() if "opened" not in k} for s in expected] == (
+        exact
+    )
+    assert 2 == len(shared)
+    opened = [r.getMessage() for r in caplog.records if " opened: rule errors" in r.getMessage()]
+    assert 2 + 2 == len(opened)  # the two workers' two incidents, then the reference run's two
+    for world in (one, two, reference):
+        await world.store.close()
+
+
+async def test_streaming_and_rebuild_agree_on_the_same_events(world, tmp_path):
+    events = [
+        *burst(T0, errors={"LLM_TIMEOUT": 30}),
+        *burst(T0 + 5 * MIN, seconds=60, successes=100, errors={"CONTENT_FILTERED": 15}),
+        *burst(T0 + 90 * MIN, errors={"LLM_TIMEOUT": 45}),
+        *burst(T0 + 100 * MIN, successes=500, errors={"VALIDATION_ERROR": 5}),
+    ]
+    now = T0 + 6 * 60 * MIN
+    await world.feed(events)
+    await world.aggregator.sweep(now)
+    event_store = SQLiteEventStore(tmp_path / "events.sqlite3")
+    await event_store.write_batch(events)
+    rebuilt = World(tmp_path / "rebuilt.sqlite3")
+
+    result = await rebuilt.aggregator.rebuild(event_store.scan_events(), T0 - MIN, now=now)
+    streamed = await world.summaries()
+    assert (len(events), 2) == (result.events, result.opened)
+    assert [comparable(s) for s in streamed] == [comparable(s) for s in await rebuilt.summaries()]
+    assert [0, 1] == sorted(s["regressions"] for s in streamed)
+    await event_store.close()
+    await rebuilt.store.close()
+
+
+async def test_rebuild_replaces_what_was_there_and_ignores_events_before_since(world):
+    await world.feed(burst(T0, errors={"LLM_TIMEOUT": 30}))
+    later = burst(T0 + 120 * MIN, errors={"LLM_RATE_LIMITED": 30})
+    events = burst(T0, errors={"LLM_TIMEOUT": 30}) + later
+
+    await world.aggregator.rebuild(events, T0 + 60 * MIN, now=T0 + 125 * MIN)
+    assert [
+        ("errors", "open", (("error.code", "LLM_RATE_LIMITED"), ("http.route", "/v1/chat")))
+    ] == await world.groups()
+
+
+async def test_sampled_out_successes_change_the_verdict_of_a_rate_threshold(tmp_path):
+    """40 timeouts next to 10 kept successes: 80% of 50 stored events, but 7.4% of ~540 requests."""
+    ten_percent = rules(
+        {"id": "timeouts", "match": {"error_codes": ["LLM_TIMEOUT"]}, "min_rate": 0.1}
+    )
+    unsampled = World(tmp_path / "unsampled.sqlite3", ten_percent)
+    sampled = World(tmp_path / "sampled.sqlite3", ten_percent)
+    await unsampled.feed(burst(T0, successes=10, success_weight=1, errors={"LLM_TIMEOUT": 40}))
+    await sampled.feed(burst(T0, successes=10, success_weight=50, errors={"LLM_TIMEOUT": 40}))
+
+    assert 1 == len(await unsampled.summaries())
+    assert [] == await sampled.summaries()
+    for world in (sampled, unsampled):
+        await world.store.close()
+
+
+async def test_an_open_incident_resolves_when_its_rate_falls_well_under_the_threshold(world):
+    await world.feed(burst(T0, seconds=60, successes=300, errors={"LLM_TIMEOUT": 30}))
+    # then the timeouts keep trickling in (1 a minute) while traffic grows: 0.1% < 0.5 x 0.5%
+    await world.feed(burst(T0 + 2 * MIN, seconds=600, successes=10_000, errors={"LLM_TIMEOUT": 10}))
+
+    [incident] = await world.summaries()
+    assert "resolved" == incident["status"]
+    assert incident["resolve_reason"].startswith("the rate fell to 0.")
+
+
+async def test_late_events_count_but_never_rewrite_a_resolved_incident(world):
+    first = burst(T0, errors={"LLM_TIMEOUT": 30})
+    await world.feed(first[:900])
+    await world.aggregator.sweep(T0 + 60 * MIN)
+    await world.feed(first[900:])  # arrives an hour late
+
+    [incident] = await world.summaries()
+    assert ("resolved", 30, 0) == (incident["status"], incident["events"], incident["regressions"])
+
+
+async def test_a_worker_restart_keeps_open_incidents_and_carries_on(world, tmp_path):
+    events = burst(T0, errors={"LLM_TIMEOUT": 30})
+    await world.feed(events[:600])
+    await world.store.close()
+
+    restarted = World(world.store._path)
+    await restarted.feed(events[600:])
+    [incident] = await restarted.summaries()
+    assert ("open", 30, 0) == (incident["status"], incident["events"], incident["regressions"])
+    await restarted.store.close()
+
+
+async def test_latency_and_llm_provider_rules_open_on_their_own_thresholds(world):
+    slow = [request(at, duration_ms=2500) for at in spread(T0, 120, 80)]
+    failing = burst(T0 + 30 * MIN, successes=300, errors={"LLM_UNAVAILABLE": 60})
+    await world.feed(sorted([*burst(T0, successes=900), *slow], key=lambda e: e["timestamp"]))
+    await world.feed(failing)
+
+    assert [
+        ("errors", "open", (("error.code", "LLM_UNAVAILABLE"), ("http.route", "/v1/chat"))),
+        ("latency", "open", (("http.route", "/v1/chat"),)),
+        ("llm_provider", "open", (("llm.provider", "fake"), ("llm.model", "fake-chat-1"))),
+    ] == await world.groups()
+
+
+async def test_every_incident_records_why_it_was_grouped(world):
+    await world.feed(burst(T0, errors={"LLM_TIMEOUT": 30}))
+    [summary] = await world.summaries()
+
+    assert {
+        "rule": "errors",
+        "fields": ["error.code", "http.route"],
+        "rate_of": {"http.route": "/v1/chat"},
+    } == summary["grouped_by"]
+    assert re.match(
+        r"\d+ matching requests \(at least 10\), \d+\.\d\d% of the requests \(at least 0\.50%\),"
+        r" out of ~\d+ requests with http\.route=/v1/chat \(at least 20\) in the 5-minute window"
+        r" to 2026-11-27 10:01 UTC$",
+        summary["reason"],
+    ), summary["reason"]
+    assert {"window_s": 300, "quiet_s": 900, "min_count": 10, "min_rate": 0.005} == {
+        k: summary["rule"]["thresholds"][k]
+        for k in ("window_s", "quiet_s", "min_count", "min_rate")
+    }
+    assert MASKING_VERSION == summary["message"]["masking"]
+
+
+async def test_an_event_without_a_timestamp_counts_at_the_batch_time(world):
+    events = burst(T0, errors={"LLM_TIMEOUT": 30})
+    for event in events:
+        del event["timestamp"]
+    await world.aggregator.observe(events, now=T0 + 5 * MIN)
+
+    [incident] = await world.summaries()
+    assert (T0 + 5 * MIN).isoformat(timespec="milliseconds") == incident["first_seen"]
+
+
+# --- summary snapshots -------------------------------------------------------------------------
+
+
+def snapshot_traffic() -> list[dict[str, Any]]:
+    """Fixed ids, durations and messages, so the summary text is exactly reproducible."""
+    events = []
+    for i, at in enumerate(spread(T0 + dt.timedelta(seconds=5), 60, 400)):
+        events.append(request(at, weight=5.0, request_id=f"ok-{i:03d}", session=f"sess-{i % 40}"))
+    for i, at in enumerate(spread(T0 + dt.timedelta(seconds=10), 50, 24)):
+        events.append(
+            request(
+                at,
+                code="LLM_TIMEOUT",
+                request_id=f"req-{i:03d}",
+                duration_ms=3000.0 + 40 * i,
+                session=f"sess-{i % 9}",
+                user=f"user-{i % 4}",
+                prompt_version="v3" if i % 3 else "v2",
+                message=f"upstream 10.0.3.{i % 7}:443 timed out after {3000 + i} ms",
+            )
+        )
+    return sorted(events, key=lambda e: (e["timestamp"], e["event_id"]))
+
+
+async def test_the_summary_of_an_open_incident_reads_as_one_paragraph(world):
+    await world.feed(snapshot_traffic())
+    [summary] = await world.summaries()
+
+    assert (
+        'OPEN since 2026-11-27 10:00:10 UTC: 24 events matched rule "errors" (requests failing'
+        " with the same error code on the same route) with error.code = LLM_TIMEOUT and"
+        " http.route = /v1/chat. First seen 2026-11-27 10:00:10 UTC, last seen"
+        " 2026-11-27 10:00:57 UTC. In the 5 minutes up to 2026-11-27 10:01:00 UTC: 24 of about"
+        " 1,859 requests with http.route = /v1/chat (1.29%). Duration p50 3,459 ms, p95 3,895 ms."
+        " Affected: 4 users, 9 sessions. Top models: fake-chat-1 (24). Prompt versions: v3 (16),"
+        ' v2 (8). Message: "upstream <ip> timed out after <num> ms" (for example "upstream'
+        ' 10.0.3.0:443 timed out after 3000 ms"). Request ids to look up: req-023, req-022,'
+        " req-021, req-020, req-019."
+    ) == summary["text"]
+
+
+async def test_the_summary_of_a_resolved_and_regressed_incident_says_so(world):
+    await world.feed(snapshot_traffic())
+    await world.aggregator.sweep(T0 + 60 * MIN)
+    second = [
+        request(at, request_id=f"ok2-{i}", session="sess-0")
+        for i, at in enumerate(spread(T0 + 120 * MIN, 30, 200))
+    ] + [
+        request(
+            at,
+            code="LLM_TIMEOUT",
+            request_id=f"again-{i}",
+            session=f"again-{i % 3}",
+            duration_ms=100.0,
+            message="timed out",
+        )
+        for i, at in enumerate(spread(T0 + 120 * MIN + dt.timedelta(seconds=1), 30, 12))
+    ]
+    await world.feed(sorted(second, key=lambda e: (e["timestamp"], e["event_id"])))
+    await world.aggregator.sweep(T0 + 180 * MIN)
+    [summary] = await world.summaries()
+
+    assert (
+        "RESOLVED at 2026-11-27 12:15:28 UTC (no matching event for 15 min), after opening at"
+        ' 2026-11-27 12:00:01 UTC: 36 events matched rule "errors" (requests failing with the'
+        " same error code on the same route) with error.code = LLM_TIMEOUT and http.route ="
+        " /v1/chat. First seen 2026-11-27 10:00:10 UTC, last seen 2026-11-27 12:00:28 UTC. It"
+        " came back after being resolved 1 time. In the 5 minutes up to 2026-11-27 12:01:00 UTC:"
+        " 12 of about 212 requests with http.route = /v1/chat (5.66%). Duration p50 3,196 ms,"
+        " p95 3,895 ms. Affected: 4 users, 12 sessions. Top models: fake-chat-1 (36). Prompt"
+        ' versions: v3 (28), v2 (8). Message: "upstream <ip> timed out after <num> ms" (for'
+        ' example "upstream 10.0.3.0:443 timed out after 3000 ms"). Request ids to look up:'
+        " again-11, again-10, again-9, again-8, again-7."
+    ) == summary["text"]
+
+
+async def test_the_structured_summary_has_every_field_an_operator_needs(world):
+    await world.feed(snapshot_traffic())
+    [summary] = await world.summaries()
+
+    assert {
+        "status": "open",
+        "events": 24,
+        "affected": {"users": 4, "sessions": 9},
+        "duration_ms": {"p50": 3459.0, "p95": 3895.4},
+        "top_models": [{"value": "fake-chat-1", "count": 24}],
+        "top_prompt_versions": [{"value": "v3", "count": 16}, {"value": "v2", "count": 8}],
+        "message": "upstream <ip> timed out after <num> ms",
+        "samples": ["req-023", "req-022", "req-021", "req-020", "req-019"],
+        "window": {"events": 24, "requests": 1859.0, "rate": 0.01291, "minutes": 5},
+    } == {
+        "status": summary["status"],
+        "events": summary["events"],
+        "affected": summary["affected"],
+        "duration_ms": summary["duration_ms"],
+        "top_models": summary["top"]["models"],
+        "top_prompt_versions": summary["top"]["prompt_versions"],
+        "message": summary["message"]["normalized"],
+        "samples": summary["sample_request_ids"],
+        "window": {k: summary["window"][k] for k in ("events", "requests", "rate", "minutes")},
+    }
+    json.dumps(summary)  # JSON-ready as it is
+
+
+# --- rules as data -----------------------------------------------------------------------------
+
+
+def test_the_default_rules_are_valid_and_the_example_file_spells_them_out():
+    example = IncidentRules.load(ROOT / "incidents.example.toml")
+    assert IncidentRules().fingerprint == example.fingerprint
+    assert ["errors", "client_errors", "latency", "llm_provider"] == [r.id for r in DEFAULT_RULES]
+
+
+def test_a_bad_rule_fails_naming_the_rule_and_the_key(tmp_path):
+    path = tmp_path / "rules.toml"
+    path.write_text(
+        '[[rules]]\nid = "slow"\nmatch = { duration_ms_over = 100 }\nwindow = "90s"\n'
+        "min_count = 5\n"
+    )
+    with pytest.raises(IncidentRulesError) as caught:
+        IncidentRules.load(path)
+    assert "rules[0] (slow).window: Value error, window must be whole minutes" in str(caught.value)
+    assert str(path) in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("rule", "complaint"),
+    [
+        ({"id": "x", "match": {}, "min_count": 1}, "a rule must match something"),
+        ({"id": "x", "match": {"error": True}}, "set min_count, min_rate or both"),
+        ({"id": "x", "match": {"error": True}, "min_count": 1, "quiet": "1m"}, "quiet must be"),
+        (
+            {"id": "x", "match": {"error": True}, "min_count": 1, "scope": ["llm.model"]},
+            "scope fields must be group_by fields too",
+        ),
+        ({"id": "X Y", "match": {"error": True}, "min_count": 1}, "String should match pattern"),
+        (
+            {"id": "x", "match": {"error": True}, "min_count": 1, "group_by": ["a..b"]},
+            "String should match pattern",
+        ),
+        ({"id": "x", "match": {"error": True}, "min_rate": 1.5}, "less than or equal to 1"),
+    ],
+)
+def test_invalid_rules_are_rejected_at_startup(rule, complaint):
+    with pytest.raises(IncidentRulesError, match=complaint):
+        _load_rules([rule])
+
+
+def _load_rules(rule_list: list[dict[str, Any]]) -> IncidentRules:
+    try:
+        return IncidentRules.model_validate({"rules": rule_list})
+    except ValueError as exc:
+        raise IncidentRulesError(str(exc)) from None
+
+
+def test_environment_overrides_switch_rules_off_and_set_the_lateness():
+    loaded = IncidentRules.load(
+        None,
+        {
+            "WIDELOG_INCIDENTS_DISABLED_RULES": "latency, client_errors",
+            "WIDELOG_INCIDENTS_LATENESS": "5m",
+            "HOME": "/ignored",
+        },
+    )
+    assert (["errors", "llm_provider"], 300) == ([r.id for r in loaded.active], loaded.lateness)
+    assert () == IncidentRules.load(None, {"WIDELOG_INCIDENTS_ENABLED": "false"}).active
+
+
+def test_an_unknown_incident_variable_or_rule_is_an_error_not_a_silent_default():
+    with pytest.raises(
+        IncidentRulesError, match="unknown incident setting WIDELOG_INCIDENTS_QUIET"
+    ):
+        IncidentRules.load(None, {"WIDELOG_INCIDENTS_QUIET": "5m"})
+    with pytest.raises(IncidentRulesError, match=r"WIDELOG_INCIDENTS_DISABLED_RULES"):
+        IncidentRules.load(None, {"WIDELOG_INCIDENTS_DISABLED_RULES": "nope"})
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90", 90), (90, 90), ("90s", 90), ("5m", 300), ("1h30m", 5400), ("2d", 172_800)],
+)
+def test_durations_read_as_an_operator_writes_them(text, seconds):
+    assert seconds == parse_duration(text)
+
+
+@pytest.mark.parametrize("text", ["", "5 minutes", "-5m", "1.5", True, 1.5, "m"])
+def test_unreadable_durations_are_rejected(text):
+    with pytest.raises(ValueError, match=r"duration|seconds"):
+        parse_duration(text)
+
+
+async def test_a_rule_can_group_by_the_normalized_message(tmp_path):
+    by_message = rules(
+        {
+            "id": "by-message",
+            "match": {"error": True},
+            "group_by": ["error.code", "message"],
+            "min_count": 5,
+            "min_requests": 0,
+        }
+    )
+    world = World(tmp_path / "m.sqlite3", by_message)
+    events = [
+        request(at, code="DB_ERROR", message=f"row {i} locked by txn 0x{i + 4096:x}")
+        for i, at in enumerate(spread(T0, 60, 10))
+    ] + [
+        request(at, code="DB_ERROR", message=f"disk /dev/sd{i} full")
+        for i, at in enumerate(spread(T0, 60, 3))
+    ]
+    await world.feed(sorted(events, key=lambda e: e["timestamp"]))
+
+    [incident] = await world.summaries()
+    assert {"error.code": "DB_ERROR", "message": "row <num> locked by txn <hex>"} == (
+        incident["group"]
+    )
+    await world.store.close()
+
+
+# --- masking -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raw", "masked"),
+    [
+        ("timeout after 3012 ms for user 'bob'", "timeout after <num> ms for user '<str>'"),
+        ("GET https://api.example.com/v1/x?id=5 failed", "GET <url> failed"),
+        ("user john.doe+x@example.co.uk not found", "user <email> not found"),
+        (
+            "request 3f2a9c1b-7d4e-4a5b-9c8d-0123456789ab failed at 2026-11-27T10:11:12.345Z",
+            "request <uuid> failed at <ts>",
+        ),
+        (
+            "connect 10.0.0.1:8080 and [fe80::1] and 2001:db8::8a2e:370:7334",
+            "connect <ip> and [<ip>] and <ip>",
+        ),
+        ("ptr 0xDEADBEEF sha 9f86d081884c7d659a2feaa0c55ad015", "ptr <hex> sha <hex>"),
+        ("req_8f3k2a9z and user-12345 took 3012ms", "<id> and <id> took <num>ms"),
+        ("the user's \"name\" isn't valid", "the user's \"<str>\" isn't valid"),
+        ("gpt-4o-mini said HTTP/1.1 429 at 10:11:12", "gpt-4o-mini said HTTP/<num> <num> at <ts>"),
+        ("응답 시간 초과 3000ms\n  at line 12", "응답 시간 초과 <num>ms at line <num>"),
+    ],
+)
+def test_masking_replaces_the_variable_parts_of_a_message(raw, masked):
+    assert masked == mask(raw)
+
+
+def _words() -> st.SearchStrategy[str]:
+    return st.sampled_from(["connect", "to", "failed", "user", "after", "ms", "retry", "at", "on"])
+
+
+def _email(name: str) -> str:
+    return f"{name.strip('.') or 'x'}@example.com"
+
+
+PARAMETERS: dict[str, st.SearchStrategy[str]] = {
+    "int": st.integers(-(10**12), 10**12).map(str),
+    "float": st.floats(0, 1e6, allow_nan=False).map(lambda x: f"{x:.3f}"),
+    "uuid": st.uuids().map(str),
+    "ipv4": st.ip_addresses(v=4).map(str),
+    "email": st.text("abcdefghijklmnopqrstuvwxyz0123456789._", min_size=1, max_size=12).map(_email),
+    "hex": st.integers(0, 2**64).map(lambda n: f"0x{n:x}"),
+    "quoted": st.text("abcdefghij klmnop0123456789-", max_size=30).map(lambda t: f"'{t}'"),
+    "url": st.integers(0, 10**6).map(lambda n: f"https://svc{n}.example.com/v1/items/{n}"),
+}
+KINDS = sorted(PARAMETERS)
+
+
+@st.composite
+def templated_pair(draw: st.DrawFn) -> tuple[str, str]:
+    """The same message template filled twice with different parameters."""
+    parts = draw(st.lists(st.one_of(_words(), st.sampled_from(KINDS)), min_size=1, max_size=8))
+    one, two = [], []
+    for part in parts:
+        if part in KINDS:
+            one.append(draw(PARAMETERS[part]))
+            two.append(draw(PARAMETERS[part]))
+        else:
+            one.append(part)
+            two.append(part)
+    return " ".join(one), " ".join(two)
+
+
+@deterministic
+@given(pair=templated_pair())
+def test_the_same_message_with_different_parameters_masks_the_same(pair):
+    one, two = pair
+    assert mask(one) == mask(two)
+
+
+@deterministic
+@given(text=st.text(max_size=3000))
+def test_masking_is_idempotent_and_bounded(text):
+    once = mask(text)
+    assert once == mask(once)
+    assert len(once) <= 500
+
+
+@deterministic
+@given(text=st.text(alphabet=st.characters(codec="ascii"), max_size=300))
+def test_masking_is_deterministic_and_never_leaves_a_standalone_number(text):
+    masked = mask(text)
+    assert masked == mask(text)
+    for token in masked.split():
+        assert not token.strip("'\"()[],;:").isdigit()
+
+
+# --- access: CLI and HTTP ----------------------------------------------------------------------
+
+
+def _env(tmp_path: Path) -> dict[str, str]:
+    return {"WIDELOG_STORE": "sqlite", "WIDELOG_SQLITE_PATH": str(tmp_path / "w.sqlite3")}
+
+
+async def test_the_cli_rebuilds_from_stored_events_then_lists_and_shows_incidents(tmp_path):
+    env = _env(tmp_path)
+    now = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    events = burst(now - 5 * MIN, errors={"LLM_TIMEOUT": 30})
+    store = SQLiteEventStore(env["WIDELOG_SQLITE_PATH"])
+    await store.write_batch(events)
+    await store.close()
+    runner = CliRunner()
+
+    rebuilt = await asyncio.to_thread(
+        runner.invoke, incidents_app, ["rebuild", "--since", "24h", "--json"], env=env
+    )
+    assert 0 == rebuilt.exit_code, rebuilt.output
+    assert {"events": 1030, "incidents": 1} == {
+        k: json.loads(rebuilt.stdout)[k] for k in ("events", "incidents")
+    }
+    listed = await asyncio.to_thread(runner.invoke, incidents_app, ["list", "--json"], env=env)
+    [summary] = json.loads(listed.stdout)["incidents"]
+    shown = await asyncio.to_thread(runner.invoke, incidents_app, ["show", summary["id"]], env=env)
+    assert 0 == shown.exit_code
+    assert "OPEN since" in shown.stdout
+    assert "error.code = LLM_TIMEOUT" in shown.stdout
+    table = await asyncio.to_thread(runner.invoke, incidents_app, ["list"], env=env)
+    assert summary["id"] in table.stdout
+
+
+def test_the_cli_says_when_there_is_no_such_incident(tmp_path):
+    result = CliRunner().invoke(incidents_app, ["show", "inc_nope"], env=_env(tmp_path))
+    assert 1 == result.exit_code
+    assert "no incident inc_nope" in result.output
+
+
+def test_the_cli_checks_the_rules_and_names_a_bad_variable(tmp_path):
+    ok = CliRunner().invoke(incidents_app, ["check", "--json"], env=_env(tmp_path))
+    assert IncidentRules().fingerprint == json.loads(ok.stdout)["fingerprint"]
+    bad = CliRunner().invoke(
+        incidents_app, ["check"], env={**_env(tmp_path), "WIDELOG_INCIDENTS_LATENESS": "soon"}
+    )
+    assert 2 == bad.exit_code
+    assert "WIDELOG_INCIDENTS_LATENESS (lateness)" in bad.output
+
+
+async def test_the_http_api_lists_and_shows_incidents(world):
+    await world.feed(burst(T0, errors={"LLM_TIMEOUT": 30}))
+    app = FastAPI()
+    app.include_router(incidents_router(world.store))
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        listed = await client.get("/v1/incidents")
+        [summary] = listed.json()["incidents"]
+        shown = await client.get(f"/v1/incidents/{summary['id']}")
+        missing = await client.get("/v1/incidents/inc_nope")
+        resolved = await client.get("/v1/incidents", params={"status": "resolved"})
+        bad = await client.get("/v1/incidents", params={"status": "maybe"})
+
+    assert (200, 200, 404, 422) == (
+        listed.status_code,
+        shown.status_code,
+        missing.status_code,
+        bad.status_code,
+    )
+    assert summary == shown.json()
+    assert [] == resolved.json()["incidents"]
+
+
+async def test_queries_read_what_the_aggregator_wrote(world):
+    await world.feed(burst(T0, errors={"LLM_TIMEOUT": 30}))
+    [incident] = await list_incidents(world.store)
+    again = await get_incident(world.store, incident.id)
+    assert again is not None
+    assert summarize(incident) == summarize(again)
+    assert await get_incident(world.store, f"inc_{uuid.uuid4().hex[:16]}") is None
+    assert [] == await list_incidents(world.store, status="resolved")
+
+
+async def test_odd_events_are_counted_or_skipped_but_never_stall_the_consumer(world, caplog):
+    class Unreadable(dict[str, Any]):
+        def get(self, key: str, default: Any = None) -> Any:
+            raise RuntimeError("a field this code cannot read")
+
+    odd = [
+        {"event_id": "odd-1", "timestamp": 12, "http": "not a mapping", "duration_ms": "slow"},
+        {"event_id": "odd-2", "error": ["LLM_TIMEOUT"], "sampling": {"weight": "heavy"}},
+        {"event_id": "odd-3", "error": {"code": 7, "message": {"nested": True}}, "user_id": []},
+        {"event_id": "odd-4", "http": Unreadable(route="/v1/chat")},
+    ]
+    await world.aggregator.observe([*burst(T0, errors={"LLM_TIMEOUT": 30}), *odd], now=T0)
+
+    assert 1 == world.aggregator.skipped
+    assert "skipped an event this code cannot count" in caplog.text
+    [incident] = await world.summaries()
+    assert 30 == incident["events"]
