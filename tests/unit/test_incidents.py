@@ -326,7 +326,7 @@ async def test_a_worker_restart_keeps_open_incidents_and_carries_on(world, tmp_p
     await world.feed(events[:600])
     await world.store.close()
 
-    restarted = World(world.store._path)
+    restarted = World(world.store._db.path)
     await restarted.feed(events[600:])
     [incident] = await restarted.summaries()
     assert ("open", 30, 0) == (incident["status"], incident["events"], incident["regressions"])

@@ -7,23 +7,22 @@ stored as fixed-width ISO strings (`...T10:11:12.345+00:00`), which sort as the 
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import json
 import sqlite3
-import threading
-import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import msgspec
 
+from widelog.adapters.sqlite_db import SQLiteDatabase
 from widelog.domain.incidents import Contribution, MinuteTotals, Transition, parse_time
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Collection, Sequence
+    from collections.abc import Collection, Sequence
 
-    from widelog.domain.incidents import ScopeCount
+    from widelog.adapters.sqlite_db import SQLiteDatabase
+from widelog.domain.incidents import ScopeCount
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS incident_scope_counts (
@@ -81,48 +80,12 @@ def _json(values: Collection[str]) -> str:
     return json.dumps(list(values))
 
 
-def _set_wal(db: sqlite3.Connection, *, attempts: int = 100) -> None:
-    """Switch to WAL, waiting out a connection that is creating the file right now.
-
-    Changing the journal mode takes an exclusive lock for which SQLite does not call the busy
-    handler, so two connections opening a new file at once can get "database is locked".
-    """
-    for attempt in range(attempts):
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-        except sqlite3.OperationalError:
-            if attempt == attempts - 1:
-                raise
-            time.sleep(0.02)
-        else:
-            return
-
-
 class SQLiteIncidentStore:
-    """`IncidentStore` on SQLite. Calls run in a thread so the event loop never waits on disk."""
+    """`IncidentStore` on SQLite, in the same file as the events (`adapters/sqlite_db.py`)."""
 
     def __init__(self, path: str | Path) -> None:
-        self._path = Path(path)
-        self._lock = threading.Lock()
-        self._db: sqlite3.Connection | None = None
-
-    def _connect(self) -> sqlite3.Connection:
-        if self._db is None:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
-            db.execute("PRAGMA busy_timeout=10000")  # other processes (workers) share the file
-            _set_wal(db)
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.executescript(_SCHEMA)
-            self._db = db
-        return self._db
-
-    async def _run(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        def locked() -> Any:
-            with self._lock:
-                return fn(self._connect())
-
-        return await asyncio.to_thread(locked)
+        self._db = SQLiteDatabase(path, schema=_SCHEMA)
+        self._run = self._db.run
 
     async def add_scope_counts(self, counts: Sequence[ScopeCount], *, token: str) -> None:
         rows = [(c.record_id(token), c.scope_id, _t(c.minute), c.events, c.weight) for c in counts]
@@ -303,10 +266,4 @@ class SQLiteIncidentStore:
         await self._run(lambda db: db.execute("SELECT 1").fetchone())
 
     async def close(self) -> None:
-        def close() -> None:
-            with self._lock:
-                if self._db is not None:
-                    self._db.close()
-                    self._db = None
-
-        await asyncio.to_thread(close)
+        await self._db.close()

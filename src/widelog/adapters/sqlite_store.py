@@ -6,16 +6,15 @@ id, route, error code); the whole event is kept as JSON beside them.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import datetime as dt
 import sqlite3
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from widelog.adapters.sqlite_db import SQLiteDatabase
 from widelog.domain.event import is_error
 from widelog.ports import DeadLetter, WriteResult
 
@@ -87,29 +86,11 @@ def _from_json(text: str) -> dict[str, Any]:
 
 
 class SQLiteEventStore:
-    """`LoggerPort` on SQLite. Calls run in a thread so the event loop never waits on disk."""
+    """`LoggerPort` on SQLite (`adapters/sqlite_db.py`: WAL, one connection, off the loop)."""
 
     def __init__(self, path: str | Path) -> None:
-        self._path = Path(path)
-        self._lock = threading.Lock()
-        self._db: sqlite3.Connection | None = None
-
-    def _connect(self) -> sqlite3.Connection:
-        if self._db is None:
-            self._path.parent.mkdir(parents=True, exist_ok=True)
-            db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: durable across app crashes
-            db.executescript(_SCHEMA)
-            self._db = db
-        return self._db
-
-    async def _run(self, fn: Any, *args: Any) -> Any:
-        def locked() -> Any:
-            with self._lock:
-                return fn(self._connect(), *args)
-
-        return await asyncio.to_thread(locked)
+        self._db = SQLiteDatabase(path, schema=_SCHEMA)
+        self._run = self._db.run
 
     async def write_batch(self, events: Sequence[Mapping[str, Any]]) -> WriteResult:
         result = WriteResult()
@@ -183,10 +164,4 @@ class SQLiteEventStore:
         await self._run(lambda db: db.execute("SELECT 1").fetchone())
 
     async def close(self) -> None:
-        def close() -> None:
-            with self._lock:
-                if self._db is not None:
-                    self._db.close()
-                    self._db = None
-
-        await asyncio.to_thread(close)
+        await self._db.close()
