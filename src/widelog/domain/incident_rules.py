@@ -19,7 +19,6 @@ import hashlib
 import json
 import math
 import re
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Final
@@ -36,6 +35,7 @@ from pydantic import (
 
 from widelog.domain.event import is_error
 from widelog.domain.masking import mask
+from widelog.domain.policy_file import read_toml
 
 ENV_PREFIX: Final = "WIDELOG_INCIDENTS_"
 RULES_PATH_ENV: Final = "WIDELOG_INCIDENTS_RULES"
@@ -270,13 +270,7 @@ class IncidentRules(_Section):
         raw: dict[str, Any] = {}
         if path is not None:
             path = Path(path)
-            try:
-                with path.open("rb") as file:
-                    raw = tomllib.load(file)
-            except OSError as exc:
-                raise IncidentRulesError(f"cannot read incident rules {path}: {exc}") from None
-            except tomllib.TOMLDecodeError as exc:
-                raise IncidentRulesError(f"{path}: not valid TOML: {exc}") from None
+            raw = read_toml(path, what="incident rules", error=IncidentRulesError)
         from_env = _apply_overrides(raw, overrides or {})
         try:
             return cls.model_validate(raw)

@@ -22,13 +22,14 @@ import hashlib
 import json
 import math
 import re
-import tomllib
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Final
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from widelog.domain.policy_file import read_toml
 
 ENV_PREFIX: Final = "WIDELOG_SAMPLING_"
 POLICY_PATH_ENV: Final = "WIDELOG_SAMPLING_POLICY"
@@ -134,13 +135,7 @@ class SamplingPolicy(_Section):
                 raise SamplingPolicyError(
                     f"{path}: write the sampling policy in TOML (YAML needs a dependency)"
                 )
-            try:
-                with path.open("rb") as file:
-                    raw = tomllib.load(file)
-            except OSError as exc:
-                raise SamplingPolicyError(f"cannot read sampling policy {path}: {exc}") from None
-            except tomllib.TOMLDecodeError as exc:
-                raise SamplingPolicyError(f"{path}: not valid TOML: {exc}") from None
+            raw = read_toml(path, what="sampling policy", error=SamplingPolicyError)
         from_env = _apply_overrides(raw, overrides or {})
         try:
             return cls.model_validate(raw)
