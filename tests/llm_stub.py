@@ -19,6 +19,10 @@ from starlette.routing import Route
 SCRIPT: dict[str, tuple[int, Any]] = {
     "rate": (429, {"error": {"message": "Rate limit reached", "code": "rate_limit_exceeded"}}),
     "filter": (400, {"error": {"message": "filtered", "code": "content_filter"}}),
+    "long": (
+        200,
+        {"model": "m", "choices": [{"message": {"content": "cut"}, "finish_reason": "length"}]},
+    ),
     "stopped": (
         200,
         {

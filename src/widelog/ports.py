@@ -129,6 +129,7 @@ class LLMResponse:
     provider: str
     input_tokens: int
     output_tokens: int
+    complete: bool = True  # False when the model was cut off (a length limit): never cached
 
 
 class LLMError(Exception):

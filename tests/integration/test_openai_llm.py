@@ -76,3 +76,12 @@ async def test_an_unreachable_provider_is_unavailable():
         finally:
             await llm.close()
     assert "LLM_UNAVAILABLE" == failure.value.code
+
+
+async def test_an_answer_cut_off_by_the_length_limit_is_marked_incomplete(stub_server):
+    llm = OpenAICompatibleLLM(base_url=stub_server[0], model="gpt-x")
+    try:
+        cut, whole = await llm.complete(ask("long")), await llm.complete(ask("hi"))
+    finally:
+        await llm.close()
+    assert (False, True) == (cut.complete, whole.complete)

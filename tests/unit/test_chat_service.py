@@ -130,6 +130,30 @@ async def test_no_store_answers_without_caching_the_answer(service, llm, answers
     assert (False, 2) == (answer.cached, len(llm.requests))
 
 
+async def test_an_answer_cut_off_by_a_length_limit_is_served_but_never_cached(answers):
+    import dataclasses
+
+    class TruncatingLLM(CountingLLM):
+        async def complete(self, request: LLMRequest) -> Any:
+            return dataclasses.replace(await super().complete(request), complete=False)
+
+    llm = TruncatingLLM()
+    sessions = InMemorySessionCache(ttl_s=60, max_turns=20, max_bytes=65536)
+    service = ChatService(
+        llm=llm,
+        sessions=FailOpenSessionCache(sessions),
+        answers=FailOpenSemanticCache(answers),
+        answer_ttl_s=3600,
+    )
+    answer, doc = await ask(service, QUESTION, session="a")
+    assert answer.text
+    assert (0, True, "skipped") == (
+        len(answers),
+        doc["llm"]["truncated"],
+        doc["cache"]["semantic_write"],
+    )
+
+
 async def test_a_request_can_shorten_its_answers_ttl_but_not_lengthen_it(service, answers):
     await ask(service, "one", session="a", ttl_s=60)
     await ask(service, "two", session="b")

@@ -71,6 +71,7 @@ class OpenAICompatibleLLM:
             provider=self.provider,
             input_tokens=int(usage.get("prompt_tokens") or 0),
             output_tokens=int(usage.get("completion_tokens") or 0),
+            complete=choice.get("finish_reason") in {"stop", None},
         )
 
     async def ping(self) -> None:

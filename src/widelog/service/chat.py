@@ -66,7 +66,7 @@ class ChatService:
         self._sessions = sessions
         self._answers = answers
         self._answer_ttl_s = answer_ttl_s
-        self._flights: SingleFlight[CachedAnswer] = SingleFlight()
+        self._flights: SingleFlight[tuple[CachedAnswer, bool]] = SingleFlight()
 
     async def answer(self, query: ChatQuery) -> ChatAnswer:
         """The answer to `query` in its session; an `LLMError` from the model goes to the caller."""
@@ -105,7 +105,11 @@ class ChatService:
     async def _ask(
         self, key: str, query: ChatQuery, history: list[ChatTurn]
     ) -> tuple[CachedAnswer, bool]:
-        """The LLM's answer, and whether this caller made the call (and so should store it)."""
+        """The LLM's answer, and whether to store it.
+
+        Only the caller that made the call stores, and only a complete answer: one cut off by a
+        length limit is served, never cached.
+        """
         request = LLMRequest(
             messages=[*history, ChatTurn("user", query.message)],
             prompt_version=query.prompt_version,
@@ -116,7 +120,7 @@ class ChatService:
             event.update({"cache.semantic_coalesced": True})
         started = asyncio.get_running_loop().time()
         try:
-            answer = await self._flights.run(key, lambda: self._complete(request))
+            answer, complete = await self._flights.run(key, lambda: self._complete(request))
         finally:
             event.set("llm.latency_ms", (asyncio.get_running_loop().time() - started) * 1000)
         event.update(
@@ -126,11 +130,13 @@ class ChatService:
                 "llm.output_tokens": answer.output_tokens,
             }
         )
-        return answer, not joined
+        if not complete:
+            event.set("llm.truncated", value=True)
+        return answer, complete and not joined
 
-    async def _complete(self, request: LLMRequest) -> CachedAnswer:
+    async def _complete(self, request: LLMRequest) -> tuple[CachedAnswer, bool]:
         response = await self._llm.complete(request)
-        return CachedAnswer(
+        answer = CachedAnswer(
             text=response.text,
             model=response.model,
             provider=response.provider,
@@ -138,6 +144,7 @@ class ChatService:
             output_tokens=response.output_tokens,
             created_at=time.time(),
         )
+        return answer, response.complete
 
 
 def _record(cache: str, lookup: Lookup[Any]) -> None:
