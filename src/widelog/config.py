@@ -64,7 +64,9 @@ class Settings(BaseSettings):
     service_version: str = "0.1.0"
     env: str = "dev"
     instance: str = Field(default_factory=socket.gethostname)
-    max_event_bytes: int = Field(64 * 1024, ge=4096)
+    # Below Kafka's default message.max.bytes (1 MB): an event the broker refuses would be
+    # spooled and replayed forever.
+    max_event_bytes: int = Field(64 * 1024, ge=4096, le=900 * 1024)
 
     # Caches (docs/caches.md). The namespace prefixes every Redis key, so deployments (and tests)
     # can share one Redis; the timeout bounds each Redis operation on the request path.

@@ -78,7 +78,10 @@ class DeadLetter:
 
     payload: bytes
     error: str
-    source: str  # where it came from, e.g. "kafka:log-events/2@1234"
+    source: str  # where it came from, e.g. "kafka@log-events/2@1234"
+    # The message's unique position when the source has one: a re-delivered poison message is
+    # set aside once, not once per delivery. None (in-process queue): every letter is kept.
+    letter_id: str | None = None
 
 
 class LoggerPort(Protocol):

@@ -75,6 +75,13 @@ class EventStoreContract:
         await store.write_dead_letters([DeadLetter(b"\xff garbage", "not JSON", "test@1")])
         assert 1 == await store.count_dead_letters()
 
+    async def test_a_dead_letter_with_a_position_is_kept_once_however_often_it_comes(self, store):
+        letter = DeadLetter(b"\xff", "not JSON", "kafka@t/0@7", letter_id="kafka@t/0@7")
+        anonymous = DeadLetter(b"\xff", "not JSON", "memory")
+        await store.write_dead_letters([letter, anonymous])
+        await store.write_dead_letters([letter, anonymous])
+        assert 3 == await store.count_dead_letters()
+
     async def test_an_empty_batch_is_a_no_op(self, store):
         result = await store.write_batch([])
         assert (0, 0) == (result.inserted, result.duplicates)

@@ -186,18 +186,30 @@ class MongoEventStore:
         return result
 
     async def write_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
+        """Set letters aside; idempotent where a letter has an id (its source position).
+
+        A retry, or a re-delivery of the same poison message, then adds nothing.
+        """
         now = dt.datetime.now(dt.UTC)
-        await self._dead.insert_many(
-            [
-                {
-                    "received_at": now,
-                    "source": letter.source,
-                    "error": letter.error,
-                    "payload": Binary(letter.payload),
-                }
-                for letter in letters
-            ]
-        )
+        docs = []
+        for letter in letters:
+            doc = {
+                "received_at": now,
+                "source": letter.source,
+                "error": letter.error,
+                "payload": Binary(letter.payload),
+            }
+            if letter.letter_id is not None:
+                doc["_id"] = letter.letter_id
+            docs.append(doc)
+        try:
+            await self._dead.insert_many(docs, ordered=False)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if exc.details.get("writeConcernErrors") or any(
+                e.get("code") != DUPLICATE_KEY for e in errors
+            ):
+                raise
 
     async def get_event(self, event_id: str) -> dict[str, Any] | None:
         doc = await self._events.find_one({"_id": event_id})

@@ -39,6 +39,7 @@ CREATE INDEX IF NOT EXISTS events_error_code ON events (error_code, timestamp)
     WHERE error_code IS NOT NULL;
 CREATE TABLE IF NOT EXISTS dead_letters (
     id          INTEGER PRIMARY KEY,
+    letter_id   TEXT UNIQUE,
     received_at TEXT NOT NULL,
     source      TEXT NOT NULL,
     error       TEXT NOT NULL,
@@ -111,13 +112,16 @@ class SQLiteEventStore:
 
     async def write_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
         now = dt.datetime.now(dt.UTC).isoformat()
-        rows = [(now, letter.source, letter.error, letter.payload) for letter in letters]
+        rows = [
+            (letter.letter_id, now, letter.source, letter.error, letter.payload)
+            for letter in letters
+        ]
 
         def insert(db: sqlite3.Connection) -> None:
             with db:
                 db.executemany(
-                    "INSERT INTO dead_letters (received_at, source, error, payload)"
-                    " VALUES (?, ?, ?, ?)",
+                    "INSERT OR IGNORE INTO dead_letters"
+                    " (letter_id, received_at, source, error, payload) VALUES (?, ?, ?, ?, ?)",
                     rows,
                 )
 

@@ -229,4 +229,5 @@ class BatchConsumer:
             if message.position is None
             else (f"{self._source_name}@{message.position}")
         )
-        return DeadLetter(payload=message.payload, error=error, source=where)
+        letter_id = where if message.position is not None else None
+        return DeadLetter(payload=message.payload, error=error, source=where, letter_id=letter_id)
