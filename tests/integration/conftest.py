@@ -1,0 +1,32 @@
+"""Fixtures for the chat API tests: the embedded pipeline with sampling off, and a client."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.fakes import KEEP_ALL
+from widelog.bootstrap import Container, build
+from widelog.config import Settings
+from widelog.entrypoints.chat_api import create_app
+
+
+@pytest.fixture
+async def container(tmp_path: Path) -> AsyncIterator[Container]:
+    settings = Settings(
+        sqlite_path=tmp_path / "events.sqlite3", fake_llm_latency_ms=1, flush_interval_s=0.05
+    )
+    container = build(settings, sampling=KEEP_ALL)
+    await container.start()
+    yield container
+    await container.aclose()
+
+
+@pytest.fixture
+async def client(container: Container) -> AsyncIterator[httpx.AsyncClient]:
+    transport = httpx.ASGITransport(app=create_app(container))
+    async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+        yield client
