@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import subprocess
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -16,6 +18,16 @@ MONGO = "mongodb://127.0.0.1:27017"
 def services(*args: str) -> None:
     """Run the services script (idempotent `up`; `stop NAME` / `start NAME` for fault tests)."""
     subprocess.run([str(SCRIPT), *args], check=True, timeout=600, stdin=subprocess.DEVNULL)
+
+
+@contextmanager
+def service_down(name: str) -> Iterator[None]:
+    """Stop one real service for the block, and always start it again."""
+    services("stop", name)
+    try:
+        yield
+    finally:
+        services("start", name)
 
 
 def unique(prefix: str) -> str:

@@ -25,13 +25,12 @@ import httpx
 import pytest
 from redis.asyncio import Redis
 
-from tests.fakes import KEEP_ALL
-from tests.live import REDIS_URL, services, unique
+from tests.apps import running_api
+from tests.live import REDIS_URL, service_down, unique
 from widelog.adapters.fake_llm import FakeLLM
-from widelog.bootstrap import Container, build
+from widelog.bootstrap import Container
 from widelog.config import Settings
 from widelog.domain.stats import percentile
-from widelog.entrypoints.chat_api import create_app
 from widelog.ports import ChatTurn, LLMRequest
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow, pytest.mark.timeout(180)]
@@ -55,15 +54,6 @@ async def namespace(live_services) -> AsyncIterator[str]:
     await redis.aclose()
 
 
-@contextlib.contextmanager
-def service_down(name: str) -> Iterator[None]:
-    services("stop", name)
-    try:
-        yield
-    finally:
-        services("start", name)
-
-
 @asynccontextmanager
 async def api(
     tmp_path: Path, namespace: str, **settings: Any
@@ -76,14 +66,8 @@ async def api(
         "fake_llm_latency_sigma": 0,
         "flush_interval_s": 0.1,
     }
-    container = build(Settings(**(options | settings)), sampling=KEEP_ALL)
-    await container.start()
-    transport = httpx.ASGITransport(app=create_app(container))
-    try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
-            yield client, container
-    finally:
-        await container.aclose()
+    async with running_api(Settings(**(options | settings))) as running:
+        yield running
 
 
 async def events_by_request(container: Container) -> dict[str, dict[str, Any]]:

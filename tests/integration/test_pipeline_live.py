@@ -14,8 +14,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +24,11 @@ import pytest
 from confluent_kafka import Producer
 from pymongo import AsyncMongoClient
 
-from tests.fakes import KEEP_ALL
-from tests.live import KAFKA, mongo_url, services, unique
-from widelog.bootstrap import Container, build
+from tests.apps import running_api
+from tests.live import KAFKA, mongo_url, service_down, unique
+from widelog.bootstrap import Container
 from widelog.config import Settings
 from widelog.domain.stats import percentile
-from widelog.entrypoints.chat_api import create_app
 
 pytestmark = [pytest.mark.slow, pytest.mark.kafka, pytest.mark.mongo, pytest.mark.timeout(300)]
 
@@ -132,16 +131,8 @@ async def redis_pipeline(live_services, tmp_path) -> AsyncIterator[Pipeline]:
     await pipeline.aclose()
 
 
-@asynccontextmanager
-async def api(pipeline: Pipeline) -> AsyncIterator[tuple[httpx.AsyncClient, Container]]:
-    container = build(pipeline.settings(), sampling=KEEP_ALL)
-    await container.start()
-    transport = httpx.ASGITransport(app=create_app(container))
-    try:
-        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
-            yield client, container
-    finally:
-        await container.aclose()
+def api(pipeline: Pipeline) -> AbstractAsyncContextManager[tuple[httpx.AsyncClient, Container]]:
+    return running_api(pipeline.settings())
 
 
 async def send(
@@ -165,15 +156,6 @@ async def send(
 
     await asyncio.gather(*(loop() for _ in range(concurrency)))
     return set(ids), latencies
-
-
-@contextmanager
-def service_down(name: str) -> Iterator[None]:
-    services("stop", name)
-    try:
-        yield
-    finally:
-        services("start", name)
 
 
 async def test_ten_thousand_requests_are_stored_exactly_once(kafka_pipeline):
