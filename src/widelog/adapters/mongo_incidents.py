@@ -12,9 +12,10 @@ from __future__ import annotations
 import datetime as dt
 from typing import TYPE_CHECKING, Any
 
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
+from pymongo import ASCENDING, DESCENDING
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
+from widelog.adapters.mongo_store import mongo_client
 from widelog.domain.incidents import Contribution, MinuteTotals, Transition, parse_time
 
 if TYPE_CHECKING:
@@ -59,13 +60,7 @@ class MongoIncidentStore:
         prefix: str = "incident_",
         timeout_ms: int = 2000,
     ) -> None:
-        self._client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-            url,
-            tz_aware=True,
-            serverSelectionTimeoutMS=timeout_ms,
-            connectTimeoutMS=timeout_ms,
-            socketTimeoutMS=max(timeout_ms * 5, 10_000),
-        )
+        self._client = mongo_client(url, timeout_ms=timeout_ms)
         self.database = self._client.get_default_database(database or "widelog")
         self._scopes = self.database[f"{prefix}scope_counts"]
         self._facts = self.database[f"{prefix}facts"]

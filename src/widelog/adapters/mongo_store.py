@@ -44,6 +44,20 @@ ERROR_FILTER = {
 }
 
 
+def mongo_client(url: str, *, timeout_ms: int) -> AsyncMongoClient[dict[str, Any]]:
+    """A client that fails fast when the server is away (the consumer retries, not the driver).
+
+    Aware datetimes, so `timestamp` reads back in UTC.
+    """
+    return AsyncMongoClient(
+        url,
+        tz_aware=True,
+        serverSelectionTimeoutMS=timeout_ms,
+        connectTimeoutMS=timeout_ms,
+        socketTimeoutMS=max(timeout_ms * 5, 10_000),
+    )
+
+
 def _to_document(event: Mapping[str, Any]) -> dict[str, Any]:
     doc = dict(event)
     doc["_id"] = doc["event_id"]
@@ -80,13 +94,7 @@ class MongoEventStore:
         timeout_ms: int = 2000,
         retention_days: int = 0,
     ) -> None:
-        self._client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
-            url,
-            tz_aware=True,
-            serverSelectionTimeoutMS=timeout_ms,
-            connectTimeoutMS=timeout_ms,
-            socketTimeoutMS=max(timeout_ms * 5, 10_000),
-        )
+        self._client = mongo_client(url, timeout_ms=timeout_ms)
         db = self._client.get_default_database(database or "widelog")
         self._events = db[events]
         self._dead = db[dead_letters]
