@@ -29,15 +29,15 @@ from typing import Any
 
 import httpx
 
-from widelog.adapters.redis_cache import RedisSemanticCache, cache_client
-from widelog.bootstrap import build
+from widelog.cache.circuit_breaker import CircuitBreaker
+from widelog.cache.fail_open import FailOpenSemanticCache
+from widelog.cache.keys import answer_key
+from widelog.cache.ports import CachedAnswer
+from widelog.cache.redis_cache import RedisSemanticCache, cache_client
+from widelog.chat.api import create_app
+from widelog.chat.bootstrap import build
 from widelog.config import Settings
-from widelog.domain.cache_keys import answer_key
-from widelog.domain.stats import percentile
-from widelog.entrypoints.chat_api import create_app
-from widelog.ports import CachedAnswer
-from widelog.service.caches import FailOpenSemanticCache
-from widelog.service.circuit_breaker import CircuitBreaker
+from widelog.stats import percentile
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 QUESTIONS = [

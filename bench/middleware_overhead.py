@@ -18,8 +18,8 @@ from typing import Any
 from fastapi import FastAPI
 
 from widelog import LoggingService, WideEventMiddleware, event
-from widelog.adapters.memory_transport import InProcessEventPublisher, InProcessQueue
-from widelog.domain.stats import percentile
+from widelog.pipeline.memory import InProcessEventPublisher, InProcessQueue
+from widelog.stats import percentile
 
 SCOPE: dict[str, Any] = {
     "type": "http",

@@ -25,12 +25,12 @@ from typing import Any
 
 from confluent_kafka import Producer
 
-from widelog.adapters.fallback import SpoolFallback
-from widelog.adapters.kafka_transport import KafkaEventPublisher, ensure_topic
-from widelog.adapters.spool import FileSpool
-from widelog.domain.sampling import SamplingPolicy, TailSampler
-from widelog.domain.stats import percentile
-from widelog.service.logging_service import LoggingService
+from widelog.events.logging_service import LoggingService
+from widelog.pipeline.fallback import SpoolFallback
+from widelog.pipeline.kafka import KafkaEventPublisher, ensure_topic
+from widelog.pipeline.spool import FileSpool
+from widelog.sampling.policy import SamplingPolicy, TailSampler
+from widelog.stats import percentile
 
 FIELDS: dict[str, Any] = {
     "http.method": "POST",

@@ -19,9 +19,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from widelog.domain.ids import new_event_id
-from widelog.domain.sampling import SamplingPolicy, TailSampler
-from widelog.domain.stats import percentile
+from widelog.events.ids import new_event_id
+from widelog.sampling.policy import SamplingPolicy, TailSampler
+from widelog.stats import percentile
 
 ROUTES = ("/v1/chat", "/v1/chat", "/v1/chat", "/v1/sessions/{session_id}", "/healthz")
 

@@ -8,16 +8,16 @@ from contextlib import asynccontextmanager
 import httpx
 
 from tests.fakes import KEEP_ALL
-from widelog.bootstrap import Container, build
+from widelog.chat.api import create_app
+from widelog.chat.bootstrap import ChatContainer, build
 from widelog.config import Settings
-from widelog.domain.sampling import SamplingPolicy
-from widelog.entrypoints.chat_api import create_app
+from widelog.sampling.policy import SamplingPolicy
 
 
 @asynccontextmanager
 async def running_api(
     settings: Settings, *, sampling: SamplingPolicy = KEEP_ALL
-) -> AsyncIterator[tuple[httpx.AsyncClient, Container]]:
+) -> AsyncIterator[tuple[httpx.AsyncClient, ChatContainer]]:
     container = build(settings, sampling=sampling)
     await container.start()
     transport = httpx.ASGITransport(app=create_app(container))

@@ -6,16 +6,10 @@ import asyncio
 from collections.abc import Sequence
 from typing import Literal
 
-from widelog.adapters.fake_llm import FakeLLM
-from widelog.adapters.memory_cache import InMemorySemanticCache, InMemorySessionCache
-from widelog.ports import (
-    CachedAnswer,
-    CacheUnavailableError,
-    ChatTurn,
-    CorruptValueError,
-    LLMRequest,
-    LLMResponse,
-)
+from widelog.cache.memory import InMemorySemanticCache, InMemorySessionCache
+from widelog.cache.ports import CachedAnswer, CacheUnavailableError, ChatTurn, CorruptValueError
+from widelog.chat.fake_llm import FakeLLM
+from widelog.chat.llm import LLMRequest, LLMResponse
 
 Mode = Literal["ok", "down", "slow", "corrupt"]
 

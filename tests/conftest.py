@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from tests.llm_stub import stub_server  # noqa: F401 - a fixture shared by LLM tests
-from widelog.adapters.sqlite_store import SQLiteEventStore
+from widelog.pipeline.sqlite_store import SQLiteEventStore
 
 
 @pytest.fixture

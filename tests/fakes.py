@@ -7,8 +7,8 @@ from typing import Any
 
 import msgspec
 
-from widelog.domain.sampling import SamplingPolicy
-from widelog.ports import DeadLetter, PublishError, WriteResult
+from widelog.pipeline.ports import DeadLetter, PublishError, WriteResult
+from widelog.sampling.policy import SamplingPolicy
 
 # Sampling off: every event kept (the baseline rate is 1), for tests that count stored events.
 KEEP_ALL = SamplingPolicy.load(None, {"WIDELOG_SAMPLING_BASELINE_RATE": "1"})

@@ -1,3 +1,3 @@
-from widelog.entrypoints.cli import main
+from widelog.cli.main import main
 
 main()

@@ -1,4 +1,10 @@
-"""The composition root: the one place that turns settings into wired adapters."""
+"""The composition root: the one place that turns settings into wired adapters.
+
+`build_pipeline` wires what an instrumented process needs (publisher, sampler, and with the
+embedded transport the consumer and incidents too); `widelog.worker` wires a consumer process from
+the same builders; the admin commands open only the stores. Optional drivers are imported only by
+the builder that needs them, so `pip install widelog` without extras runs the embedded default.
+"""
 
 from __future__ import annotations
 
@@ -6,39 +12,38 @@ import asyncio
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from widelog.adapters.fake_llm import FakeLLM
-from widelog.adapters.fallback import SpoolFallback
-from widelog.adapters.memory_cache import InMemorySemanticCache, InMemorySessionCache
-from widelog.adapters.memory_transport import (
+from widelog.cache.circuit_breaker import CircuitBreaker
+from widelog.cache.fail_open import ChatCaches, FailOpenSemanticCache, FailOpenSessionCache
+from widelog.cache.memory import InMemorySemanticCache, InMemorySessionCache
+from widelog.events.logging_service import LoggingService
+from widelog.incidents.aggregator import IncidentAggregator, run_sweeper
+from widelog.incidents.rules import IncidentRules
+from widelog.incidents.sqlite_store import SQLiteIncidentStore
+from widelog.pipeline.consumer import BatchConsumer
+from widelog.pipeline.fallback import SpoolFallback
+from widelog.pipeline.memory import (
     InProcessEventPublisher,
     InProcessEventSource,
     InProcessQueue,
 )
-from widelog.adapters.openai_llm import OpenAICompatibleLLM
-from widelog.adapters.spool import FileSpool
-from widelog.adapters.sqlite_incidents import SQLiteIncidentStore
-from widelog.adapters.sqlite_store import SQLiteEventStore
-from widelog.domain.incident_rules import IncidentRules
-from widelog.domain.sampling import SamplingPolicy, TailSampler
-from widelog.service.batcher import BatchConsumer
-from widelog.service.caches import ChatCaches, FailOpenSemanticCache, FailOpenSessionCache
-from widelog.service.chat import ChatService
-from widelog.service.circuit_breaker import CircuitBreaker
-from widelog.service.incident_aggregator import IncidentAggregator, run_sweeper
-from widelog.service.logging_service import LoggingService
-from widelog.service.replayer import SpoolReplayer
+from widelog.pipeline.replayer import SpoolReplayer
+from widelog.pipeline.retention import run_retention
+from widelog.pipeline.spool import FileSpool
+from widelog.pipeline.sqlite_store import SQLiteEventStore
+from widelog.sampling.policy import SamplingPolicy, TailSampler
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Mapping
+    from collections.abc import Awaitable, Coroutine, Mapping
 
     from redis.asyncio import Redis
 
-    from widelog.adapters.kafka_transport import KafkaEventPublisher
-    from widelog.adapters.redis_streams import RedisStreamsEventPublisher
     from widelog.config import Settings
-    from widelog.ports import EventPublisher, EventSource, IncidentStore, LLMPort, LoggerPort
+    from widelog.incidents.ports import IncidentStore
+    from widelog.pipeline.kafka import KafkaEventPublisher
+    from widelog.pipeline.ports import EventPublisher, EventSource, EventStore
+    from widelog.pipeline.redis_streams import RedisStreamsEventPublisher
 
     MQPublisher = KafkaEventPublisher | RedisStreamsEventPublisher
 
@@ -46,37 +51,41 @@ log = logging.getLogger("widelog")
 
 
 @dataclass
-class Container:
-    """Everything one process needs, started and stopped in the right order."""
+class Pipeline:
+    """Everything an instrumented process runs for widelog, started and stopped in order."""
 
     settings: Settings
     logging: LoggingService
     publisher: EventPublisher
-    store: LoggerPort
-    llm: LLMPort
-    caches: ChatCaches
-    chat: ChatService
+    store: EventStore
     incidents: IncidentStore
     aggregator: IncidentAggregator | None = None  # beside the in-process consumer
     queue: InProcessQueue | None = None  # the embedded transport, when it is the one in use
     consumer: BatchConsumer | None = None  # runs in this process (embedded transport)
     replayer: SpoolReplayer | None = None  # drains the spool (message-queue transports)
     fallback: SpoolFallback | None = None
+    started: bool = False
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _closed: bool = False
 
     async def start(self) -> None:
+        """Start the background tasks on the running loop; a second call does nothing."""
+        if self.started:
+            return
+        self.started = True
+        self.logging.pipeline_started = True
         if self.consumer is not None:
             await self.store.ping()
-            self._tasks.append(asyncio.create_task(self.consumer.run(self._stop)))
+            self._spawn(self.consumer.run(self._stop))
+            self._spawn(run_retention(self.store, self._stop))
         if self.aggregator is not None:
-            self._tasks.append(asyncio.create_task(run_sweeper(self.aggregator, self._stop)))
+            self._spawn(run_sweeper(self.aggregator, self._stop))
         if self.replayer is not None:
-            interval = self.settings.replay_interval_s
-            self._tasks.append(
-                asyncio.create_task(self.replayer.run(self._stop, interval=interval))
-            )
+            self._spawn(self.replayer.run(self._stop, interval=self.settings.replay_interval_s))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        self._tasks.append(asyncio.create_task(work))
 
     async def drained(self) -> None:
         """Every event published so far is stored (embedded transport only)."""
@@ -89,54 +98,39 @@ class Container:
 
         The replayer stops before the publisher closes (it publishes through it), the publisher
         closes before the spool (a purge at close spools), and one failing step never keeps the
-        others from running.
+        others from running. Safe to call twice.
         """
         if self._closed:
             return
         self._closed = True
         self._stop.set()
         for task in self._tasks:
-            await _logged(task)
-        await _logged(self.publisher.close())
+            await logged(task)
+        await logged(self.publisher.close())
         if self.fallback is not None:
             self.fallback.spool.close()
-        for closer in (self.store.close, self.incidents.close, self.llm.close, self.caches.aclose):
-            await _logged(closer())
+        for closer in (self.store.close, self.incidents.close):
+            await logged(closer())
 
 
-async def _logged(step: Awaitable[object]) -> None:
+async def logged(step: Awaitable[object]) -> None:
+    """Run one shutdown step; its failure is logged so the steps after it still run."""
     try:
         await step
     except Exception:
         log.exception("shutdown step failed")
 
 
-def build_llm(settings: Settings) -> LLMPort:
-    if settings.llm == "openai":
-        key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else None
-        return OpenAICompatibleLLM(
-            base_url=settings.openai_base_url,
-            model=settings.openai_model,
-            api_key=key,
-            timeout_s=settings.openai_timeout_s,
-        )
-    return FakeLLM(
-        latency_median_ms=settings.fake_llm_latency_ms,
-        latency_sigma=settings.fake_llm_latency_sigma,
-        error_rates=settings.fake_llm_error_rates,
-    )
-
-
-def build_store(settings: Settings) -> LoggerPort:
+def build_store(settings: Settings) -> EventStore:
     if settings.store == "mongo":
-        from widelog.adapters.mongo_store import MongoEventStore  # noqa: PLC0415 - optional driver
+        from widelog.pipeline.mongo_store import MongoEventStore  # noqa: PLC0415 - optional driver
 
         return MongoEventStore(
             settings.mongo_url,
             timeout_ms=settings.mongo_timeout_ms,
             retention_days=settings.retention_days,
         )
-    return SQLiteEventStore(settings.sqlite_path)
+    return SQLiteEventStore(settings.sqlite_path, retention_days=settings.retention_days)
 
 
 def build_spool_fallback(settings: Settings) -> SpoolFallback:
@@ -150,7 +144,7 @@ def build_spool_fallback(settings: Settings) -> SpoolFallback:
 
 def build_mq_publisher(settings: Settings, fallback: SpoolFallback) -> MQPublisher:
     if settings.transport == "kafka":
-        from widelog.adapters.kafka_transport import KafkaEventPublisher  # noqa: PLC0415
+        from widelog.pipeline.kafka import KafkaEventPublisher  # noqa: PLC0415
 
         return KafkaEventPublisher(
             bootstrap=settings.kafka_bootstrap,
@@ -163,7 +157,7 @@ def build_mq_publisher(settings: Settings, fallback: SpoolFallback) -> MQPublish
             linger_ms=settings.kafka_linger_ms,
         )
     if settings.transport == "redis":
-        from widelog.adapters.redis_streams import RedisStreamsEventPublisher  # noqa: PLC0415
+        from widelog.pipeline.redis_streams import RedisStreamsEventPublisher  # noqa: PLC0415
 
         return RedisStreamsEventPublisher(
             _redis_client(settings),
@@ -179,7 +173,7 @@ def build_source(settings: Settings) -> EventSource:
     """The consumer side of a shared transport, for `widelog worker`."""
     name = f"{settings.instance}-{os.getpid()}"
     if settings.transport == "kafka":
-        from widelog.adapters.kafka_transport import KafkaEventSource, ensure_topic  # noqa: PLC0415
+        from widelog.pipeline.kafka import KafkaEventSource, ensure_topic  # noqa: PLC0415
 
         ensure_topic(
             settings.kafka_bootstrap, settings.kafka_topic, partitions=settings.kafka_partitions
@@ -193,12 +187,12 @@ def build_source(settings: Settings) -> EventSource:
             max_poll_interval_ms=settings.kafka_max_poll_interval_ms,
         )
     if settings.transport == "redis":
-        from widelog.adapters.redis_streams import RedisStreamsEventSource  # noqa: PLC0415
+        from widelog.pipeline.redis_streams import RedisStreamsEventSource  # noqa: PLC0415
 
         return RedisStreamsEventSource(
             _redis_client(settings),
             stream=settings.redis_stream,
-            group=settings.kafka_group,
+            group=settings.redis_group,
             consumer=name,
             claim_idle_ms=settings.redis_claim_idle_ms,
         )
@@ -208,7 +202,7 @@ def build_source(settings: Settings) -> EventSource:
 def build_consumer(
     settings: Settings,
     source: EventSource,
-    store: LoggerPort,
+    store: EventStore,
     *,
     aggregator: IncidentAggregator | None = None,
 ) -> BatchConsumer:
@@ -233,7 +227,7 @@ def load_incident_rules(environ: Mapping[str, str] | None = None) -> IncidentRul
 def build_incident_store(settings: Settings) -> IncidentStore:
     """The incident store beside the events: same SQLite file, or same MongoDB database."""
     if settings.store == "mongo":
-        from widelog.adapters.mongo_incidents import MongoIncidentStore  # noqa: PLC0415
+        from widelog.incidents.mongo_store import MongoIncidentStore  # noqa: PLC0415
 
         return MongoIncidentStore(settings.mongo_url, timeout_ms=settings.mongo_timeout_ms)
     return SQLiteIncidentStore(settings.sqlite_path)
@@ -255,7 +249,7 @@ def build_caches(settings: Settings) -> ChatCaches:
             ),
             backend="memory",
         )
-    from widelog.adapters.redis_cache import (  # noqa: PLC0415 - only the redis cache needs it
+    from widelog.cache.redis_cache import (  # noqa: PLC0415 - only the redis cache needs it
         RedisSemanticCache,
         RedisSessionCache,
         cache_client,
@@ -298,30 +292,31 @@ def _redis_client(settings: Settings) -> Redis:
     return Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)
 
 
-def build(
+def build_pipeline(
     settings: Settings,
     *,
     sampling: SamplingPolicy | None = None,
     incident_rules: IncidentRules | None = None,
-) -> Container:
-    """Wire one process; sampling policy and incident rules come from the environment unless given.
+    publisher: EventPublisher | None = None,
+) -> Pipeline:
+    """Wire one instrumented process; policies come from the environment unless given.
 
     With the embedded transport the consumer, and so the incident aggregator, run in this
     process; otherwise `widelog worker` runs them and this process only reads incidents.
+    A `publisher` replaces the configured transport (tests, or a transport of your own).
     """
     policy = sampling or SamplingPolicy.from_env(os.environ)
     store = build_store(settings)
     incidents = build_incident_store(settings)
     queue = consumer = replayer = fallback = aggregator = None
-    publisher: EventPublisher
-    if settings.transport == "memory":
+    if publisher is None and settings.transport == "memory":
         queue = InProcessQueue(max_events=settings.queue_max_events)
         publisher = InProcessEventPublisher(queue)
         aggregator = IncidentAggregator(incidents, incident_rules or load_incident_rules())
         consumer = build_consumer(
             settings, InProcessEventSource(queue), store, aggregator=aggregator
         )
-    else:
+    elif publisher is None:
         fallback = build_spool_fallback(settings)
         mq_publisher = build_mq_publisher(settings, fallback)
         replayer = SpoolReplayer(fallback.spool, mq_publisher)
@@ -335,22 +330,13 @@ def build(
         max_event_bytes=settings.max_event_bytes,
         sampler=TailSampler(policy),
     )
-    llm = build_llm(settings)
-    caches = build_caches(settings)
-    chat = ChatService(
-        llm=llm,
-        sessions=caches.sessions,
-        answers=caches.answers,
-        answer_ttl_s=settings.semantic_cache_ttl_s,
-    )
-    return Container(
+    if consumer is not None or replayer is not None:
+        logging_service.pipeline_started = False  # warns if an event comes before start()
+    return Pipeline(
         settings=settings,
         logging=logging_service,
         publisher=publisher,
         store=store,
-        llm=llm,
-        caches=caches,
-        chat=chat,
         incidents=incidents,
         aggregator=aggregator,
         queue=queue,

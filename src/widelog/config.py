@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import difflib
+import os
 import socket
 from pathlib import Path
-from typing import Literal
+from typing import Final, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX: Final = "WIDELOG_"
+# Read by their own loaders (sampling policy, incident rules), which reject unknown names there.
+POLICY_PREFIXES: Final = ("WIDELOG_SAMPLING_", "WIDELOG_INCIDENTS_")
+
+
+class SettingsError(ValueError):
+    """Settings that cannot be used; the message names each bad variable and what to do."""
 
 
 class Settings(BaseSettings):
@@ -39,6 +49,7 @@ class Settings(BaseSettings):
     kafka_max_poll_interval_ms: int = Field(300_000, ge=1000)
     publish_retries: int = Field(3, ge=1)  # the idempotent producer requires at least 1
     redis_stream: str = "log-events"
+    redis_group: str = "log-consumer-group"
     redis_stream_maxlen: int = Field(1_000_000, ge=1000)
     redis_claim_idle_ms: int = Field(30_000, ge=100)
 
@@ -60,7 +71,7 @@ class Settings(BaseSettings):
     write_attempts: int = Field(3, ge=1)
 
     # Events.
-    service_name: str = "chat-api"
+    service_name: str = "unknown_service"  # OpenTelemetry's name for a service nobody named
     service_version: str = "0.1.0"
     env: str = "dev"
     instance: str = Field(default_factory=socket.gethostname)
@@ -107,3 +118,38 @@ class Settings(BaseSettings):
         if not url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return url
+
+
+def load_settings() -> Settings:
+    """`Settings` from `WIDELOG_*` variables; `SettingsError` for an unknown name or a bad value.
+
+    pydantic-settings ignores variables it has no field for, so a typo (`WIDELOG_TRANSPROT`)
+    would silently keep the default: refuse it instead, naming the closest known setting.
+    """
+    known = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    problems = []
+    for name in sorted(os.environ):
+        upper = name.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in known or upper.startswith(POLICY_PREFIXES):
+            continue
+        close = difflib.get_close_matches(upper, known, n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        problems.append(f"unknown setting {name}{hint}")
+    if problems:
+        raise SettingsError("; ".join(problems))
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise SettingsError(describe(exc)) from None
+
+
+def describe(exc: ValidationError) -> str:
+    """One line per bad setting, named as the variable a person sets, without pydantic's URLs."""
+    lines = []
+    for error in exc.errors(include_url=False):
+        field = ".".join(str(part) for part in error["loc"])
+        name = ENV_PREFIX + field.upper() if field else "settings"
+        given = error.get("input")
+        shown = "" if isinstance(given, dict) or given is None else f" (got {str(given)[:80]!r})"
+        lines.append(f"{name}: {error['msg']}{shown}")
+    return "; ".join(lines)

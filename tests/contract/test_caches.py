@@ -14,15 +14,15 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from widelog.adapters.memory_cache import InMemorySemanticCache, InMemorySessionCache
-from widelog.domain.cache_values import encode_turn
-from widelog.ports import (
+from widelog.cache.memory import InMemorySemanticCache, InMemorySessionCache
+from widelog.cache.ports import (
     CachedAnswer,
     ChatTurn,
     CorruptValueError,
     SemanticCachePort,
     SessionCachePort,
 )
+from widelog.cache.values import encode_turn
 
 SessionFactory = Callable[..., SessionCachePort]
 AnswerFactory = Callable[..., SemanticCachePort]
@@ -188,7 +188,7 @@ class TestInMemorySemanticCache(SemanticCacheContract):
 @pytest.fixture
 async def redis(live_services) -> AsyncIterator[Redis]:
     from tests.live import REDIS_URL
-    from widelog.adapters.redis_cache import cache_client
+    from widelog.cache.redis_cache import cache_client
 
     client = cache_client(REDIS_URL, timeout_s=2.0)
     yield client
@@ -211,7 +211,7 @@ async def namespace(redis) -> AsyncIterator[str]:
 class TestRedisSessionCache(SessionCacheContract):
     @pytest.fixture
     def make(self, redis, namespace):
-        from widelog.adapters.redis_cache import RedisSessionCache
+        from widelog.cache.redis_cache import RedisSessionCache
 
         def make(*, namespace: str = "", **options: Any) -> SessionCachePort:
             return RedisSessionCache(
@@ -261,7 +261,7 @@ class TestRedisSessionCache(SessionCacheContract):
 class TestRedisSemanticCache(SemanticCacheContract):
     @pytest.fixture
     def make(self, redis, namespace):
-        from widelog.adapters.redis_cache import RedisSemanticCache
+        from widelog.cache.redis_cache import RedisSemanticCache
 
         def make(*, namespace: str = "") -> SemanticCachePort:
             return RedisSemanticCache(redis, namespace=f"{prefix}-{namespace}")

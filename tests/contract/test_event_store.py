@@ -1,4 +1,4 @@
-"""Contract for `LoggerPort`: every store adapter runs these (subclass and provide `store`)."""
+"""Contract for `EventStore`: every store adapter runs these (subclass and provide `store`)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from widelog.domain.ids import new_event_id
-from widelog.ports import DeadLetter, LoggerPort
+from widelog.events.ids import new_event_id
+from widelog.pipeline.ports import DeadLetter, EventStore
 
 
 def make_event(**fields: Any) -> dict[str, Any]:
@@ -23,7 +23,7 @@ def make_event(**fields: Any) -> dict[str, Any]:
 
 class EventStoreContract:
     @pytest.fixture
-    def store(self) -> LoggerPort:
+    def store(self) -> EventStore:
         raise NotImplementedError
 
     async def test_a_written_event_reads_back_unchanged_with_a_datetime_timestamp(self, store):
@@ -113,7 +113,7 @@ class TestMongoEventStore(EventStoreContract):
     @pytest.fixture
     async def store(self, database):
         from tests.live import mongo_url
-        from widelog.adapters.mongo_store import MongoEventStore
+        from widelog.pipeline.mongo_store import MongoEventStore
 
         store = MongoEventStore(mongo_url(database))
         yield store
@@ -131,7 +131,7 @@ class TestMongoEventStore(EventStoreContract):
 
     async def test_retention_deletes_old_events_where_there_is_no_ttl_index(self, store, database):
         from tests.live import mongo_url
-        from widelog.adapters.mongo_store import MongoEventStore
+        from widelog.pipeline.mongo_store import MongoEventStore
 
         keeping_a_day = MongoEventStore(mongo_url(database), retention_days=1)
         old, recent = make_event(), make_event()

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from widelog.domain.incidents import Contribution, MessageStat, ScopeCount, Transition, WindowStats
-from widelog.ports import IncidentStore
+from widelog.incidents.model import Contribution, MessageStat, ScopeCount, Transition, WindowStats
+from widelog.incidents.ports import IncidentStore
 
 T0 = dt.datetime(2026, 11, 27, 10, 0, tzinfo=dt.UTC)
 MIN = dt.timedelta(minutes=1)
@@ -182,7 +182,7 @@ class IncidentStoreContract:
 class TestSQLiteIncidentStore(IncidentStoreContract):
     @pytest.fixture
     async def store(self, tmp_path: Path):
-        from widelog.adapters.sqlite_incidents import SQLiteIncidentStore
+        from widelog.incidents.sqlite_store import SQLiteIncidentStore
 
         store = SQLiteIncidentStore(tmp_path / "incidents.sqlite3")
         yield store
@@ -190,7 +190,7 @@ class TestSQLiteIncidentStore(IncidentStoreContract):
 
     @pytest.fixture
     async def second(self, tmp_path: Path):
-        from widelog.adapters.sqlite_incidents import SQLiteIncidentStore
+        from widelog.incidents.sqlite_store import SQLiteIncidentStore
 
         store = SQLiteIncidentStore(tmp_path / "incidents.sqlite3")
         yield store
@@ -208,7 +208,7 @@ class TestMongoIncidentStore(IncidentStoreContract):
     @pytest.fixture
     async def store(self, database):
         from tests.live import mongo_url
-        from widelog.adapters.mongo_incidents import MongoIncidentStore
+        from widelog.incidents.mongo_store import MongoIncidentStore
 
         store = MongoIncidentStore(mongo_url(database))
         yield store
@@ -218,7 +218,7 @@ class TestMongoIncidentStore(IncidentStoreContract):
     @pytest.fixture
     async def second(self, database):
         from tests.live import mongo_url
-        from widelog.adapters.mongo_incidents import MongoIncidentStore
+        from widelog.incidents.mongo_store import MongoIncidentStore
 
         store = MongoIncidentStore(mongo_url(database))
         yield store

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from widelog.adapters.fake_llm import FakeLLM
-from widelog.adapters.openai_llm import OpenAICompatibleLLM
-from widelog.ports import ChatTurn, LLMPort, LLMRequest
+from widelog.cache.ports import ChatTurn
+from widelog.chat.fake_llm import FakeLLM
+from widelog.chat.llm import LLMPort, LLMRequest
+from widelog.chat.openai_llm import OpenAICompatibleLLM
 
 REQUEST = LLMRequest(
     messages=[ChatTurn("system", "be brief"), ChatTurn("user", "What is a wide event?")],

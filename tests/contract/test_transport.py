@@ -9,12 +9,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from widelog.adapters.memory_transport import (
+from widelog.pipeline.memory import (
     InProcessEventPublisher,
     InProcessEventSource,
     InProcessQueue,
 )
-from widelog.ports import EventPublisher, EventSource, PublishError
+from widelog.pipeline.ports import EventPublisher, EventSource, PublishError
 
 
 async def poll_all(source: EventSource, count: int, *, timeout: float = 10.0) -> list[bytes]:
@@ -71,8 +71,8 @@ def test_a_full_in_process_queue_refuses_instead_of_blocking():
 
 @pytest.fixture
 def spool_fallback(tmp_path):
-    from widelog.adapters.fallback import SpoolFallback
-    from widelog.adapters.spool import FileSpool
+    from widelog.pipeline.fallback import SpoolFallback
+    from widelog.pipeline.spool import FileSpool
 
     spool = FileSpool(tmp_path / "spool")
     yield SpoolFallback(spool)
@@ -84,7 +84,7 @@ class TestKafkaTransport(TransportContract):
     @pytest.fixture
     async def transport(self, live_services, spool_fallback):
         from tests.live import KAFKA, unique
-        from widelog.adapters.kafka_transport import (
+        from widelog.pipeline.kafka import (
             KafkaEventPublisher,
             KafkaEventSource,
             ensure_topic,
@@ -105,7 +105,7 @@ async def test_kafka_delivery_is_logged_at_debug_with_topic_and_request_id(
     live_services, spool_fallback, caplog
 ):
     from tests.live import KAFKA, unique
-    from widelog.adapters.kafka_transport import KafkaEventPublisher, ensure_topic
+    from widelog.pipeline.kafka import KafkaEventPublisher, ensure_topic
 
     topic = unique("log-events")
     ensure_topic(KAFKA, topic, partitions=1)
@@ -122,7 +122,7 @@ async def test_kafka_delivery_is_logged_at_debug_with_topic_and_request_id(
 async def test_kafka_unreachable_events_go_to_the_spool_after_the_message_timeout(
     spool_fallback,
 ):
-    from widelog.adapters.kafka_transport import KafkaEventPublisher
+    from widelog.pipeline.kafka import KafkaEventPublisher
 
     publisher = KafkaEventPublisher(
         bootstrap="127.0.0.1:1",  # nothing listens there
@@ -148,7 +148,7 @@ class TestRedisStreamsTransport(TransportContract):
         from redis.asyncio import Redis
 
         from tests.live import REDIS_URL, unique
-        from widelog.adapters.redis_streams import (
+        from widelog.pipeline.redis_streams import (
             RedisStreamsEventPublisher,
             RedisStreamsEventSource,
         )

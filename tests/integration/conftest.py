@@ -9,13 +9,13 @@ import httpx
 import pytest
 
 from tests.fakes import KEEP_ALL
-from widelog.bootstrap import Container, build
+from widelog.chat.api import create_app
+from widelog.chat.bootstrap import ChatContainer, build
 from widelog.config import Settings
-from widelog.entrypoints.chat_api import create_app
 
 
 @pytest.fixture
-async def container(tmp_path: Path) -> AsyncIterator[Container]:
+async def container(tmp_path: Path) -> AsyncIterator[ChatContainer]:
     settings = Settings(
         sqlite_path=tmp_path / "events.sqlite3", fake_llm_latency_ms=1, flush_interval_s=0.05
     )
@@ -26,7 +26,7 @@ async def container(tmp_path: Path) -> AsyncIterator[Container]:
 
 
 @pytest.fixture
-async def client(container: Container) -> AsyncIterator[httpx.AsyncClient]:
+async def client(container: ChatContainer) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=create_app(container))
     async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
         yield client

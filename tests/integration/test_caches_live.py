@@ -27,11 +27,12 @@ from redis.asyncio import Redis
 
 from tests.apps import running_api
 from tests.live import REDIS_URL, service_down, unique
-from widelog.adapters.fake_llm import FakeLLM
-from widelog.bootstrap import Container
+from widelog.cache.ports import ChatTurn
+from widelog.chat.bootstrap import ChatContainer
+from widelog.chat.fake_llm import FakeLLM
+from widelog.chat.llm import LLMRequest
 from widelog.config import Settings
-from widelog.domain.stats import percentile
-from widelog.ports import ChatTurn, LLMRequest
+from widelog.stats import percentile
 
 pytestmark = [pytest.mark.redis, pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -57,7 +58,7 @@ async def namespace(live_services) -> AsyncIterator[str]:
 @asynccontextmanager
 async def api(
     tmp_path: Path, namespace: str, **settings: Any
-) -> AsyncIterator[tuple[httpx.AsyncClient, Container]]:
+) -> AsyncIterator[tuple[httpx.AsyncClient, ChatContainer]]:
     options: dict[str, Any] = {
         "cache": "redis",
         "cache_namespace": namespace,
@@ -70,9 +71,9 @@ async def api(
         yield running
 
 
-async def events_by_request(container: Container) -> dict[str, dict[str, Any]]:
+async def events_by_request(container: ChatContainer) -> dict[str, dict[str, Any]]:
     await container.drained()
-    return {doc["request_id"]: doc async for doc in container.store.scan_events()}
+    return {doc["request_id"]: doc async for doc in container.pipeline.store.scan_events()}
 
 
 async def model_answer(*turns: str) -> str:

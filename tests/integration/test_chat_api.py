@@ -8,17 +8,17 @@ import httpx
 import pytest
 
 from tests.fakes import KEEP_ALL
-from widelog.bootstrap import Container, build
+from widelog.chat.api import create_app
+from widelog.chat.bootstrap import ChatContainer, build
 from widelog.config import Settings
-from widelog.entrypoints.chat_api import create_app
 
 
-async def stored(container: Container, response: httpx.Response) -> dict[str, Any]:
+async def stored(container: ChatContainer, response: httpx.Response) -> dict[str, Any]:
     await container.drained()
-    events = await container.store.count_events()
+    events = await container.pipeline.store.count_events()
     assert events >= 1
     # The API answers with the request id; with no caller id it is the event id too.
-    doc = await container.store.get_event(response.headers["x-request-id"])
+    doc = await container.pipeline.store.get_event(response.headers["x-request-id"])
     assert doc is not None
     return doc
 
@@ -84,7 +84,7 @@ async def test_a_streamed_answer_is_one_event_after_the_last_chunk(container, cl
     assert "stream me" in response.text
     doc = await stored(container, response)
     assert doc["chat"]["stream"] is True
-    assert 1 == await container.store.count_events()
+    assert 1 == await container.pipeline.store.count_events()
 
 
 async def test_health_and_readiness_report_each_dependency(client):
@@ -116,8 +116,8 @@ async def test_shutdown_drains_events_still_in_the_queue(tmp_path):
             await client.post("/v1/chat", json=chat(f"q{i}"))
     await container.aclose()  # well before the 30 s flush interval
     reopened = build(Settings(sqlite_path=path))
-    assert 30 == await reopened.store.count_events()
-    await reopened.store.close()
+    assert 30 == await reopened.pipeline.store.count_events()
+    await reopened.pipeline.store.close()
 
 
 async def test_a_sampled_out_request_is_counted_but_not_stored(tmp_path):
@@ -130,17 +130,17 @@ async def test_a_sampled_out_request_is_counted_but_not_stored(tmp_path):
             await client.post("/v1/chat", json=chat(f"q{i}"))
         failed = await client.post("/v1/chat", json=chat("x [fail:LLM_TIMEOUT]"))
     await container.drained()
-    stats = container.logging.stats
+    stats = container.pipeline.logging.stats
     assert stats.finalized == stats.published + stats.sampled_out
     assert stats.sampled_out > 90
-    stored = await container.store.get_event(failed.headers["x-request-id"])
+    stored = await container.pipeline.store.get_event(failed.headers["x-request-id"])
     assert stored is not None
     assert {"kept": True, "reason": "error", "rate": 1.0}.items() <= stored["sampling"].items()
     await container.aclose()
 
 
 async def test_the_debug_header_forces_a_keep_only_when_the_policy_allows_it(tmp_path):
-    from widelog.domain.sampling import SamplingPolicy
+    from widelog.sampling.policy import SamplingPolicy
 
     allowed = SamplingPolicy.load(None, {"WIDELOG_SAMPLING_FORCED_ALLOWED": "true"})
     container = build(Settings(sqlite_path=tmp_path / "e.sqlite3"), sampling=allowed)
@@ -150,6 +150,6 @@ async def test_the_debug_header_forces_a_keep_only_when_the_policy_allows_it(tmp
         headers = {"x-widelog-force-sample": "1", "x-request-id": "debug-me"}
         await client.post("/v1/chat", json=chat("q"), headers=headers)
     await container.drained()
-    [stored] = [doc async for doc in container.store.scan_events()]
+    [stored] = [doc async for doc in container.pipeline.store.scan_events()]
     assert ("debug-me", "forced") == (stored["request_id"], stored["sampling"]["reason"])
     await container.aclose()

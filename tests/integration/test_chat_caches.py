@@ -7,16 +7,16 @@ from typing import Any
 import httpx
 import pytest
 
-from widelog.bootstrap import Container
+from widelog.chat.bootstrap import ChatContainer
 
 
 def chat(message: str, session: str, **extra: Any) -> dict[str, Any]:
     return {"session_id": session, "message": message, "prompt_version": "v3", **extra}
 
 
-async def stored_cache_fields(container: Container, response: httpx.Response) -> dict[str, Any]:
+async def stored_cache_fields(container: ChatContainer, response: httpx.Response) -> dict[str, Any]:
     await container.drained()
-    doc = await container.store.get_event(response.headers["x-request-id"])
+    doc = await container.pipeline.store.get_event(response.headers["x-request-id"])
     assert doc is not None
     return dict(doc["cache"])
 

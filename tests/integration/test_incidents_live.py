@@ -19,10 +19,10 @@ import httpx
 import pytest
 
 from tests.incident_traffic import T0, batches, burst
-from widelog.adapters.sqlite_incidents import SQLiteIncidentStore
-from widelog.domain.incident_rules import IncidentRules
-from widelog.service.incident_aggregator import IncidentAggregator
-from widelog.service.incident_queries import incident_summaries
+from widelog.incidents.aggregator import IncidentAggregator
+from widelog.incidents.queries import incident_summaries
+from widelog.incidents.rules import IncidentRules
+from widelog.incidents.sqlite_store import SQLiteIncidentStore
 
 MIN = dt.timedelta(minutes=1)
 PARTITIONS = 6
@@ -98,7 +98,7 @@ def database(live_services):
 async def mongo_stores(database):
     """Three clients of one database: two workers and a reader."""
     from tests.live import mongo_url
-    from widelog.adapters.mongo_incidents import MongoIncidentStore
+    from widelog.incidents.mongo_store import MongoIncidentStore
 
     stores = [MongoIncidentStore(mongo_url(database)) for _ in range(3)]
     yield stores
@@ -138,8 +138,8 @@ async def test_two_workers_sharing_one_ferretdb_store_yield_one_incident_per_key
 @pytest.mark.mongo
 async def test_streaming_and_rebuild_agree_on_ferretdb(mongo_stores, database, tmp_path):
     from tests.live import mongo_url
-    from widelog.adapters.mongo_incidents import MongoIncidentStore
-    from widelog.adapters.mongo_store import MongoEventStore
+    from widelog.incidents.mongo_store import MongoIncidentStore
+    from widelog.pipeline.mongo_store import MongoEventStore
 
     events = traffic()
     now = T0 + 3 * 60 * MIN
@@ -173,7 +173,7 @@ async def test_a_restarted_worker_carries_on_with_the_open_incident_in_the_store
     mongo_stores, database, tmp_path
 ):
     from tests.live import mongo_url
-    from widelog.adapters.mongo_incidents import MongoIncidentStore
+    from widelog.incidents.mongo_store import MongoIncidentStore
 
     events = burst(T0, successes=2000, errors={"LLM_TIMEOUT": 40})
     first, _, reader = mongo_stores
@@ -202,14 +202,14 @@ async def test_the_demo_traffic_opens_the_incidents_a_person_would_expect_and_no
 ):
     """The demo's mix (2,000 requests, 2% baseline sampling): the three injected LLM failure
     codes on /v1/chat, and no incident for the 1.5% invalid, 0.5% oversized or 1.5% slow ones."""
-    from widelog.bootstrap import build
+    from widelog.chat.api import create_app
+    from widelog.chat.bootstrap import build
+    from widelog.chat.demo import synthetic_requests
     from widelog.config import Settings
-    from widelog.entrypoints.chat_api import create_app
-    from widelog.entrypoints.demo import synthetic_requests
 
     settings = Settings(transport="memory", store="sqlite", sqlite_path=tmp_path / "demo.sqlite3")
     container = build(settings, incident_rules=IncidentRules())
-    incidents = container.incidents
+    incidents = container.pipeline.incidents
     app = create_app(container)
     pending = iter([body for _, body in synthetic_requests(2000)])
 
@@ -228,7 +228,7 @@ async def test_the_demo_traffic_opens_the_incidents_a_person_would_expect_and_no
         print(f"demo traffic in {time.perf_counter() - started:.1f}s")
         rebuilt = SQLiteIncidentStore(tmp_path / "rebuilt.sqlite3")
         await IncidentAggregator(rebuilt, IncidentRules()).rebuild(
-            container.store.scan_events(), dt.datetime.now(dt.UTC) - 60 * MIN
+            container.pipeline.store.scan_events(), dt.datetime.now(dt.UTC) - 60 * MIN
         )
         from_rebuild = await incident_summaries(rebuilt)
         await rebuilt.close()

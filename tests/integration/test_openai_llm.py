@@ -6,8 +6,9 @@ import socket
 
 import pytest
 
-from widelog.adapters.openai_llm import OpenAICompatibleLLM
-from widelog.ports import ChatTurn, LLMError, LLMRequest
+from widelog.cache.ports import ChatTurn
+from widelog.chat.llm import LLMError, LLMRequest
+from widelog.chat.openai_llm import OpenAICompatibleLLM
 
 
 def ask(prompt: str) -> LLMRequest:

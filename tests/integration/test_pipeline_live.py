@@ -26,9 +26,9 @@ from pymongo import AsyncMongoClient
 
 from tests.apps import running_api
 from tests.live import KAFKA, mongo_url, service_down, unique
-from widelog.bootstrap import Container
+from widelog.chat.bootstrap import ChatContainer
 from widelog.config import Settings
-from widelog.domain.stats import percentile
+from widelog.stats import percentile
 
 pytestmark = [pytest.mark.slow, pytest.mark.kafka, pytest.mark.mongo, pytest.mark.timeout(300)]
 
@@ -131,7 +131,7 @@ async def redis_pipeline(live_services, tmp_path) -> AsyncIterator[Pipeline]:
     await pipeline.aclose()
 
 
-def api(pipeline: Pipeline) -> AbstractAsyncContextManager[tuple[httpx.AsyncClient, Container]]:
+def api(pipeline: Pipeline) -> AbstractAsyncContextManager[tuple[httpx.AsyncClient, ChatContainer]]:
     return running_api(pipeline.settings())
 
 
@@ -162,7 +162,7 @@ async def test_ten_thousand_requests_are_stored_exactly_once(kafka_pipeline):
     kafka_pipeline.start_worker()
     async with api(kafka_pipeline) as (client, container):
         sent, latencies = await send(client, "bulk", 10_000, concurrency=32)
-        assert 10_000 == container.logging.stats.published
+        assert 10_000 == container.pipeline.logging.stats.published
     await kafka_pipeline.wait_until_stored(sent, timeout=120)
     assert 10_000 == sum((await kafka_pipeline.stored_request_ids()).values())
     print(f"10k: p50 {percentile(latencies, 50):.2f} ms, p99 {percentile(latencies, 99):.2f} ms")
@@ -176,14 +176,15 @@ async def test_kafka_down_during_traffic_loses_nothing_and_requests_still_succee
         with service_down("kafka"):
             during, outage_latencies = await send(client, "during", 300)
             await asyncio.sleep(4)  # past message.timeout.ms: queued events are spooled
-            assert container.fallback is not None
-            assert container.fallback.spooled > 0
+            assert container.pipeline.fallback is not None
+            assert container.pipeline.fallback.spooled > 0
         after, _ = await send(client, "after", 300)
         await kafka_pipeline.wait_until_stored(before | during | after)
-        assert not container.fallback.spool.has_pending()
+        assert not container.pipeline.fallback.spool.has_pending()
     print(
         f"kafka outage: p50 {percentile(outage_latencies, 50):.2f} ms,"
-        f" p99 {percentile(outage_latencies, 99):.2f} ms, spooled {container.fallback.spooled}"
+        f" p99 {percentile(outage_latencies, 99):.2f} ms,"
+        f" spooled {container.pipeline.fallback.spooled}"
     )
 
 
@@ -316,15 +317,15 @@ async def test_redis_down_during_traffic_spools_and_replays(redis_pipeline):
             await asyncio.sleep(2)
         after, _ = await send(client, "after", 200)
         await redis_pipeline.wait_until_stored(before | during | after)
-        assert container.fallback is not None
-        assert container.fallback.spooled > 0
+        assert container.pipeline.fallback is not None
+        assert container.pipeline.fallback.spooled > 0
 
 
 async def test_the_replay_command_publishes_the_spool_and_the_worker_stores_it(kafka_pipeline):
     import msgspec
 
     from tests.contract.test_event_store import make_event
-    from widelog.adapters.spool import FileSpool
+    from widelog.pipeline.spool import FileSpool
 
     spool = FileSpool(kafka_pipeline.env["WIDELOG_SPOOL_DIR"])
     events = [make_event(request_id=f"spooled-{i}") for i in range(50)]

@@ -8,13 +8,13 @@ import pytest
 
 from tests.contract.test_event_store import make_event
 from tests.fakes import FlakyStore
-from widelog.adapters.memory_transport import (
+from widelog.pipeline.consumer import BatchConsumer
+from widelog.pipeline.memory import (
     InProcessEventPublisher,
     InProcessEventSource,
     InProcessQueue,
 )
-from widelog.ports import Message
-from widelog.service.batcher import BatchConsumer
+from widelog.pipeline.ports import Message
 
 
 class RecordingSource:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from widelog.domain.cache_keys import NORMALIZATION_VERSION, answer_key, normalize_query
+from widelog.cache.keys import NORMALIZATION_VERSION, answer_key, normalize_query
 
 WHITESPACE = [" ", "\t", "\n", "\r\n", "\u00a0", "\u2003", "\u3000"]  # incl. NBSP, em, ideographic
 KOREAN = st.text(st.characters(min_codepoint=0xAC00, max_codepoint=0xD7A3), min_size=1)

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from widelog.bootstrap import build
+from widelog.chat.bootstrap import build
 from widelog.config import Settings
 
 

@@ -11,12 +11,13 @@ import pytest
 
 from tests.cache_fakes import BreakableCache, CountingLLM, FakeClock
 from widelog import WideEvent, request_scope
-from widelog.adapters.fake_llm import FakeLLM
-from widelog.adapters.memory_cache import InMemorySemanticCache, InMemorySessionCache
-from widelog.ports import CachedAnswer, ChatTurn, LLMError, LLMRequest
-from widelog.service.caches import FailOpenSemanticCache, FailOpenSessionCache
-from widelog.service.chat import ChatAnswer, ChatQuery, ChatService
-from widelog.service.circuit_breaker import CircuitBreaker
+from widelog.cache.circuit_breaker import CircuitBreaker
+from widelog.cache.fail_open import FailOpenSemanticCache, FailOpenSessionCache
+from widelog.cache.memory import InMemorySemanticCache, InMemorySessionCache
+from widelog.cache.ports import CachedAnswer, ChatTurn
+from widelog.chat.fake_llm import FakeLLM
+from widelog.chat.llm import LLMError, LLMRequest
+from widelog.chat.service import ChatAnswer, ChatQuery, ChatService
 
 QUESTION = "비밀번호를 어떻게 재설정하나요?"
 

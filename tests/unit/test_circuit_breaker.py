@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.cache_fakes import FakeClock
-from widelog.service.circuit_breaker import CircuitBreaker
+from widelog.cache.circuit_breaker import CircuitBreaker
 
 
 @pytest.fixture

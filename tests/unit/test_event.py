@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from widelog.domain.event import (
+from widelog.events.event import (
     UndecodableEventError,
     WideEvent,
     decode,

@@ -7,10 +7,10 @@ import time
 import pytest
 
 from tests.cache_fakes import BreakableCache, FakeClock
-from widelog.adapters.memory_cache import InMemorySessionCache
-from widelog.ports import CachedAnswer, ChatTurn
-from widelog.service.caches import FailOpenSemanticCache, FailOpenSessionCache
-from widelog.service.circuit_breaker import CircuitBreaker
+from widelog.cache.circuit_breaker import CircuitBreaker
+from widelog.cache.fail_open import FailOpenSemanticCache, FailOpenSessionCache
+from widelog.cache.memory import InMemorySessionCache
+from widelog.cache.ports import CachedAnswer, ChatTurn
 
 TIMEOUT_S = 0.05
 HELLO = [ChatTurn("user", "hi"), ChatTurn("assistant", "hello")]

@@ -2,7 +2,7 @@ import uuid
 
 import pytest
 
-from widelog.domain.ids import accept_request_id, new_event_id, parse_traceparent
+from widelog.events.ids import accept_request_id, new_event_id, parse_traceparent
 
 
 def test_event_ids_are_uuid7_unique_and_sorted_in_creation_order():

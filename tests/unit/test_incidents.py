@@ -25,21 +25,21 @@ from typer.testing import CliRunner
 
 from tests.incident_traffic import T0, batches, burst, request, spread
 from tests.unit.test_batcher import RecordingSource
-from widelog.adapters.sqlite_incidents import SQLiteIncidentStore
-from widelog.adapters.sqlite_store import SQLiteEventStore
-from widelog.domain.incident_rules import (
+from widelog.cli.incidents import incidents_app
+from widelog.incidents.aggregator import IncidentAggregator
+from widelog.incidents.http_api import incidents_router
+from widelog.incidents.masking import MASKING_VERSION, mask
+from widelog.incidents.queries import get_incident, incident_summaries, list_incidents
+from widelog.incidents.rules import (
     DEFAULT_RULES,
     IncidentRules,
     IncidentRulesError,
     parse_duration,
 )
-from widelog.domain.incident_summary import summarize
-from widelog.domain.masking import MASKING_VERSION, mask
-from widelog.entrypoints.incidents_api import incidents_router
-from widelog.entrypoints.incidents_cli import incidents_app
-from widelog.service.batcher import BatchConsumer
-from widelog.service.incident_aggregator import IncidentAggregator
-from widelog.service.incident_queries import get_incident, incident_summaries, list_incidents
+from widelog.incidents.sqlite_store import SQLiteIncidentStore
+from widelog.incidents.summary import summarize
+from widelog.pipeline.consumer import BatchConsumer
+from widelog.pipeline.sqlite_store import SQLiteEventStore
 
 ROOT = Path(__file__).resolve().parents[2]
 MIN = dt.timedelta(minutes=1)

@@ -36,7 +36,7 @@ def test_finalize_never_raises_when_encoding_fails(caplog, monkeypatch):
     def broken_encode(*_args, **_kwargs):
         raise RuntimeError("encoder bug")
 
-    monkeypatch.setattr("widelog.service.logging_service.encode", broken_encode)
+    monkeypatch.setattr("widelog.events.logging_service.encode", broken_encode)
     publisher = RecordingPublisher()
     service = new_service(publisher)
     with caplog.at_level(logging.ERROR, logger="widelog"):

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from tests.cache_fakes import FakeClock
-from widelog.adapters.memory_cache import InMemorySemanticCache, InMemorySessionCache
-from widelog.ports import CachedAnswer, ChatTurn
+from widelog.cache.memory import InMemorySemanticCache, InMemorySessionCache
+from widelog.cache.ports import CachedAnswer, ChatTurn
 
 ANSWER = CachedAnswer("a", "m", "fake", 1, 1, created_at=0.0)
 

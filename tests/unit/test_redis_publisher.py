@@ -3,9 +3,9 @@
 import asyncio
 from typing import Any
 
-from widelog.adapters.fallback import SpoolFallback
-from widelog.adapters.redis_streams import RedisStreamsEventPublisher
-from widelog.adapters.spool import FileSpool
+from widelog.pipeline.fallback import SpoolFallback
+from widelog.pipeline.redis_streams import RedisStreamsEventPublisher
+from widelog.pipeline.spool import FileSpool
 
 
 class HangingRedis:

@@ -9,10 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from widelog.adapters.sqlite_store import SQLiteEventStore
-from widelog.domain.sampling import SamplingPolicy, TailSampler
-from widelog.entrypoints.sampling_cli import sampling_app
-from widelog.service.reweighting import (
+from widelog.cli.sampling import sampling_app
+from widelog.pipeline.sqlite_store import SQLiteEventStore
+from widelog.sampling.policy import SamplingPolicy, TailSampler
+from widelog.sampling.reweighting import (
     Estimate,
     counts_as_error,
     estimate,

@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
-from widelog.domain.sampling import (
+from widelog.cli.sampling import sampling_app
+from widelog.sampling.policy import (
     Decision,
     SamplingPolicy,
     SamplingPolicyError,
@@ -21,7 +22,6 @@ from widelog.domain.sampling import (
     stable_hash,
     threshold_for,
 )
-from widelog.entrypoints.sampling_cli import sampling_app
 
 ROOT = Path(__file__).resolve().parents[2]
 # Derandomized: the same examples on every run, so a failure is reproducible and CI never flakes.
@@ -114,7 +114,7 @@ def test_a_request_kept_at_a_rate_is_kept_at_every_higher_rate(request_id, rates
 
 DECIDE_IN_CHILD = """
 import json, sys
-from widelog.domain.sampling import SamplingPolicy, TailSampler
+from widelog.sampling.policy import SamplingPolicy, TailSampler
 policy = SamplingPolicy.model_validate({"baseline": {"rate": 0.3}, "salt": "cross-process"})
 sampler = TailSampler(policy)
 ids = json.load(sys.stdin)

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from widelog.service.single_flight import SingleFlight
+from widelog.cache.single_flight import SingleFlight
 
 
 class Counter:

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 
 import pytest
 
-from widelog.adapters.fallback import SpoolFallback
-from widelog.adapters.spool import FileSpool
-from widelog.service.replayer import SpoolReplayer
+from widelog.pipeline.fallback import SpoolFallback
+from widelog.pipeline.replayer import SpoolReplayer
+from widelog.pipeline.spool import FileSpool
 
 
 class RecordingBroker:
@@ -75,7 +75,7 @@ async def test_a_live_writers_segment_is_left_alone_until_it_rotates(tmp_path):
 async def test_a_crashed_writers_segment_is_replayed_with_its_torn_last_line_skipped(tmp_path):
     crashing_writer = f"""
 import os
-from widelog.adapters.spool import FileSpool
+from widelog.pipeline.spool import FileSpool
 spool = FileSpool({str(tmp_path)!r}, fsync="always")
 spool.append("req-1", b'{{"event_id": "e1"}}')
 spool.append("req-2", b'{{"event_id": "e2"}}')

@@ -1,0 +1,190 @@
+"""`widelog demo`: the chat service in-process under synthetic traffic, then a report.
+
+The traffic mix is seeded, so two runs with the same arguments send the same requests: normal
+chats, repeated questions, slow answers, injected LLM errors, invalid and oversized requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import httpx
+
+from widelog.chat.api import create_app
+from widelog.chat.bootstrap import build
+from widelog.incidents.queries import incident_summaries
+from widelog.stats import percentile
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from widelog.chat.bootstrap import ChatContainer
+    from widelog.config import Settings
+
+FAQ = [
+    "How do I reset my password?",
+    "What are your opening hours?",
+    "비밀번호를 어떻게 재설정하나요?",
+    "Can I change my delivery address?",
+    "Wie kann ich mein Abo kündigen?",
+    "What is the refund policy?",
+    "配送状況を確認するには？",
+    "Do you ship internationally?",
+]
+TOPICS = ["billing", "shipping", "accounts", "the API", "rate limits", "exports", "SSO", "webhooks"]
+INJECTED_ERRORS = ["LLM_TIMEOUT", "LLM_RATE_LIMITED", "CONTENT_FILTERED"]
+
+# (kind, weight): what a day of traffic to a support chatbot roughly looks like.
+MIX = [
+    ("chat", 83.0),
+    ("repeat", 10.0),
+    ("slow", 1.5),
+    ("llm_error", 3.5),
+    ("invalid", 1.5),
+    ("oversize", 0.5),
+]
+
+
+def synthetic_requests(
+    count: int, *, seed: int = 7, max_chars: int = 8000
+) -> list[tuple[str, dict[str, Any]]]:
+    """(kind, body) pairs; slow answers take 2.1-3 s, past the default 2 s slow threshold."""
+    rng = random.Random(seed)
+    kinds, weights = zip(*MIX, strict=True)
+    bodies = []
+    for i in range(count):
+        kind = rng.choices(kinds, weights)[0]
+        session = f"s-{rng.randrange(count // 4 + 1)}"
+        body: dict[str, Any] = {"session_id": session, "prompt_version": "v3", "language": "en"}
+        if kind == "chat":
+            body["message"] = f"Question {i} about {rng.choice(TOPICS)}?"
+        elif kind == "repeat":
+            body["message"] = rng.choice(FAQ)
+        elif kind == "slow":
+            body["message"] = f"Summarize {rng.choice(TOPICS)} [slow:{rng.randrange(2100, 3000)}]"
+        elif kind == "llm_error":
+            body["message"] = (
+                f"Tell me about {rng.choice(TOPICS)} [fail:{rng.choice(INJECTED_ERRORS)}]"
+            )
+        elif kind == "invalid":
+            del body["session_id"]
+            body["message"] = "no session"
+        else:
+            body["message"] = "x" * (max_chars + 1)
+        bodies.append((kind, body))
+    return bodies
+
+
+async def run_demo(
+    settings: Settings,
+    *,
+    requests: int,
+    concurrency: int = 32,
+    on_progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """Send `requests` chats through the full pipeline; wait until it drained; report."""
+    if settings.transport != "memory":
+        raise ValueError("the demo runs on the embedded transport (WIDELOG_TRANSPORT=memory)")
+    with tempfile.TemporaryDirectory(prefix="widelog-demo-") as tmp:
+        if settings.store == "sqlite":
+            settings = settings.model_copy(update={"sqlite_path": Path(tmp) / "events.sqlite3"})
+        container = build(settings)
+        app = create_app(container)
+        traffic = synthetic_requests(requests, max_chars=settings.max_message_chars)
+        latencies: list[float] = []
+        statuses: Counter[int] = Counter()
+        cached: Counter[str] = Counter()  # answers served from the response cache, by kind
+        pending = iter(traffic)
+
+        async def client_loop(client: httpx.AsyncClient) -> None:
+            for kind, body in pending:
+                started = time.perf_counter()
+                response = await client.post("/v1/chat", json=body)
+                latencies.append((time.perf_counter() - started) * 1000)
+                statuses[response.status_code] += 1
+                if response.status_code == 200 and response.json().get("cached"):
+                    cached[kind] += 1
+                if on_progress:
+                    on_progress(1)
+
+        await container.start()
+        started = time.perf_counter()
+        try:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://demo") as client:
+                await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
+            traffic_s = time.perf_counter() - started
+            await asyncio.wait_for(container.drained(), timeout=60)
+            report = await _report(container, requests, statuses, latencies, traffic_s)
+            report["traffic"] = dict(Counter(kind for kind, _ in traffic))
+            report["cache"]["cached_answers_by_kind"] = dict(cached)
+            report["incidents"] = await incident_summaries(container.pipeline.incidents)
+            return report
+        finally:
+            await container.aclose()
+
+
+async def _report(
+    container: ChatContainer,
+    requests: int,
+    statuses: Counter[int],
+    latencies: list[float],
+    traffic_s: float,
+) -> dict[str, Any]:
+    logging_stats = container.pipeline.logging.stats
+    if container.pipeline.consumer is None:
+        raise RuntimeError("the demo needs the in-process consumer")
+    consumer_stats = container.pipeline.consumer.stats
+    store = container.pipeline.store
+    stored = await store.count_events()
+    sampler = container.pipeline.logging.sampler
+    sampling = sampler.counters.as_dict() if sampler is not None else None
+    return {
+        "requests": requests,
+        "duration_s": round(traffic_s, 3),
+        "requests_per_s": round(requests / traffic_s, 1) if traffic_s else 0.0,
+        "status": {str(code): n for code, n in sorted(statuses.items())},
+        "events": {
+            "finalized": logging_stats.finalized,
+            "published": logging_stats.published,
+            "publish_failed": logging_stats.publish_failed,
+            "finalize_failed": logging_stats.finalize_failed,
+            "sampled_out": logging_stats.sampled_out,
+            "stored": stored,
+            "duplicates": consumer_stats.duplicates,
+            "dead_lettered": await store.count_dead_letters(),
+        },
+        "errors": {
+            "total": logging_stats.errors,
+            "stored": await store.count_events(errors_only=True),
+        },
+        "latency_ms": {
+            "p50": round(percentile(latencies, 50), 2),
+            "p90": round(percentile(latencies, 90), 2),
+            "p99": round(percentile(latencies, 99), 2),
+            "max": round(max(latencies, default=0.0), 2),
+        },
+        "kept_by_reason": dict(sampling["kept_by_reason"]) if sampling else {},
+        "sampling": {
+            "policy": container.pipeline.logging.sampler.fingerprint
+            if container.pipeline.logging.sampler
+            else None,
+            "retention_rate": sampling.get("retention_rate", 1.0) if sampling else 1.0,
+            "stored_fraction": round(stored / logging_stats.finalized, 4)
+            if logging_stats.finalized
+            else 0.0,
+        },
+        "cache": container.caches.report(),
+        "pipeline": {
+            "transport": container.settings.transport,
+            "store": container.settings.store,
+            "batches": consumer_stats.batches,
+            "last_batch_ms": round(consumer_stats.last_batch_ms, 2),
+        },
+    }

@@ -1,0 +1,228 @@
+"""`widelog incidents …`: list and show incidents, recompute them from stored events, check rules.
+
+The store comes from the same `WIDELOG_*` settings as the service (`WIDELOG_STORE`,
+`WIDELOG_SQLITE_PATH`, `WIDELOG_MONGO_URL`); the rules from `WIDELOG_INCIDENTS_RULES` and the
+other `WIDELOG_INCIDENTS_*` variables.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+
+from widelog.incidents.rules import IncidentRules, IncidentRulesError, parse_duration
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+    from widelog.config import Settings
+    from widelog.incidents.ports import IncidentStore
+
+incidents_app = typer.Typer(
+    help="Incidents: rule-based groups of failing or slow requests.", no_args_is_help=True
+)
+err = Console(stderr=True)
+JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
+Status = Literal["open", "resolved"]
+T = TypeVar("T")
+
+
+def _settings() -> Settings:
+    from widelog.config import Settings  # noqa: PLC0415 - keeps `--help` fast
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        err.print(f"[red]invalid WIDELOG_* settings:[/red]\n{exc}")
+        raise typer.Exit(2) from None
+
+
+def _rules(path: Path | None = None) -> IncidentRules:
+    try:
+        return IncidentRules.from_env(os.environ, path=path)
+    except IncidentRulesError as exc:
+        err.print(str(exc), markup=False, highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _with_store(settings: Settings, use: Callable[[IncidentStore], Awaitable[T]]) -> T:
+    from widelog.bootstrap import build_incident_store  # noqa: PLC0415
+
+    async def run() -> T:
+        store = build_incident_store(settings)
+        try:
+            return await use(store)
+        finally:
+            await store.close()
+
+    return asyncio.run(run())
+
+
+def _write_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value) + "\n")
+
+
+@incidents_app.command("list")
+def list_(
+    *,
+    status: Annotated[
+        str | None, typer.Option(help="Only incidents with this status: open or resolved.")
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, help="At most this many incidents.")] = 50,
+    as_json: JsonOption = False,
+) -> None:
+    """List incidents: open ones first, most recent activity first."""
+    from widelog.incidents.queries import incident_summaries  # noqa: PLC0415
+
+    if status not in (None, "open", "resolved"):
+        err.print(f"--status must be open or resolved, not {status!r}")
+        raise typer.Exit(2)
+    wanted: Status | None = "open" if status == "open" else "resolved" if status else None
+    summaries = _with_store(
+        _settings(), lambda store: incident_summaries(store, status=wanted, limit=limit)
+    )
+    if as_json:
+        _write_json({"incidents": summaries})
+        return
+    if not summaries:
+        Console().print("no incidents")
+        return
+    table = Table(title=f"{len(summaries)} incident(s)")
+    table.add_column("id", no_wrap=True)
+    for name in ("status", "rule", "group", "events", "rate", "last seen"):
+        table.add_column(name, justify="right" if name in {"events", "rate"} else "left")
+    for s in summaries:
+        window = s["window"] or {}
+        table.add_row(
+            s["id"],
+            s["status"] + (f" (+{s['regressions']})" if s["regressions"] else ""),
+            s["rule"]["id"],
+            ", ".join(f"{k}={v}" for k, v in s["group"].items()),
+            f"{s['events']:,}",
+            f"{window.get('rate', 0):.2%}",
+            s["last_seen"] or "",
+        )
+    Console().print(table)
+
+
+@incidents_app.command()
+def show(
+    incident_id: Annotated[str, typer.Argument(help="The incident id (inc_…).")],
+    *,
+    as_json: JsonOption = False,
+) -> None:
+    """Show one incident: a readable summary, or every structured field with --json."""
+    from widelog.incidents.queries import get_incident  # noqa: PLC0415
+    from widelog.incidents.summary import summarize  # noqa: PLC0415
+
+    incident = _with_store(_settings(), lambda store: get_incident(store, incident_id))
+    if incident is None:
+        err.print(f"no incident {incident_id}")
+        raise typer.Exit(1)
+    summary = summarize(incident)
+    if as_json:
+        _write_json(summary)
+        return
+    console = Console(highlight=False, soft_wrap=True)
+    console.print(f"{summary['id']}  {summary['status'].upper()}", markup=False)
+    console.print(summary["text"], markup=False)
+    if summary["reason"]:
+        console.print(f"why it opened: {summary['reason']}", markup=False)
+
+
+def parse_since(text: str, *, now: dt.datetime) -> dt.datetime:
+    """`24h`, `90m`, `7d` (ago), an ISO date/time, or `all`."""
+    if text.strip().lower() == "all":
+        return dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+    try:
+        return now - dt.timedelta(seconds=parse_duration(text))
+    except ValueError:
+        pass
+    try:
+        moment = dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise typer.BadParameter(f"{text!r}: use e.g. 24h, 7d, 2026-11-27T10:00Z or all") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
+@incidents_app.command()
+def rebuild(
+    *,
+    since: Annotated[
+        str, typer.Option(help="Replay events from this long ago (24h, 7d), a time, or all.")
+    ] = "24h",
+    as_json: JsonOption = False,
+) -> None:
+    """Recompute every incident from the stored events since --since (stop the workers first)."""
+    from widelog.bootstrap import build_store  # noqa: PLC0415
+    from widelog.incidents.aggregator import IncidentAggregator  # noqa: PLC0415
+
+    settings = _settings()
+    rules = _rules()
+    now = dt.datetime.now(dt.UTC)
+    start = parse_since(since, now=now)
+
+    async def run(store: IncidentStore) -> dict[str, Any]:
+        events = build_store(settings)
+        try:
+            result = await IncidentAggregator(store, rules).rebuild(
+                events.scan_events(), start, now=now
+            )
+        finally:
+            await events.close()
+        return {
+            "since": start.isoformat(),
+            "events": result.events,
+            "incidents": result.opened,
+            "transitions": result.transitions,
+            "rules": rules.fingerprint,
+        }
+
+    report = _with_store(settings, run)
+    if as_json:
+        _write_json(report)
+        return
+    Console(highlight=False).print(
+        f"replayed {report['events']:,} events since {report['since']}:"
+        f" {report['incidents']} incident(s), {report['transitions']} lifecycle step(s)"
+        f" (rules {report['rules']})",
+        markup=False,
+    )
+
+
+@incidents_app.command()
+def check(
+    *,
+    rules: Annotated[
+        Path | None,
+        typer.Option(
+            "--rules",
+            help="Rules TOML file (default: $WIDELOG_INCIDENTS_RULES, else the defaults).",
+            dir_okay=False,
+        ),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Validate the incident rules (file + env) and print them normalized, with a fingerprint."""
+    loaded = _rules(rules)
+    report = {
+        "fingerprint": loaded.fingerprint,
+        "active": [rule.id for rule in loaded.active],
+        "rules": loaded.model_dump(mode="json"),
+    }
+    if as_json:
+        _write_json(report)
+        return
+    console = Console(highlight=False)
+    console.print(f"incident rules {loaded.fingerprint} are valid", markup=False)
+    console.print_json(json.dumps(report["rules"]))

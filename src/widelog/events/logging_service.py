@@ -1,0 +1,165 @@
+"""LoggingService: opens one wide event per request and publishes it once, off the hot path."""
+
+from __future__ import annotations
+
+import contextvars
+import datetime as dt
+import logging
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from widelog.events.event import WideEvent, encode, is_error
+from widelog.events.ids import new_event_id
+
+if TYPE_CHECKING:
+    from widelog.pipeline.ports import EventPublisher
+    from widelog.sampling.policy import TailSampler
+
+log = logging.getLogger("widelog")
+
+_current: contextvars.ContextVar[WideEvent | None] = contextvars.ContextVar(
+    "widelog_event", default=None
+)
+
+
+@dataclass(slots=True)
+class LoggingStats:
+    """Counted on every finalized event, before anything can drop it."""
+
+    finalized: int = 0
+    errors: int = 0
+    published: int = 0
+    sampled_out: int = 0
+    publish_failed: int = 0
+    finalize_failed: int = 0
+
+
+class LoggingService:
+    """Builds events, samples them and hands the kept ones to an `EventPublisher`.
+
+    Sampling is tail-aware: it happens at the end, when status, duration and errors are known.
+
+    `finalize()` is called at the end of every request, so it only encodes and enqueues: it never
+    waits on I/O and never raises into the request (a failure is counted and logged instead).
+    """
+
+    def __init__(
+        self,
+        *,
+        publisher: EventPublisher,
+        service: str,
+        env: str,
+        version: str,
+        instance: str,
+        max_event_bytes: int = 64 * 1024,
+        sampler: TailSampler | None = None,
+    ) -> None:
+        self.publisher = publisher
+        self.sampler = sampler
+        # None: nobody manages a pipeline for this service (a test, a custom setup). False: the
+        # pipeline was built but not started, so events may wait in a queue nobody drains.
+        self.pipeline_started: bool | None = None
+        self._static = {"service": service, "env": env, "version": version, "instance": instance}
+        self._max_event_bytes = max_event_bytes
+        self.stats = LoggingStats()
+
+    def begin(self, *, request_id: str | None = None) -> WideEvent:
+        event_id = new_event_id()
+        doc: dict[str, Any] = {
+            "event_id": event_id,
+            "request_id": request_id or event_id,
+            "timestamp": dt.datetime.now(dt.UTC),
+            **self._static,
+        }
+        return WideEvent(doc, started_ns=time.perf_counter_ns())
+
+    def finalize(self, event: WideEvent) -> None:
+        """Publish the event once; later calls for the same event do nothing."""
+        if event.finalized:
+            return
+        event.finalized = True
+        if self.pipeline_started is False:
+            self._warn_not_started()
+        try:
+            doc = event.doc
+            if "duration_ms" not in doc:
+                doc["duration_ms"] = (time.perf_counter_ns() - event.started_ns) / 1e6
+            self.stats.finalized += 1
+            if is_error(doc):
+                self.stats.errors += 1
+            if self.sampler is not None:
+                sampling = doc.get("sampling")
+                forced = isinstance(sampling, dict) and sampling.get("forced") is True
+                decision = self.sampler.decide(doc, forced=forced)
+                if not decision.keep:
+                    self.stats.sampled_out += 1
+                    return
+                self.sampler.apply(doc, decision)
+            payload = encode(doc, max_bytes=self._max_event_bytes)
+        except Exception:
+            # The request has its answer already; losing its log line must not cost it more.
+            self.stats.finalize_failed += 1
+            log.exception("finalize failed for request %s", event.doc.get("request_id"))
+            return
+        try:
+            self.publisher.publish(event.request_id, payload)
+        except Exception as exc:  # noqa: BLE001 - a transport failure is counted, never raised
+            self.stats.publish_failed += 1
+            log.warning("publish failed for request %s: %r", event.request_id, exc)
+        else:
+            self.stats.published += 1
+
+
+    def _warn_not_started(self) -> None:
+        self.pipeline_started = None  # once
+        log.error(
+            "widelog: an event was finalized but the pipeline was never started, so it may never"
+            " be stored: `await handle.start()` (or `async with` / `with` the handle, or let the"
+            " ASGI server run the app's lifespan)"
+        )
+
+
+def current_event() -> WideEvent:
+    """The event of the request this code runs in, or a detached one that is never published."""
+    event = _current.get()
+    if event is None:
+        return WideEvent({"detached": True}, started_ns=time.perf_counter_ns())
+    return event
+
+
+class request_scope:  # noqa: N801 - used like a function: `with request_scope(event):`
+    """Make `event` the current one for the code (and tasks it starts) inside the block."""
+
+    __slots__ = ("_event", "_token")
+
+    def __init__(self, event: WideEvent) -> None:
+        self._event = event
+
+    def __enter__(self) -> WideEvent:
+        self._token = _current.set(self._event)
+        return self._event
+
+    def __exit__(self, *_exc: object) -> None:
+        _current.reset(self._token)
+
+
+class _CurrentEventProxy:
+    """`from widelog import event` then `event.set(...)` anywhere inside a request."""
+
+    __slots__ = ()
+
+    def set(self, key: str, value: Any) -> None:
+        current_event().set(key, value)
+
+    def update(self, fields: dict[str, Any]) -> None:
+        current_event().update(fields)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return current_event().get(key, default)
+
+    def error(self, code: str, *, message: str | None = None, kind: str | None = None) -> None:
+        current_event().error(code, message=message, kind=kind)
+
+
+event = _CurrentEventProxy()

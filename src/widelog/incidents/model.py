@@ -1,0 +1,667 @@
+"""Incidents: what a batch adds to a group, the lifecycle judged on event time, the assembled view.
+
+Shared state is **insert-only**, each record under a deterministic id, so several workers, a
+re-delivered batch and a retried `on_stored` call all converge on the same records:
+
+- `ScopeCount` — (scope, minute, batch): requests seen, re-weighted (the rate's denominator);
+- `Contribution` — (incident, minute, batch): the group's matching events and their facts;
+- members — (incident, user or session): who was affected;
+- `Transition` — (incident, episode, open|resolve): one lifecycle step. The first writer wins, so
+  exactly one worker logs each open and resolve.
+
+Counters updated in place (`$inc`) would be simpler, but FerretDB 1.24 (SQLite backend) applies
+concurrent updates of one document as read-modify-write and loses some of them; unique inserts
+are atomic on every server. Counts are sums over records, computed when read.
+
+Times are event times (`timestamp`), cut to milliseconds (what BSON dates keep), so streaming and
+`rebuild` judge the same events the same way, whenever a consumer happened to read them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+from widelog.incidents.masking import MASKING_VERSION, mask, message_key
+from widelog.incidents.rules import Key, Rule, field_value
+
+MINUTE: Final = dt.timedelta(minutes=1)
+EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+MAX_SAMPLES: Final = 5
+DIMENSIONS: Final = ("llm.model", "llm.prompt_version", "http.status")
+MAX_EXAMPLE_CHARS: Final = 500
+_GAMMA: Final = 1.02  # duration histogram: buckets 2% wide, so percentiles are within ~1%
+_LOG_GAMMA: Final = math.log(_GAMMA)
+
+TransitionKind = Literal["open", "resolve"]
+Status = Literal["open", "resolved"]
+
+
+def minute_of(moment: dt.datetime) -> dt.datetime:
+    return moment.replace(second=0, microsecond=0)
+
+
+def minute_number(minute: dt.datetime) -> int:
+    return int(minute.timestamp()) // 60
+
+
+def to_ms(moment: dt.datetime) -> dt.datetime:
+    return moment.replace(microsecond=moment.microsecond - moment.microsecond % 1000)
+
+
+def parse_time(value: object) -> dt.datetime | None:
+    """An aware UTC datetime (milliseconds) from a datetime or an ISO/RFC 3339 string."""
+    if isinstance(value, str):
+        try:
+            value = dt.datetime.fromisoformat(value)
+        except ValueError:
+            return None
+    if not isinstance(value, dt.datetime):
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=dt.UTC)
+    return to_ms(value.astimezone(dt.UTC))
+
+
+def event_time(doc: Mapping[str, Any], fallback: dt.datetime) -> dt.datetime:
+    """When the request happened; `fallback` (the batch's `now`) for an event without a time."""
+    return parse_time(doc.get("timestamp")) or to_ms(fallback)
+
+
+def duration_bucket(ms: float) -> int:
+    return math.ceil(math.log(max(ms, 0.001)) / _LOG_GAMMA)
+
+
+def bucket_value(bucket: int) -> float:
+    """The value a bucket stands for: its midpoint, within 1% of every duration in it."""
+    return 2 * _GAMMA**bucket / (_GAMMA + 1)
+
+
+def percentile(histogram: Mapping[int, int], q: float) -> float | None:
+    """Nearest-rank `q`-th percentile (0 < q <= 100) of a duration histogram; None if empty."""
+    total = sum(histogram.values())
+    if not total:
+        return None
+    rank = max(1, math.ceil(q / 100 * total))
+    seen = 0
+    for bucket in sorted(histogram):
+        seen += histogram[bucket]
+        if seen >= rank:
+            return bucket_value(bucket)
+    return None  # pragma: no cover - unreachable: the ranks add up to total
+
+
+def member_hash(value: str) -> str:
+    """Users and sessions are stored as hashes: only their count is ever shown."""
+    return hashlib.sha256(value.encode("utf-8", "surrogatepass")).hexdigest()[:20]
+
+
+@dataclass(slots=True)
+class MessageStat:
+    text: str  # the masked message
+    example: str  # one raw message, the earliest seen
+    example_at: dt.datetime
+    count: int = 0
+
+    def merge(self, other: MessageStat) -> None:
+        self.count += other.count
+        if (other.example_at, other.example) < (self.example_at, self.example):
+            self.example, self.example_at = other.example, other.example_at
+
+
+@dataclass(slots=True)
+class Contribution:
+    """What one batch adds to one group in one minute: counts and the facts a summary needs."""
+
+    incident_id: str
+    rule_id: str
+    key: Key
+    scope_id: str
+    minute: dt.datetime
+    events: int = 0
+    weight: float = 0.0  # re-weighted: the requests these events stand for
+    first: dt.datetime | None = None
+    last: dt.datetime | None = None
+    durations: dict[int, int] = field(default_factory=dict)
+    dims: dict[str, dict[str, int]] = field(default_factory=dict)
+    messages: dict[str, MessageStat] = field(default_factory=dict)
+    samples: list[tuple[dt.datetime, str]] = field(default_factory=list)
+    users: set[str] = field(default_factory=set)
+    sessions: set[str] = field(default_factory=set)
+    masking: str = MASKING_VERSION
+
+    def add(self, doc: Mapping[str, Any], moment: dt.datetime, weight: float) -> None:
+        self.events += 1
+        self.weight += weight
+        self.first = moment if self.first is None else min(self.first, moment)
+        self.last = moment if self.last is None else max(self.last, moment)
+        duration = doc.get("duration_ms")
+        if isinstance(duration, int | float) and not isinstance(duration, bool) and duration >= 0:
+            bucket = duration_bucket(float(duration))
+            self.durations[bucket] = self.durations.get(bucket, 0) + 1
+        for dim in DIMENSIONS:
+            value = field_value(doc, dim)
+            if value is not None:
+                values = self.dims.setdefault(dim, {})
+                values[value] = values.get(value, 0) + 1
+        error = doc.get("error")
+        raw = error.get("message") if isinstance(error, Mapping) else None
+        if isinstance(raw, str) and raw:
+            text = mask(raw)
+            stat = MessageStat(text, raw[:MAX_EXAMPLE_CHARS], moment, 1)
+            key = message_key(text)
+            if key in self.messages:
+                self.messages[key].merge(stat)
+            else:
+                self.messages[key] = stat
+        request_id = doc.get("request_id")
+        if isinstance(request_id, str) and request_id:
+            self.samples = latest_samples([*self.samples, (moment, request_id)])
+        for name, members in (("user_id", self.users), ("session_id", self.sessions)):
+            value = doc.get(name)
+            if isinstance(value, str | int) and not isinstance(value, bool) and value != "":
+                members.add(member_hash(str(value)))
+
+    def merge(self, other: Contribution) -> None:
+        """Fold another contribution of the same incident in (used when reading)."""
+        self.events += other.events
+        self.weight += other.weight
+        for moment in (other.first, other.last):
+            if moment is not None:
+                self.first = moment if self.first is None else min(self.first, moment)
+                self.last = moment if self.last is None else max(self.last, moment)
+        for bucket, n in other.durations.items():
+            self.durations[bucket] = self.durations.get(bucket, 0) + n
+        for dim, values in other.dims.items():
+            mine = self.dims.setdefault(dim, {})
+            for value, n in values.items():
+                mine[value] = mine.get(value, 0) + n
+        for key, stat in other.messages.items():
+            if key in self.messages:
+                self.messages[key].merge(stat)
+            else:
+                self.messages[key] = MessageStat(stat.text, stat.example, stat.example_at, 0)
+                self.messages[key].merge(stat)
+        self.samples = latest_samples([*self.samples, *other.samples])
+
+    def record_id(self, token: str) -> str:
+        return f"{self.incident_id}|{minute_number(self.minute)}|{token}"
+
+    def to_doc(self) -> dict[str, Any]:
+        """A JSON/BSON-ready document: maps become lists, so no value is ever a field name."""
+        return {
+            "incident": self.incident_id,
+            "rule": self.rule_id,
+            "key": _key_doc(self.key),
+            "scope": self.scope_id,
+            "minute": self.minute,
+            "events": self.events,
+            "weight": self.weight,
+            "first": self.first,
+            "last": self.last,
+            "durations": [{"b": b, "n": n} for b, n in sorted(self.durations.items())],
+            "dims": [
+                {"dim": d, "value": v, "n": n}
+                for d, values in sorted(self.dims.items())
+                for v, n in values.items()
+            ],
+            "messages": [
+                {"key": k, "text": s.text, "example": s.example, "at": s.example_at, "n": s.count}
+                for k, s in sorted(self.messages.items())
+            ],
+            "samples": [{"at": moment, "id": rid} for moment, rid in self.samples],
+            "masking": self.masking,
+        }
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any]) -> Contribution:
+        minute = parse_time(doc["minute"])
+        if minute is None:
+            raise ValueError(f"contribution without a minute: {doc!r}")
+        item = cls(
+            incident_id=str(doc["incident"]),
+            rule_id=str(doc["rule"]),
+            key=_key_from(doc["key"]),
+            scope_id=str(doc["scope"]),
+            minute=minute,
+            events=int(doc["events"]),
+            weight=float(doc["weight"]),
+            first=parse_time(doc.get("first")),
+            last=parse_time(doc.get("last")),
+            masking=str(doc.get("masking", MASKING_VERSION)),
+        )
+        item.durations = {int(d["b"]): int(d["n"]) for d in doc.get("durations", [])}
+        for d in doc.get("dims", []):
+            item.dims.setdefault(str(d["dim"]), {})[str(d["value"])] = int(d["n"])
+        for message in doc.get("messages", []):
+            at = parse_time(message["at"]) or minute
+            stat = MessageStat(str(message["text"]), str(message["example"]), at, int(message["n"]))
+            item.messages[str(message["key"])] = stat
+        item.samples = [
+            (parse_time(sample["at"]) or minute, str(sample["id"]))
+            for sample in doc.get("samples", [])
+        ]
+        return item
+
+
+def _key_doc(key: Key) -> list[dict[str, str | None]]:
+    # Lists of objects, never lists of lists: FerretDB does not store nested arrays.
+    return [{"field": field, "value": value} for field, value in key]
+
+
+def _key_from(doc: Iterable[Mapping[str, Any]]) -> Key:
+    return tuple(
+        (str(pair["field"]), None if pair["value"] is None else str(pair["value"])) for pair in doc
+    )
+
+
+def latest_samples(samples: Iterable[tuple[dt.datetime, str]]) -> list[tuple[dt.datetime, str]]:
+    """The `MAX_SAMPLES` most recent distinct request ids (recent ones are still in the store)."""
+    unique = {rid: moment for moment, rid in sorted(samples)}
+    ordered = sorted(((m, r) for r, m in unique.items()), key=lambda s: (-s[0].timestamp(), s[1]))
+    return ordered[:MAX_SAMPLES]
+
+
+@dataclass(slots=True, frozen=True)
+class ScopeCount:
+    """Requests of one scope (e.g. one route) in one minute, from one batch."""
+
+    scope_id: str
+    minute: dt.datetime
+    events: int
+    weight: float
+
+    def record_id(self, token: str) -> str:
+        return f"{self.scope_id}|{minute_number(self.minute)}|{token}"
+
+
+@dataclass(slots=True, frozen=True)
+class MinuteTotals:
+    """A group's matching events in one minute, summed over every batch."""
+
+    events: int
+    weight: float
+    first: dt.datetime
+    last: dt.datetime
+
+    def plus(self, other: MinuteTotals) -> MinuteTotals:
+        return MinuteTotals(
+            self.events + other.events,
+            self.weight + other.weight,
+            min(self.first, other.first),
+            max(self.last, other.last),
+        )
+
+
+@dataclass(slots=True, frozen=True)
+class WindowStats:
+    """A group in the `window_s` seconds of whole minutes that end with minute `end_minute`."""
+
+    end_minute: dt.datetime
+    window_s: int
+    events: int  # matching events stored
+    matched: float  # re-weighted matching requests
+    requests: float  # re-weighted requests in the group's scope
+
+    @property
+    def start(self) -> dt.datetime:
+        return self.end_minute + MINUTE - dt.timedelta(seconds=self.window_s)
+
+    @property
+    def end(self) -> dt.datetime:
+        return self.end_minute + MINUTE
+
+    @property
+    def rate(self) -> float:
+        return self.matched / self.requests if self.requests > 0 else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "start": self.start.isoformat(),
+            "end": self.end.isoformat(),
+            "minutes": self.window_s // 60,
+            "events": self.events,
+            "matched": round(self.matched, 3),
+            "requests": round(self.requests, 3),
+            "rate": round(self.rate, 6),
+        }
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "end_minute": self.end_minute,
+            "window_s": self.window_s,
+            "events": self.events,
+            "matched": self.matched,
+            "requests": self.requests,
+        }
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any] | None) -> WindowStats | None:
+        if not doc:
+            return None
+        end = parse_time(doc["end_minute"])
+        if end is None:
+            return None
+        return cls(end, int(doc["window_s"]), int(doc["events"]), doc["matched"], doc["requests"])
+
+
+@dataclass(slots=True, frozen=True)
+class Transition:
+    """One lifecycle step of one incident; `record_id` makes it happen at most once."""
+
+    incident_id: str
+    episode: int  # 1 for the first opening; each reopening (a regression) adds one
+    kind: TransitionKind
+    at: dt.datetime  # event time
+    reason: str
+    rule: Mapping[str, Any]  # the rule's snapshot (why it was grouped, by what thresholds)
+    key: Key
+    scope_id: str
+    window: WindowStats | None = None
+
+    @property
+    def record_id(self) -> str:
+        return f"{self.incident_id}|{self.episode:06d}|{self.kind}"
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "incident": self.incident_id,
+            "episode": self.episode,
+            "kind": self.kind,
+            "at": self.at,
+            "reason": self.reason,
+            "rule": dict(self.rule),
+            "key": _key_doc(self.key),
+            "scope": self.scope_id,
+            "window": None if self.window is None else self.window.to_doc(),
+        }
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any]) -> Transition:
+        at = parse_time(doc["at"])
+        if at is None:
+            raise ValueError(f"transition without a time: {doc!r}")
+        kind: TransitionKind = "open" if doc["kind"] == "open" else "resolve"
+        return cls(
+            incident_id=str(doc["incident"]),
+            episode=int(doc["episode"]),
+            kind=kind,
+            at=at,
+            reason=str(doc["reason"]),
+            rule=dict(doc["rule"]),
+            key=_key_from(doc["key"]),
+            scope_id=str(doc["scope"]),
+            window=WindowStats.from_doc(doc.get("window")),
+        )
+
+
+def ordered(transitions: Iterable[Transition]) -> list[Transition]:
+    return sorted(transitions, key=lambda t: (t.episode, t.kind != "open"))
+
+
+def window_at(
+    window_s: int,
+    end_minute: dt.datetime,
+    series: Mapping[dt.datetime, MinuteTotals],
+    scope: Mapping[dt.datetime, float],
+) -> WindowStats:
+    """The group's counts and its scope's requests in the window ending with `end_minute`."""
+    events, matched, requests = 0, 0.0, 0.0
+    minute = end_minute - dt.timedelta(seconds=window_s) + MINUTE
+    while minute <= end_minute:
+        totals = series.get(minute)
+        if totals is not None:
+            events += totals.events
+            matched += totals.weight
+        requests += scope.get(minute, 0.0)
+        minute += MINUTE
+    # A matching event is one of its scope's requests; if the scope's counts are gone (pruned),
+    # the matches are a lower bound of the requests.
+    return WindowStats(end_minute, window_s, events, matched, max(requests, matched))
+
+
+def crosses(rule: Rule, window: WindowStats) -> bool:
+    if window.requests < rule.min_requests or window.events == 0:
+        return False
+    if rule.min_count is not None and window.matched < rule.min_count:
+        return False
+    return rule.min_rate is None or window.rate >= rule.min_rate
+
+
+def _why_open(rule: Rule, window: WindowStats, scope: str) -> str:
+    parts = [f"{window.matched:,.0f} matching requests"]
+    if rule.min_count is not None:
+        parts[0] += f" (at least {rule.min_count:,.0f})"
+    if rule.min_rate is not None:
+        parts.append(f"{window.rate:.2%} of the requests (at least {rule.min_rate:.2%})")
+    parts.append(f"out of ~{window.requests:,.0f} requests{scope} (at least {rule.min_requests:g})")
+    return f"{', '.join(parts)} in the {window.window_s // 60}-minute window to {_hm(window.end)}"
+
+
+def _hm(moment: dt.datetime) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M UTC")
+
+
+@dataclass(slots=True)
+class GroupView:
+    """Everything `plan` needs about one group, read from the store after a batch's inserts."""
+
+    rule: Rule
+    incident_id: str
+    key: Key
+    scope_id: str
+    transitions: Sequence[Transition]
+    series: Mapping[dt.datetime, MinuteTotals]  # the group's minutes around the batch
+    scope: Mapping[dt.datetime, float]  # the scope's re-weighted requests per minute
+    earlier_last: dt.datetime | None = None  # last matching event before `series` begins
+
+
+def plan(view: GroupView, minutes: Iterable[dt.datetime]) -> list[Transition]:
+    """The lifecycle steps the evaluated `minutes` (a batch's) call for, in event-time order.
+
+    - closed (never opened, or resolved) → open when the window ending at a minute crosses the
+      thresholds; a reopening is episode n+1, a regression;
+    - open → resolved at `last event + quiet` when a minute's first event comes that much later
+      (the sweep resolves groups that get no event at all), or at a minute whose rate fell
+      under `resolve_below × min_rate` (with enough requests to judge).
+
+    Minutes before the latest step are history: late events count, but never rewrite it.
+    """
+    rule = view.rule
+    quiet = dt.timedelta(seconds=rule.quiet)
+    history = ordered(view.transitions)
+    last = history[-1] if history else None
+    is_open = last is not None and last.kind == "open"
+    episode = last.episode if last is not None else 0
+    cursor = last.at if last is not None else None
+    opened_minute = minute_of(last.at) if is_open and last is not None else None
+    active = sorted(view.series)
+    pairs = _scope_pairs(rule, view.key)
+    scope_text = " with " + " and ".join(f"{f}={v}" for f, v in pairs) if pairs else ""
+    steps: list[Transition] = []
+
+    def step(kind: TransitionKind, at: dt.datetime, reason: str, window: WindowStats) -> None:
+        nonlocal is_open, episode, cursor, opened_minute
+        episode += kind == "open"
+        steps.append(
+            Transition(
+                view.incident_id,
+                episode,
+                kind,
+                at,
+                reason,
+                rule.snapshot(),
+                view.key,
+                view.scope_id,
+                window,
+            )
+        )
+        is_open, cursor = kind == "open", at
+        opened_minute = minute_of(at) if kind == "open" else None
+
+    for minute in sorted(set(minutes)):
+        totals = view.series.get(minute)
+        if totals is None or (cursor is not None and minute < minute_of(cursor)):
+            continue
+        window = window_at(rule.window, minute, view.series, view.scope)
+        if is_open and cursor is not None:
+            earlier = [m for m in active if m < minute]
+            previous = view.series[earlier[-1]].last if earlier else view.earlier_last
+            if previous is not None and totals.first >= previous + quiet > cursor:
+                gap = window_at(rule.window, minute_of(previous), view.series, view.scope)
+                step(
+                    "resolve",
+                    previous + quiet,
+                    f"no matching event for {describe_span(quiet)}",
+                    gap,
+                )
+            elif (
+                rule.min_rate is not None
+                and opened_minute is not None
+                and minute > opened_minute
+                and window.requests >= rule.min_requests
+                and window.rate < rule.min_rate * rule.resolve_below
+            ):
+                reason = (
+                    f"the rate fell to {window.rate:.2%}, under {rule.resolve_below:g} x "
+                    f"{rule.min_rate:.2%}, in the window to {_hm(window.end)}"
+                )
+                step("resolve", max(totals.last, cursor), reason, window)
+                continue
+        if not is_open and crosses(rule, window):
+            at = totals.first if cursor is None else max(totals.first, cursor)
+            step("open", at, _why_open(rule, window, scope_text), window)
+    return steps
+
+
+def describe_key(key: Key) -> str:
+    """`error.code=LLM_TIMEOUT, http.route=/v1/chat`; a missing field reads `(none)`."""
+    return ", ".join(f"{field}={'(none)' if value is None else value}" for field, value in key)
+
+
+def _scope_pairs(rule: Rule, key: Key) -> list[tuple[str, str | None]]:
+    return [(f, v) for f, v in key if f in rule.rate_scope]
+
+
+def describe_span(delta: dt.timedelta) -> str:
+    """`15 min`, `2 h`, `90 s`: a duration as an operator reads it."""
+    seconds = int(delta.total_seconds())
+    if seconds % 3600 == 0:
+        return f"{seconds // 3600} h"
+    if seconds % 60 == 0:
+        return f"{seconds // 60} min"
+    return f"{seconds} s"
+
+
+@dataclass(slots=True)
+class Episode:
+    number: int
+    opened_at: dt.datetime
+    open_reason: str
+    open_window: WindowStats | None
+    resolved_at: dt.datetime | None = None
+    resolve_reason: str | None = None
+
+
+@dataclass(slots=True)
+class Incident:
+    """One group that crossed its rule's thresholds at least once, as an operator reads it."""
+
+    id: str
+    rule: Mapping[str, Any]  # snapshot from the latest opening
+    key: Key
+    scope_id: str
+    episodes: list[Episode]
+    facts: Contribution  # every contribution since the incident's first window, folded
+    users: int = 0
+    sessions: int = 0
+    window: WindowStats | None = None  # the window ending at the last event
+
+    @property
+    def status(self) -> Status:
+        return "resolved" if self.episodes[-1].resolved_at is not None else "open"
+
+    @property
+    def regressions(self) -> int:
+        return len(self.episodes) - 1
+
+    @property
+    def first_seen(self) -> dt.datetime:
+        return self.facts.first or self.episodes[0].opened_at
+
+    @property
+    def last_seen(self) -> dt.datetime:
+        return self.facts.last or self.episodes[-1].opened_at
+
+
+def life_start(transitions: Sequence[Transition]) -> dt.datetime | None:
+    """The first minute an incident's facts count from: the window that first opened it."""
+    opens = [t for t in ordered(transitions) if t.kind == "open"]
+    if not opens:
+        return None
+    first = opens[0]
+    window_s = int(first.rule.get("window_s", 300))
+    return minute_of(first.at) + MINUTE - dt.timedelta(seconds=window_s)
+
+
+def episodes_of(transitions: Sequence[Transition]) -> list[Episode]:
+    episodes: dict[int, Episode] = {}
+    for step in ordered(transitions):
+        if step.kind == "open":
+            episodes[step.episode] = Episode(step.episode, step.at, step.reason, step.window)
+        elif step.episode in episodes:
+            episodes[step.episode].resolved_at = step.at
+            episodes[step.episode].resolve_reason = step.reason
+    return [episodes[n] for n in sorted(episodes)]
+
+
+def assemble(
+    transitions: Sequence[Transition],
+    contributions: Iterable[Contribution],
+    *,
+    users: int = 0,
+    sessions: int = 0,
+    scope: Mapping[dt.datetime, float] | None = None,
+) -> Incident | None:
+    """The incident these records describe, or None if the group never opened.
+
+    `scope` (the scope's requests per minute around the last event) gives the current window; if
+    it is gone (pruned), the window recorded with the latest step is shown instead.
+    """
+    history = ordered(transitions)
+    episodes = episodes_of(history)
+    if not episodes:
+        return None
+    opening = [t for t in history if t.kind == "open"][-1]
+    rule_id = str(opening.rule.get("id"))
+    facts = Contribution(opening.incident_id, rule_id, opening.key, opening.scope_id, EPOCH)
+    series: dict[dt.datetime, MinuteTotals] = {}
+    for part in contributions:
+        facts.merge(part)
+        facts.masking = part.masking
+        if part.first is not None and part.last is not None:
+            totals = MinuteTotals(part.events, part.weight, part.first, part.last)
+            series[part.minute] = (
+                series[part.minute].plus(totals) if part.minute in series else totals
+            )
+    window = history[-1].window
+    window_s = int(opening.rule.get("window_s", 300))
+    if scope and facts.last is not None:
+        current = window_at(window_s, minute_of(facts.last), series, scope)
+        if current.requests > current.matched or window is None:
+            window = current
+    return Incident(
+        id=opening.incident_id,
+        rule=opening.rule,
+        key=opening.key,
+        scope_id=opening.scope_id,
+        episodes=episodes,
+        facts=facts,
+        users=users,
+        sessions=sessions,
+        window=window,
+    )

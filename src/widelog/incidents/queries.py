@@ -1,0 +1,73 @@
+"""Reading incidents back: one, a list, or their summaries (CLI, HTTP API, demo)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import TYPE_CHECKING, Any, Literal
+
+from widelog.incidents.model import MINUTE, Incident, assemble, life_start, minute_of, ordered
+from widelog.incidents.summary import summarize
+
+if TYPE_CHECKING:
+    from widelog.incidents.model import Transition
+    from widelog.incidents.ports import IncidentStore
+
+StatusFilter = Literal["open", "resolved"] | None
+
+
+async def _load(store: IncidentStore, steps: list[Transition]) -> Incident | None:
+    start = life_start(steps)
+    if start is None:
+        return None
+    incident_id = steps[0].incident_id
+    parts = await store.contributions(incident_id, start)
+    members = await store.member_counts(incident_id, start)
+    scope: dict[dt.datetime, float] = {}
+    lasts = [p.last for p in parts if p.last is not None]
+    if lasts:
+        opening = [s for s in ordered(steps) if s.kind == "open"][-1]
+        end = minute_of(max(lasts))
+        window_s = int(opening.rule.get("window_s", 300))
+        begin = end + MINUTE - dt.timedelta(seconds=window_s)
+        series = await store.scope_series([opening.scope_id], begin, end)
+        scope = series.get(opening.scope_id, {})
+    return assemble(
+        steps,
+        parts,
+        users=members.get("user", 0),
+        sessions=members.get("session", 0),
+        scope=scope,
+    )
+
+
+async def get_incident(store: IncidentStore, incident_id: str) -> Incident | None:
+    """The incident, or None if there is none with this id (or its group never opened)."""
+    steps = (await store.transitions([incident_id])).get(incident_id)
+    return await _load(store, steps) if steps else None
+
+
+async def list_incidents(
+    store: IncidentStore, *, status: StatusFilter = None, limit: int = 100
+) -> list[Incident]:
+    """Open incidents first, then resolved ones; most recent activity first within each.
+
+    Status and recency come from the lifecycle steps (small), so only the incidents listed are
+    assembled from their facts.
+    """
+    latest = [ordered(steps) for steps in (await store.transitions()).values()]
+    chosen = [
+        steps
+        for steps in latest
+        if status is None or (steps[-1].kind == "open") == (status == "open")
+    ]
+    chosen.sort(key=lambda s: (s[-1].kind != "open", -s[-1].at.timestamp(), s[-1].incident_id))
+    incidents = [i for steps in chosen[:limit] if (i := await _load(store, steps)) is not None]
+    incidents.sort(key=lambda i: (i.status != "open", -i.last_seen.timestamp(), i.id))
+    return incidents
+
+
+async def incident_summaries(
+    store: IncidentStore, *, status: StatusFilter = None, limit: int = 100
+) -> list[dict[str, Any]]:
+    """`summarize()` of each listed incident: what `widelog demo --json` reports as `incidents`."""
+    return [summarize(i) for i in await list_incidents(store, status=status, limit=limit)]

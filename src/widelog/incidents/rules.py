@@ -1,0 +1,423 @@
+"""Incident rules as data: what to group, by which fields, over which window, above which bar.
+
+The rules are a TOML file (`WIDELOG_INCIDENTS_RULES`) plus a few `WIDELOG_INCIDENTS_*` overrides,
+validated once at startup, so a bad rule fails the start naming the key instead of failing a
+batch. Without a file the built-in `DEFAULT_RULES` apply; a file's `[[rules]]` replace them (the
+example file `incidents.example.toml` spells the defaults out). `docs/incidents.md` explains each
+field and the lifecycle.
+
+A rule matches single events (`match`: every condition given must hold) and groups the matches by
+`group_by` fields. A group becomes an incident when, in a sliding `window` of whole minutes, its
+re-weighted count reaches `min_count` and/or its share of the re-weighted requests in its `scope`
+reaches `min_rate`, and the scope saw at least `min_requests` requests (the volume guard).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import math
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Final
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from widelog.events.event import is_error
+from widelog.incidents.masking import mask
+from widelog.policy_file import read_toml
+
+ENV_PREFIX: Final = "WIDELOG_INCIDENTS_"
+RULES_PATH_ENV: Final = "WIDELOG_INCIDENTS_RULES"
+ENV_OVERRIDES: Final[Mapping[str, str]] = {
+    "WIDELOG_INCIDENTS_ENABLED": "enabled",
+    "WIDELOG_INCIDENTS_LATENESS": "lateness",
+    "WIDELOG_INCIDENTS_DISABLED_RULES": "disabled_rules",
+}
+MESSAGE_FIELD: Final = "message"  # pseudo-field: the masked `error.message`
+MAX_KEY_CHARS: Final = 200
+_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+_FIELD = r"^(?:message|[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)$"
+
+
+class IncidentRulesError(ValueError):
+    """The rules cannot be used; the message names the bad key (file path or env variable)."""
+
+
+def parse_duration(value: object) -> int:
+    """Whole seconds from `90`, `"90s"`, `"5m"`, `"1h30m"` or `"2d"`; `ValueError` otherwise."""
+    if isinstance(value, bool):
+        # ValueError, not TypeError: pydantic reports only ValueError as a validation error.
+        raise ValueError("a duration is a number of seconds or a string such as '5m'")  # noqa: TRY004
+    if isinstance(value, int | float):
+        if not math.isfinite(value) or value != int(value) or value < 0:
+            raise ValueError(f"{value!r} is not a whole, non-negative number of seconds")
+        return int(value)
+    if isinstance(value, str):
+        text = value.strip().lower().replace(" ", "")
+        if text.isdigit():
+            return int(text)
+        found = _DURATION.match(text)
+        if text and found:
+            days, hours, minutes, seconds = (int(part or 0) for part in found.groups())
+            return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+    raise ValueError(f"{value!r} is not a duration such as '90s', '5m', '1h30m' or '2d'")
+
+
+Seconds = Annotated[int, BeforeValidator(parse_duration)]
+FieldPath = Annotated[str, Field(pattern=_FIELD, max_length=128)]
+Glob = Annotated[str, Field(min_length=1, max_length=256)]
+Scalar = str | int | float | bool
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Match(_Section):
+    """Conditions on one event; every one that is given must hold."""
+
+    error: bool | None = None  # True: an error.code, or a 5xx (the project's one definition)
+    error_codes: tuple[Glob, ...] = ()  # fnmatch globs on error.code
+    exclude_error_codes: tuple[Glob, ...] = ()
+    status_at_least: Annotated[int, Field(ge=100, le=599)] | None = None
+    status_below: Annotated[int, Field(ge=100, le=600)] | None = None
+    duration_ms_over: Annotated[float, Field(gt=0)] | None = None
+    routes: tuple[Glob, ...] = ()  # fnmatch globs on http.route
+    where: dict[FieldPath, tuple[Scalar, ...]] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _not_everything(self) -> Match:
+        given = (
+            self.error is not None
+            or self.error_codes
+            or self.exclude_error_codes
+            or self.status_at_least is not None
+            or self.status_below is not None
+            or self.duration_ms_over is not None
+            or self.routes
+            or self.where
+        )
+        if not given:
+            raise ValueError(
+                "a rule must match something: set error, error_codes, status_at_least, "
+                "duration_ms_over, routes or where (matching every request is never an incident)"
+            )
+        return self
+
+
+class Rule(_Section):
+    id: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,63}$")]
+    description: Annotated[str, Field(max_length=300)] = ""
+    match: Match
+    group_by: tuple[FieldPath, ...] = ("error.code", "http.route")
+    scope: tuple[FieldPath, ...] | None = None  # default: group_by minus error.* and message
+    window: Seconds = 300
+    quiet: Seconds = 900
+    min_count: Annotated[float, Field(ge=1)] | None = None
+    min_rate: Annotated[float, Field(gt=0, le=1)] | None = None
+    min_requests: Annotated[float, Field(ge=0)] = 20
+    resolve_below: Annotated[float, Field(gt=0, le=1)] = 0.5  # x min_rate: resolves an incident
+
+    @field_validator("group_by")
+    @classmethod
+    def _distinct_fields(cls, fields: tuple[str, ...]) -> tuple[str, ...]:
+        if not fields:
+            raise ValueError("group_by needs at least one field")
+        if len(set(fields)) != len(fields):
+            raise ValueError(f"group_by lists a field twice: {list(fields)}")
+        return fields
+
+    @field_validator("window")
+    @classmethod
+    def _whole_minutes(cls, window: int) -> int:
+        if window % 60 or not 60 <= window <= 86_400:
+            raise ValueError("window must be whole minutes, from 1m to 24h (counts are per minute)")
+        return window
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Rule:
+        if self.min_count is None and self.min_rate is None:
+            raise ValueError("set min_count, min_rate or both")
+        if self.quiet < self.window or self.quiet > 7 * 86_400:
+            raise ValueError(
+                "quiet must be at least the window (or a resolved incident's own events would "
+                "reopen it) and at most 7d"
+            )
+        outside = [field for field in self.rate_scope if field not in self.group_by]
+        if outside:
+            raise ValueError(f"scope fields must be group_by fields too: {outside}")
+        return self
+
+    @property
+    def rate_scope(self) -> tuple[str, ...]:
+        """The fields whose values define the requests a group's rate is a share of."""
+        if self.scope is not None:
+            return self.scope
+        return tuple(f for f in self.group_by if not f.startswith("error.") and f != MESSAGE_FIELD)
+
+    def snapshot(self) -> dict[str, Any]:
+        """What an incident records about the rule that opened it (rules change; it must not)."""
+        return {
+            "id": self.id,
+            "description": self.description,
+            "group_by": list(self.group_by),
+            "scope": list(self.rate_scope),
+            "window_s": self.window,
+            "quiet_s": self.quiet,
+            "min_count": self.min_count,
+            "min_rate": self.min_rate,
+            "min_requests": self.min_requests,
+            "resolve_below": self.resolve_below,
+        }
+
+
+CLIENT_ERROR_CODES: Final = ("VALIDATION_ERROR", "MESSAGE_TOO_LARGE")
+
+DEFAULT_RULES: Final = (
+    Rule(
+        id="errors",
+        description="requests failing with the same error code on the same route",
+        match=Match(error=True, exclude_error_codes=CLIENT_ERROR_CODES),
+        group_by=("error.code", "http.route"),
+        min_count=10,
+        min_rate=0.005,
+        min_requests=20,
+    ),
+    Rule(
+        id="client_errors",
+        description="a large share of a route's requests rejected as invalid by the API",
+        match=Match(error_codes=CLIENT_ERROR_CODES),
+        group_by=("error.code", "http.route"),
+        min_count=20,
+        min_rate=0.2,
+        min_requests=50,
+    ),
+    Rule(
+        id="latency",
+        description="a route where more than 5% of requests take longer than 2 s",
+        match=Match(duration_ms_over=2000),
+        group_by=("http.route",),
+        min_count=10,
+        min_rate=0.05,
+        min_requests=50,
+    ),
+    Rule(
+        id="llm_provider",
+        description="an LLM provider and model failing a large share of calls",
+        match=Match(error_codes=("LLM_*",)),
+        group_by=("llm.provider", "llm.model"),
+        min_count=10,
+        min_rate=0.1,
+        min_requests=50,
+    ),
+)
+
+
+class IncidentRules(_Section):
+    """The whole rule set; `fingerprint` says exactly which rules an incident was judged by."""
+
+    version: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")] = "1"
+    enabled: bool = True
+    lateness: Seconds = 120  # how late an event may arrive and still keep its incident open
+    # How long per-minute counts (and never-opened groups) are kept past the longest window and
+    # quiet period. A consumer further behind than this judges rates on pruned counts.
+    count_retention: Seconds = 6 * 3600
+    disabled_rules: tuple[str, ...] = ()
+    rules: tuple[Rule, ...] = DEFAULT_RULES
+
+    @model_validator(mode="after")
+    def _known_ids(self) -> IncidentRules:
+        ids = [rule.id for rule in self.rules]
+        twice = sorted({i for i in ids if ids.count(i) > 1})
+        if twice:
+            raise ValueError(f"rule ids must be unique: {twice}")
+        unknown = sorted(set(self.disabled_rules) - set(ids))
+        if unknown:
+            raise ValueError(f"disabled_rules names unknown rules {unknown} (known: {ids})")
+        return self
+
+    @property
+    def active(self) -> tuple[Rule, ...]:
+        if not self.enabled:
+            return ()
+        return tuple(rule for rule in self.rules if rule.id not in self.disabled_rules)
+
+    @property
+    def fingerprint(self) -> str:
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return f"{self.version}:{hashlib.sha256(canonical.encode()).hexdigest()[:12]}"
+
+    @classmethod
+    def load(
+        cls, path: Path | str | None = None, overrides: Mapping[str, str] | None = None
+    ) -> IncidentRules:
+        """The rules in the TOML file at `path` (defaults if None), `WIDELOG_INCIDENTS_*` on top.
+
+        `overrides` may be all of `os.environ`: keys without the prefix are ignored, unknown keys
+        with it are rejected (a typo must not silently keep the default).
+        """
+        raw: dict[str, Any] = {}
+        if path is not None:
+            path = Path(path)
+            raw = read_toml(path, what="incident rules", error=IncidentRulesError)
+        from_env = _apply_overrides(raw, overrides or {})
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as exc:
+            sources = [str(path)] if path is not None else []
+            if from_env:
+                sources.append("environment")
+            raise IncidentRulesError(_describe(exc, raw, " + ".join(sources), from_env)) from None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], *, path: Path | None = None) -> IncidentRules:
+        """The process's rules: `path`, else the file `WIDELOG_INCIDENTS_RULES` names; + env."""
+        if path is None and environ.get(RULES_PATH_ENV):
+            path = Path(environ[RULES_PATH_ENV])
+        return cls.load(path, environ)
+
+
+def _apply_overrides(raw: dict[str, Any], overrides: Mapping[str, str]) -> dict[str, str]:
+    applied: dict[str, str] = {}
+    for name, value in overrides.items():
+        if not name.startswith(ENV_PREFIX) or name == RULES_PATH_ENV:
+            continue
+        key = ENV_OVERRIDES.get(name)
+        if key is None:
+            known = ", ".join([RULES_PATH_ENV, *ENV_OVERRIDES])
+            raise IncidentRulesError(f"unknown incident setting {name} (known: {known})")
+        parsed: Any = value
+        if key == "disabled_rules":
+            parsed = [item.strip() for item in value.split(",") if item.strip()]
+        raw[key] = parsed
+        applied[key] = name
+    return applied
+
+
+def _describe(
+    exc: ValidationError, raw: Mapping[str, Any], source: str, from_env: Mapping[str, str]
+) -> str:
+    lines = [f"invalid incident rules ({source or 'defaults'}):"]
+    rules = raw.get("rules")
+    for error in exc.errors():
+        loc = [str(part) for part in error["loc"]]
+        key = ".".join(loc) or "<rules>"
+        if len(loc) >= 2 and loc[0] == "rules" and loc[1].isdigit() and isinstance(rules, list):
+            index = int(loc[1])
+            rule = rules[index] if index < len(rules) else None
+            if isinstance(rule, Mapping) and "id" in rule:
+                key = f"rules[{index}] ({rule['id']})" + "".join(f".{p}" for p in loc[2:])
+        env = from_env.get(loc[0]) if loc else None
+        if not loc:  # a check across fields: name the variable whose key the message names
+            env = next((name for k, name in from_env.items() if k in error["msg"]), None)
+            key = next((k for k in from_env if k in error["msg"]), key)
+        where = f"{env} ({key})" if env else key
+        got = repr(error.get("input"))
+        lines.append(f"  {where}: {error['msg']} (got {got[:80]})")
+    return "\n".join(lines)
+
+
+def field_value(doc: Mapping[str, Any], path: str) -> str | None:
+    """The value at a dot path as a short string (`None` when absent): what keys are made of."""
+    if path == MESSAGE_FIELD:
+        error = doc.get("error")
+        message = error.get("message") if isinstance(error, Mapping) else None
+        return mask(message) if isinstance(message, str) else None
+    node: Any = doc
+    for segment in path.split("."):
+        if not isinstance(node, Mapping):
+            return None
+        node = node.get(segment)
+    if node is None:
+        return None
+    if isinstance(node, bool):
+        text = "true" if node else "false"
+    elif isinstance(node, str | int | float):
+        text = str(node)
+    else:
+        text = json.dumps(node, sort_keys=True, default=str)
+    return text[:MAX_KEY_CHARS]
+
+
+Key = tuple[tuple[str, str | None], ...]  # ((field, value), ...) in group_by order
+
+
+def incident_id(rule_id: str, key: Key) -> str:
+    """Deterministic: every worker computes the same id for a group, so there is one incident."""
+    text = json.dumps([rule_id, [list(pair) for pair in key]], separators=(",", ":"))
+    return "inc_" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def scope_id(key: Key) -> str:
+    text = json.dumps([list(pair) for pair in key], separators=(",", ":"))
+    return "scope_" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def _globs(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
+    if not patterns:
+        return None
+    return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
+
+
+class CompiledRule:
+    """A rule resolved once (globs compiled) so matching an event only compares."""
+
+    __slots__ = ("_codes", "_exclude", "_routes", "_where", "rule", "scope_fields")
+
+    def __init__(self, rule: Rule) -> None:
+        self.rule = rule
+        self.scope_fields = rule.rate_scope
+        match = rule.match
+        self._codes = _globs(match.error_codes)
+        self._exclude = _globs(match.exclude_error_codes)
+        self._routes = _globs(match.routes)
+        self._where = {
+            path: {field_value({"v": v}, "v") for v in values}
+            for path, values in match.where.items()
+        }
+
+    def matches(self, doc: Mapping[str, Any]) -> bool:  # noqa: PLR0911 - one exit per condition
+        match = self.rule.match
+        error = doc.get("error")
+        code = error.get("code") if isinstance(error, Mapping) else None
+        code = code if isinstance(code, str) and code else None
+        if match.error is not None and is_error(doc) != match.error:
+            return False
+        if self._codes is not None and (code is None or not self._codes.match(code)):
+            return False
+        if self._exclude is not None and code is not None and self._exclude.match(code):
+            return False
+        http = doc.get("http")
+        http = http if isinstance(http, Mapping) else {}
+        status = http.get("status")
+        status = status if isinstance(status, int) and not isinstance(status, bool) else None
+        if match.status_at_least is not None and (status is None or status < match.status_at_least):
+            return False
+        if match.status_below is not None and (status is None or status >= match.status_below):
+            return False
+        if match.duration_ms_over is not None:
+            duration = doc.get("duration_ms")
+            if not isinstance(duration, int | float) or not duration > match.duration_ms_over:
+                return False
+        if self._routes is not None:
+            route = http.get("route")
+            if not isinstance(route, str) or not self._routes.match(route):
+                return False
+        return all(field_value(doc, path) in allowed for path, allowed in self._where.items())
+
+    def key(self, doc: Mapping[str, Any]) -> Key:
+        return tuple((path, field_value(doc, path)) for path in self.rule.group_by)
+
+    def scope_key(self, doc: Mapping[str, Any]) -> Key:
+        return tuple((path, field_value(doc, path)) for path in self.scope_fields)

@@ -1,0 +1,314 @@
+"""Kafka transport: a non-blocking producer with a spool fallback, and a consumer-group source.
+
+librdkafka traps this module is written around:
+- `produce()` returning means "queued in this process", not "stored": durability starts with the
+  delivery report (acks=all). Until then an event lives in librdkafka's memory.
+- A broker outage shows up later, as delivery errors after `message.timeout.ms`, or at once as a
+  full local queue (`BufferError`). Both send the event to the spool; so does a broker that
+  librdkafka reports as all-down, until a replay gets through again.
+- Offsets are committed explicitly, only for messages whose batch the store has.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+
+from widelog.pipeline.ports import Message
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from confluent_kafka import Message as KafkaMessage
+
+    from widelog.pipeline.fallback import SpoolFallback
+
+log = logging.getLogger("widelog.kafka")
+
+
+def ensure_topic(
+    bootstrap: str, topic: str, *, partitions: int, replication: int = -1, timeout: float = 30.0
+) -> None:
+    """Create the topic if it does not exist (several partitions: several consumers can share).
+
+    `replication=-1` takes the broker's `default.replication.factor`: with one replica, acks=all
+    means one broker's page cache, so production clusters want 3 and `min.insync.replicas=2`.
+    """
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    futures = admin.create_topics(
+        [NewTopic(topic, num_partitions=partitions, replication_factor=replication)],
+        request_timeout=timeout,
+    )
+    try:
+        futures[topic].result(timeout)
+    except KafkaException as exc:
+        if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+            raise
+
+
+class KafkaEventPublisher:
+    def __init__(
+        self,
+        *,
+        bootstrap: str,
+        topic: str,
+        fallback: SpoolFallback,
+        acks: str = "all",
+        idempotence: bool = True,
+        retries: int = 3,
+        retry_backoff_ms: int = 100,
+        message_timeout_ms: int = 10_000,
+        linger_ms: int = 5,
+        queue_max_messages: int = 100_000,
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        self.topic = topic
+        self._fallback = fallback
+        self._broker_down = False
+        self._producer = Producer(
+            {
+                "bootstrap.servers": bootstrap,
+                "acks": acks,
+                "enable.idempotence": idempotence,
+                "message.send.max.retries": retries,
+                "retry.backoff.ms": retry_backoff_ms,
+                "message.timeout.ms": message_timeout_ms,
+                "linger.ms": linger_ms,
+                "queue.buffering.max.messages": queue_max_messages,
+                "compression.type": "lz4",
+                "error_cb": self._on_error,
+                "logger": log,  # librdkafka's own lines go through logging, not stderr
+                **(config or {}),
+            }
+        )
+        self.delivered = 0
+        self._closed = threading.Event()
+        self._poller = threading.Thread(target=self._serve_callbacks, name="widelog-kafka-poll")
+        self._poller.daemon = True
+        self._poller.start()
+
+    @property
+    def broker_down(self) -> bool:
+        return self._broker_down
+
+    def publish(self, key: str, payload: bytes) -> None:
+        if self._broker_down:
+            self._fallback.spill(key, payload, "broker down")
+            return
+        try:
+            self._producer.produce(self.topic, payload, key, on_delivery=self._on_delivery)
+        except BufferError:
+            self._fallback.spill(key, payload, "local producer queue full")
+        except KafkaException as exc:
+            self._fallback.spill(key, payload, exc)
+
+    def _on_delivery(self, err: KafkaError | None, msg: KafkaMessage) -> None:
+        key = (msg.key() or b"").decode(errors="replace")
+        if err is None:
+            self.delivered += 1
+            log.debug("Published log event to Kafka topic: %s, requestId: %s", self.topic, key)
+        else:
+            self._fallback.spill(key, msg.value() or b"", err)
+
+    def _on_error(self, err: KafkaError) -> None:
+        if err.fatal():
+            # The idempotent producer cannot go on (e.g. a sequence gap): every event from now
+            # on is spooled, and nothing is lost, but only a new producer publishes again.
+            log.error("fatal Kafka producer error, spooling everything until restart: %s", err)
+            self._broker_down = True
+        elif err.code() == KafkaError._ALL_BROKERS_DOWN:
+            if not self._broker_down:
+                log.warning("all Kafka brokers are down: spooling events until a replay succeeds")
+            self._broker_down = True
+        else:
+            log.info("kafka: %s", err)
+
+    def _serve_callbacks(self) -> None:
+        while not self._closed.is_set():
+            try:
+                self._producer.poll(0.1)
+            except Exception:  # a callback bug must not stop every later delivery report
+                log.exception("kafka delivery callback failed")
+
+    async def deliver(self, records: Sequence[tuple[str, bytes]], timeout: float) -> bool:
+        """Publish and wait for every acknowledgement (the spool replay path)."""
+        return await asyncio.to_thread(self._deliver, records, timeout)
+
+    def _deliver(self, records: Sequence[tuple[str, bytes]], timeout: float) -> bool:
+        """Produce `records` and wait for their own delivery reports.
+
+        Not `flush()`: request traffic keeps the producer's queue non-empty, so under load a
+        flush would almost never come back empty and the replay would never succeed.
+        """
+        pending = len(records)
+        failures: list[KafkaError] = []
+        all_reported = threading.Event()
+        lock = threading.Lock()
+
+        def on_delivery(err: KafkaError | None, _msg: KafkaMessage) -> None:
+            nonlocal pending
+            with lock:
+                if err is not None:
+                    failures.append(err)
+                pending -= 1
+                if pending == 0:
+                    all_reported.set()
+
+        deadline = time.monotonic() + timeout
+        for key, payload in records:
+            while True:
+                try:
+                    self._producer.produce(self.topic, payload, key, on_delivery=on_delivery)
+                    break
+                except BufferError:
+                    if time.monotonic() >= deadline:
+                        return False
+                    time.sleep(0.05)  # the poll thread serves reports and frees the queue
+                except KafkaException as exc:
+                    log.warning("replay produce failed: %s", exc)
+                    return False
+        all_reported.wait(max(deadline - time.monotonic(), 0.0))
+        if not all_reported.is_set() or failures:
+            log.warning("replay not acknowledged: %d pending, %d failed", pending, len(failures))
+            return False
+        if self._broker_down:
+            log.warning("Kafka accepts events again: publishing resumes")
+        self._broker_down = False
+        return True
+
+    async def flush(self, timeout: float) -> int:
+        return await asyncio.to_thread(self._producer.flush, timeout)
+
+    async def close(self, timeout: float = 10.0) -> None:
+        """Flush; whatever is still not acknowledged after `timeout` goes to the spool."""
+        remaining = await asyncio.to_thread(self._producer.flush, timeout)
+        if remaining:
+            # Purged messages get their delivery report with an error: _on_delivery spools them.
+            self._producer.purge(in_queue=True, in_flight=True, blocking=False)
+            await asyncio.to_thread(self._producer.flush, 1.0)
+        self._closed.set()
+        await asyncio.to_thread(self._poller.join, 5)
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaPosition:
+    topic: str
+    partition: int
+    offset: int
+
+    def __str__(self) -> str:
+        return f"{self.topic}/{self.partition}@{self.offset}"
+
+
+class KafkaEventSource:
+    """One member of a consumer group. Commits are explicit and synchronous, after the store."""
+
+    def __init__(
+        self,
+        *,
+        bootstrap: str,
+        topic: str,
+        group: str,
+        client_id: str = "widelog-worker",
+        session_timeout_ms: int = 10_000,
+        max_poll_interval_ms: int = 300_000,
+        config: dict[str, Any] | None = None,
+    ) -> None:
+        self._consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": group,
+                "client.id": client_id,
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": "earliest",
+                "session.timeout.ms": session_timeout_ms,
+                "max.poll.interval.ms": max_poll_interval_ms,
+                "logger": log,
+                **(config or {}),
+            }
+        )
+        self._consumer.subscribe(
+            [topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+        )
+        self._paused = False
+        self._held: list[Message] = []  # read while paused (a race), handed out on resume
+        self.assigned: set[tuple[str, int]] = set()
+
+    async def poll(self, max_messages: int, timeout: float) -> list[Message]:
+        if self._paused:
+            self._consumer.resume(self._consumer.assignment())
+            self._paused = False
+        if self._held:
+            held, self._held = self._held[:max_messages], self._held[max_messages:]
+            return held
+        raw = await asyncio.to_thread(self._consumer.consume, max_messages, timeout)
+        return self._convert(raw)
+
+    async def keepalive(self) -> None:
+        """Stay in the group without fetching while the store is down (no rebalance storm)."""
+        if not self._paused:
+            self._consumer.pause(self._consumer.assignment())
+            self._paused = True
+        raw = await asyncio.to_thread(self._consumer.consume, 100, 0.0)
+        self._held += self._convert(raw)
+
+    async def commit(self, messages: Sequence[Message]) -> None:
+        next_offsets: dict[tuple[str, int], int] = {}
+        for message in messages:
+            pos: KafkaPosition = message.position
+            key = (pos.topic, pos.partition)
+            next_offsets[key] = max(next_offsets.get(key, 0), pos.offset + 1)
+        if not next_offsets:
+            return
+        offsets = [TopicPartition(t, p, o) for (t, p), o in next_offsets.items()]
+        try:
+            await asyncio.to_thread(self._consumer.commit, offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            # Typically a rebalance took the partition away: the new owner re-reads these
+            # messages, and the idempotent store absorbs them as duplicates.
+            log.warning("offset commit failed (events are stored; may be re-delivered): %s", exc)
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self._consumer.close)
+
+    def _convert(self, raw: Sequence[KafkaMessage]) -> list[Message]:
+        messages = []
+        for msg in raw:
+            error = msg.error()
+            if error is not None:
+                log.warning("kafka consume error: %s", error)
+                continue
+            position = KafkaPosition(msg.topic() or "", msg.partition() or 0, msg.offset() or 0)
+            messages.append(Message(msg.value() or b"", position))
+        return messages
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.assigned |= {(tp.topic, tp.partition) for tp in partitions}
+        log.info("assigned partitions %s", sorted(tp.partition for tp in partitions))
+        if self._paused:
+            consumer.pause(partitions)
+
+    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Every batch is committed right after its write, so there is nothing left to commit.
+        self._forget(partitions)
+        log.info("revoked partitions %s", sorted(tp.partition for tp in partitions))
+
+    def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self._forget(partitions)
+        log.warning(
+            "lost partitions %s (nothing committed for them)", [p.partition for p in partitions]
+        )
+
+    def _forget(self, partitions: list[TopicPartition]) -> None:
+        gone = {(tp.topic, tp.partition) for tp in partitions}
+        self.assigned -= gone
+        self._held = [m for m in self._held if (m.position.topic, m.position.partition) not in gone]

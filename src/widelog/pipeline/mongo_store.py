@@ -1,0 +1,241 @@
+"""MongoDB store on PyMongo's native async API; also runs on FerretDB (see README for limits).
+
+`_id = event_id`, so `insert_many(ordered=False)` is idempotent: a re-delivered event fails with
+duplicate-key error 11000 and is counted as already stored, and every other event of the batch is
+inserted. Other per-document errors are rejections the consumer dead-letters; connection errors
+raise, and the consumer retries the whole batch.
+
+`timestamp` is stored as a BSON date so range queries and TTL retention work; it reads back as an
+aware `datetime` (millisecond precision, as BSON dates are).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+from typing import TYPE_CHECKING, Any
+
+import bson
+from bson import Binary
+from bson.errors import InvalidDocument
+from pymongo import ASCENDING, AsyncMongoClient
+from pymongo.errors import BulkWriteError, DocumentTooLarge, OperationFailure
+
+from widelog.pipeline.ports import DeadLetter, WriteResult
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Mapping, Sequence
+
+log = logging.getLogger("widelog.mongo")
+DUPLICATE_KEY = 11000
+NOT_IMPLEMENTED = 238
+MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
+_UNENCODABLE = (
+    InvalidDocument,
+    DocumentTooLarge,
+    OverflowError,
+)  # FerretDB's answer to a TTL index
+ERROR_FILTER = {
+    "$or": [
+        {"error.code": {"$exists": True, "$nin": [None, ""]}},
+        {"http.status": {"$gte": 500}},
+    ]
+}
+
+
+def mongo_client(url: str, *, timeout_ms: int) -> AsyncMongoClient[dict[str, Any]]:
+    """A client that fails fast when the server is away (the consumer retries, not the driver).
+
+    Aware datetimes, so `timestamp` reads back in UTC.
+    """
+    return AsyncMongoClient(
+        url,
+        tz_aware=True,
+        serverSelectionTimeoutMS=timeout_ms,
+        connectTimeoutMS=timeout_ms,
+        socketTimeoutMS=max(timeout_ms * 5, 10_000),
+    )
+
+
+def _to_document(event: Mapping[str, Any]) -> dict[str, Any]:
+    doc = dict(event)
+    doc["_id"] = doc["event_id"]
+    stamp = doc.get("timestamp")
+    if isinstance(stamp, str):
+        # An unparsable timestamp stays as sent: the event is still worth storing.
+        with contextlib.suppress(ValueError):
+            doc["timestamp"] = dt.datetime.fromisoformat(stamp)
+    return doc
+
+
+def _check_encodable(doc: Mapping[str, Any]) -> None:
+    """Raise for what BSON cannot carry: integers beyond int64, documents over 16 MiB."""
+    if len(bson.encode(doc)) > MAX_DOCUMENT_BYTES:
+        raise DocumentTooLarge("document larger than 16 MiB")
+
+
+def _from_document(doc: dict[str, Any]) -> dict[str, Any]:
+    doc.pop("_id", None)
+    stamp = doc.get("timestamp")
+    if isinstance(stamp, dt.datetime) and stamp.tzinfo is None:
+        doc["timestamp"] = stamp.replace(tzinfo=dt.UTC)
+    return doc
+
+
+class MongoEventStore:
+    def __init__(
+        self,
+        url: str,
+        *,
+        database: str | None = None,
+        events: str = "events",
+        dead_letters: str = "dead_letters",
+        timeout_ms: int = 2000,
+        retention_days: int = 0,
+    ) -> None:
+        self._client = mongo_client(url, timeout_ms=timeout_ms)
+        db = self._client.get_default_database(database or "widelog")
+        self._events = db[events]
+        self._dead = db[dead_letters]
+        self._retention_days = retention_days
+        self.ttl_index = False
+        self._indexed = False
+
+    async def ensure_indexes(self) -> None:
+        """The indexes operators' queries need; a TTL index where the server supports it.
+
+        An index the server refuses (say, an existing one with other options after a retention
+        change) is logged and skipped: it must never stop events from being stored.
+        """
+        if self._indexed:
+            return
+        specs: list[tuple[list[tuple[str, int]], dict[str, Any]]] = [
+            ([("request_id", ASCENDING)], {"name": "request_id"}),
+            ([("error.code", ASCENDING), ("timestamp", ASCENDING)], {"name": "error_code_time"}),
+            ([("http.route", ASCENDING), ("timestamp", ASCENDING)], {"name": "route_time"}),
+        ]
+        if self._retention_days:
+            try:
+                await self._events.create_index(
+                    [("timestamp", ASCENDING)],
+                    name="timestamp_ttl",
+                    expireAfterSeconds=self._retention_days * 86400,
+                )
+                self.ttl_index = True
+            except OperationFailure as exc:
+                if exc.code == NOT_IMPLEMENTED:
+                    log.info("no TTL index on this server: retention runs as a periodic delete")
+                else:  # e.g. a TTL index with other options exists: change it with collMod
+                    log.error(
+                        "TTL index not created (%s); retention runs as a periodic delete", exc
+                    )
+        if not self.ttl_index:
+            specs.append(([("timestamp", ASCENDING)], {"name": "timestamp"}))
+        for keys, options in specs:
+            try:
+                await self._events.create_index(keys, **options)
+            except OperationFailure as exc:
+                log.error("index %s not created, events are stored anyway: %s", options, exc)
+        self._indexed = True
+
+    async def expire(self, *, now: dt.datetime | None = None) -> int:
+        """Delete events past retention (where no TTL index does it); returns how many."""
+        if not self._retention_days or self.ttl_index:
+            return 0
+        cutoff = (now or dt.datetime.now(dt.UTC)) - dt.timedelta(days=self._retention_days)
+        result = await self._events.delete_many({"timestamp": {"$lt": cutoff}})
+        return result.deleted_count
+
+    async def write_batch(self, events: Sequence[Mapping[str, Any]]) -> WriteResult:
+        await self.ensure_indexes()
+        result = WriteResult()
+        docs, index_of = [], []
+        for index, event in enumerate(events):
+            try:
+                docs.append(_to_document(event))
+                index_of.append(index)
+            except (KeyError, TypeError) as exc:
+                result.rejected.append((index, f"unstorable event: {exc!r}"))
+        if not docs:
+            return result
+        try:
+            inserted = await self._events.insert_many(docs, ordered=False)
+            result.inserted = len(inserted.inserted_ids)
+        except _UNENCODABLE:
+            # One document BSON cannot carry fails the whole call, on every retry: find it, set
+            # it aside, and write the rest.
+            encodable = []
+            for i, doc in zip(index_of, docs, strict=True):
+                try:
+                    _check_encodable(doc)
+                    encodable.append(i)
+                except _UNENCODABLE as exc:
+                    result.rejected.append((i, f"not storable as BSON: {exc!r}"[:500]))
+            rest = await self.write_batch([events[i] for i in encodable])
+            result.inserted = rest.inserted
+            result.duplicate_indexes += [encodable[i] for i in rest.duplicate_indexes]
+            result.rejected += [(encodable[i], reason) for i, reason in rest.rejected]
+        except BulkWriteError as exc:
+            details = exc.details
+            if details.get("writeConcernErrors"):
+                # Written, but not as durably as asked (e.g. w:majority timed out): a rollback
+                # could still lose it, so the batch is retried, and the duplicates absorbed.
+                raise
+            failed = 0
+            for error in details.get("writeErrors", []):
+                failed += 1
+                if error.get("code") == DUPLICATE_KEY:
+                    result.duplicate_indexes.append(index_of[error["index"]])
+                else:
+                    reason = f"mongo error {error.get('code')}: {error.get('errmsg')}"
+                    result.rejected.append((index_of[error["index"]], reason[:500]))
+            result.inserted = details.get("nInserted", len(docs) - failed)
+        return result
+
+    async def write_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
+        """Set letters aside; idempotent where a letter has an id (its source position).
+
+        A retry, or a re-delivery of the same poison message, then adds nothing.
+        """
+        now = dt.datetime.now(dt.UTC)
+        docs = []
+        for letter in letters:
+            doc = {
+                "received_at": now,
+                "source": letter.source,
+                "error": letter.error,
+                "payload": Binary(letter.payload),
+            }
+            if letter.letter_id is not None:
+                doc["_id"] = letter.letter_id
+            docs.append(doc)
+        try:
+            await self._dead.insert_many(docs, ordered=False)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if exc.details.get("writeConcernErrors") or any(
+                e.get("code") != DUPLICATE_KEY for e in errors
+            ):
+                raise
+
+    async def get_event(self, event_id: str) -> dict[str, Any] | None:
+        doc = await self._events.find_one({"_id": event_id})
+        return None if doc is None else _from_document(doc)
+
+    async def count_events(self, *, errors_only: bool = False) -> int:
+        return await self._events.count_documents(ERROR_FILTER if errors_only else {})
+
+    async def scan_events(self, *, batch_size: int = 1000) -> AsyncIterator[dict[str, Any]]:
+        cursor = self._events.find({}, sort=[("_id", ASCENDING)], batch_size=batch_size)
+        async for doc in cursor:
+            yield _from_document(doc)
+
+    async def count_dead_letters(self) -> int:
+        return await self._dead.count_documents({})
+
+    async def ping(self) -> None:
+        await self._client.admin.command("ping")
+
+    async def close(self) -> None:
+        await self._client.close()

@@ -1,0 +1,144 @@
+"""Ports of the pipeline: publishing, consuming and storing events, and the spool.
+
+Adapters satisfy these structurally (no inheritance); `widelog.bootstrap` picks one per port from
+settings. Every adapter of a port passes the same contract tests (`tests/contract/`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+
+class PublishError(Exception):
+    """The transport could not accept an event right now (queue full, broker known down)."""
+
+
+class EventPublisher(Protocol):
+    """Hands serialized events to a transport. Called on the request path: must not block."""
+
+    def publish(self, key: str, payload: bytes) -> None:
+        """Accept the event or raise `PublishError`; never wait on the network."""
+        ...
+
+    async def flush(self, timeout: float) -> int:
+        """Wait up to `timeout` s for events to leave the process; return how many remain."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(slots=True)
+class Message:
+    """One payload read from a transport; `position` is what the source needs to commit it."""
+
+    payload: bytes
+    position: Any = None
+
+
+class EventSource(Protocol):
+    """The consumer side of a transport. Nothing is committed until the store has it."""
+
+    async def poll(self, max_messages: int, timeout: float) -> list[Message]:
+        """Up to `max_messages`, waiting at most `timeout` s for the first one."""
+        ...
+
+    async def commit(self, messages: Sequence[Message]) -> None:
+        """Mark messages as stored so they are never delivered to this group again."""
+        ...
+
+    async def keepalive(self) -> None:
+        """Called while the store is down: stay a live member of the group without fetching."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(slots=True)
+class WriteResult:
+    """What a batch write did, by index in the batch.
+
+    Duplicates are events already stored (a re-delivery): success, not failure, but they must not
+    be counted again by anything downstream (incidents), hence their indexes.
+    """
+
+    inserted: int = 0
+    duplicate_indexes: list[int] = field(default_factory=list)
+    rejected: list[tuple[int, str]] = field(default_factory=list)  # (index in batch, reason)
+
+    @property
+    def duplicates(self) -> int:
+        return len(self.duplicate_indexes)
+
+
+@dataclass(slots=True, frozen=True)
+class DeadLetter:
+    """A message set aside with the reason, so it can be inspected and never stalls the source."""
+
+    payload: bytes
+    error: str
+    source: str  # where it came from, e.g. "kafka@log-events/2@1234"
+    # The message's unique position when the source has one: a re-delivered poison message is
+    # set aside once, not once per delivery. None (in-process queue): every letter is kept.
+    letter_id: str | None = None
+
+
+class EventStore(Protocol):
+    """Durable event storage. `write_batch` is idempotent: `event_id` is the key.
+
+    Events read back as they were written, except `timestamp`: an aware `datetime` (stores differ
+    in precision; MongoDB keeps milliseconds).
+    """
+
+    async def write_batch(self, events: Sequence[Mapping[str, Any]]) -> WriteResult: ...
+
+    async def write_dead_letters(self, letters: Sequence[DeadLetter]) -> None: ...
+
+    async def get_event(self, event_id: str) -> dict[str, Any] | None: ...
+
+    async def count_events(self, *, errors_only: bool = False) -> int: ...
+
+    def scan_events(self, *, batch_size: int = 1000) -> AsyncIterator[dict[str, Any]]:
+        """Every stored event, oldest first (for re-weighting, rebuilds and exports)."""
+        ...
+
+    async def count_dead_letters(self) -> int: ...
+
+    async def expire(self) -> int:
+        """Delete events past the retention period where the server does not; return how many."""
+        ...
+
+    async def ping(self) -> None:
+        """Raise if the store cannot serve requests."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class Spool(Protocol):
+    """Durable local storage for events the message queue could not take, replayed later.
+
+    Segments are appended to by one writer each and claimed by one replayer at a time; a claimed
+    segment is deleted (by its path) only after every record in it was acknowledged.
+    """
+
+    def append(self, key: str, payload: bytes) -> None: ...
+
+    def rotate(self) -> None:
+        """Seal the segment being written so a replayer can claim it."""
+        ...
+
+    def segments(self) -> list[Path]: ...
+
+    def has_pending(self) -> bool: ...
+
+    def claim(
+        self, path: Path
+    ) -> contextlib.AbstractContextManager[Iterator[tuple[str, bytes]] | None]:
+        """The segment's records, or None if another process holds it."""
+        ...
+
+    def close(self) -> None: ...

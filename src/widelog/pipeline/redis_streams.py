@@ -1,0 +1,262 @@
+"""Redis Streams transport: XADD from a background flusher, XREADGROUP/XACK/XAUTOCLAIM to consume.
+
+`publish()` is called on the request path and Redis is a network hop away, so it only appends to a
+bounded in-process buffer; a task on the event loop pipelines the XADDs. Like librdkafka's queue,
+that buffer is memory, not durability: an event is durable once XADD returned (and Redis persists,
+per its own AOF/RDB settings) or once it is in the spool.
+
+The stream is capped with `MAXLEN ~ N` so Redis memory stays bounded: N must exceed the largest
+backlog you expect, or entries no consumer has read yet are trimmed. The stream is exactly as
+durable as Redis is: without AOF persistence a Redis restart loses every entry not yet consumed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError, ResponseError
+
+from widelog.pipeline.ports import Message
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from widelog.pipeline.fallback import SpoolFallback
+
+log = logging.getLogger("widelog.redis")
+KEY, VALUE = b"k", b"v"
+
+
+class RedisStreamsEventPublisher:
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        stream: str,
+        fallback: SpoolFallback,
+        maxlen: int = 1_000_000,
+        buffer_max: int = 100_000,
+        chunk: int = 500,
+        retries: int = 3,
+        backoff: float = 0.1,
+    ) -> None:
+        self._redis = redis
+        self._stream = stream
+        self._fallback = fallback
+        self._maxlen = maxlen
+        self._buffer: collections.deque[tuple[str, bytes]] = collections.deque()
+        self._buffer_max = buffer_max
+        self._chunk = chunk
+        self._retries = retries
+        self._backoff = backoff
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._down = False
+        self._inflight: list[tuple[str, bytes]] = []
+        self.delivered = 0
+
+    @property
+    def broker_down(self) -> bool:
+        return self._down
+
+    def publish(self, key: str, payload: bytes) -> None:
+        """Buffer the event for the flusher; call on the event loop."""
+        if self._down or len(self._buffer) >= self._buffer_max:
+            self._fallback.spill(key, payload, "redis down" if self._down else "buffer full")
+            return
+        self._buffer.append((key, payload))
+        if self._task is None:
+            self._task = asyncio.get_running_loop().create_task(
+                self._flush_forever(), name="widelog-redis-flusher"
+            )
+        self._wakeup.set()
+
+    async def _flush_forever(self) -> None:
+        while True:
+            if not self._buffer:
+                if self._closing:
+                    return
+                self._wakeup.clear()
+                await self._wakeup.wait()
+                continue
+            batch = [self._buffer.popleft() for _ in range(min(self._chunk, len(self._buffer)))]
+            self._inflight = batch  # until XADD answers: close() spools it if it must cancel
+            if await self._xadd_with_retries(batch, retries=0 if self._down else self._retries):
+                self.delivered += len(batch)
+                for key, _ in batch:
+                    log.debug(
+                        "Published log event to Redis stream: %s, requestId: %s", self._stream, key
+                    )
+            else:
+                # Redis is down: spool this batch and everything behind it now, rather than let
+                # the buffer wait out one socket timeout per batch in memory.
+                self._down = True
+                self._spill(batch, "redis unavailable")
+                self._spill(self._drain_buffer(), "redis unavailable")
+            self._inflight = []
+
+    def _drain_buffer(self) -> list[tuple[str, bytes]]:
+        drained = list(self._buffer)
+        self._buffer.clear()
+        return drained
+
+    def _spill(self, records: Sequence[tuple[str, bytes]], reason: str) -> None:
+        for key, payload in records:
+            self._fallback.spill(key, payload, reason)
+
+    async def _xadd_with_retries(self, batch: Sequence[tuple[str, bytes]], *, retries: int) -> bool:
+        for attempt in range(retries + 1):
+            try:
+                await self._xadd(batch)
+            except (RedisError, OSError) as exc:
+                if attempt == retries:
+                    log.warning("XADD failed after %d attempts: %r", attempt + 1, exc)
+                    return False
+                await asyncio.sleep(self._backoff * 2**attempt)
+            else:
+                return True
+        return False
+
+    async def _xadd(self, batch: Sequence[tuple[str, bytes]]) -> None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for key, payload in batch:
+                pipe.xadd(
+                    self._stream, {KEY: key, VALUE: payload}, maxlen=self._maxlen, approximate=True
+                )
+            await pipe.execute()
+
+    async def deliver(self, records: Sequence[tuple[str, bytes]], timeout: float) -> bool:
+        """XADD and wait for Redis to answer (the spool replay path)."""
+        try:
+            await asyncio.wait_for(self._xadd(records), timeout)
+        except (RedisError, OSError, TimeoutError) as exc:
+            log.warning("replay XADD failed: %r", exc)
+            return False
+        if self._down:
+            log.warning("Redis accepts events again: publishing resumes")
+        self._down = False
+        return True
+
+    async def flush(self, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while self._buffer and time.monotonic() < deadline:  # noqa: ASYNC110 - a bounded wait
+            await asyncio.sleep(0.01)
+        return len(self._buffer)
+
+    async def close(self, timeout: float = 10.0) -> None:
+        """Flush the buffer (what is left after `timeout` goes to the spool); close the client."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout)
+            except TimeoutError:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+                self._spill(self._inflight, "shutdown before XADD answered")
+        self._spill(self._drain_buffer(), "shutdown before XADD")
+        await self._redis.aclose()
+
+
+class RedisStreamsEventSource:
+    """A consumer in a Redis consumer group; entries are XACKed only after the store has them."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        *,
+        stream: str,
+        group: str,
+        consumer: str,
+        claim_idle_ms: int = 30_000,
+        claim_every_s: float = 5.0,
+    ) -> None:
+        self._redis = redis
+        self._stream = stream
+        self._group = group
+        self._consumer = consumer
+        self._claim_idle_ms = claim_idle_ms
+        self._claim_every_s = claim_every_s
+        self._next_claim = 0.0
+        self._group_ready = False
+
+    async def _ensure_group(self) -> None:
+        if self._group_ready:
+            return
+        try:
+            await self._redis.xgroup_create(self._stream, self._group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+        self._group_ready = True
+
+    async def poll(self, max_messages: int, timeout: float) -> list[Message]:
+        await self._ensure_group()
+        if time.monotonic() >= self._next_claim:
+            self._next_claim = time.monotonic() + self._claim_every_s
+            claimed = await self._claim_abandoned(max_messages)
+            if claimed:
+                return claimed
+        block = int(timeout * 1000)
+        try:
+            response = await self._redis.xreadgroup(
+                self._group,
+                self._consumer,
+                {self._stream: ">"},
+                count=max_messages,
+                block=block if block > 0 else None,
+            )
+        except ResponseError as exc:
+            if "NOGROUP" in str(exc):  # Redis restarted without persistence: recreate the group
+                self._group_ready = False
+            raise
+        streams: Any = response or []  # RESP2: [[stream, entries]]
+        return [message for _, entries in streams for message in _messages(entries)]
+
+    async def _claim_abandoned(self, count: int) -> list[Message]:
+        """Take over entries a dead consumer read but never acknowledged."""
+        response = await self._redis.xautoclaim(
+            self._stream, self._group, self._consumer, self._claim_idle_ms, "0-0", count=count
+        )
+        messages = list(_messages(response[1]))
+        if messages:
+            log.info("claimed %d entries left pending by another consumer", len(messages))
+        deleted = response[2] if len(response) > 2 else []
+        if deleted:
+            # Trimmed by MAXLEN before anyone stored them: lost. Raise MAXLEN (or fix the store).
+            log.error(
+                "%d pending entries were trimmed from %s before being stored: %s",
+                len(deleted),
+                self._stream,
+                deleted[:5],
+            )
+            await self._redis.xack(self._stream, self._group, *deleted)
+        return messages
+
+    async def keepalive(self) -> None:
+        return None  # a consumer group has no session to lose while we wait on the store
+
+    async def commit(self, messages: Sequence[Message]) -> None:
+        if messages:
+            await self._redis.xack(self._stream, self._group, *(m.position for m in messages))
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+
+def _messages(entries: Any) -> list[Message]:
+    out = []
+    for entry_id, fields in entries:
+        if fields is None:  # deleted (trimmed) while pending
+            continue
+        position = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+        out.append(Message(fields.get(VALUE, b""), position))
+    return out

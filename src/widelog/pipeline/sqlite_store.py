@@ -1,0 +1,187 @@
+"""The embedded store: events in one SQLite file (stdlib, WAL), keyed by `event_id`.
+
+A few top-level fields get their own indexed columns for the queries operators run (time, request
+id, route, error code); the whole event is kept as JSON beside them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import sqlite3
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from widelog.events.event import is_error
+from widelog.pipeline.ports import DeadLetter, WriteResult
+from widelog.sqlite_db import SQLiteDatabase
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Mapping, Sequence
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS events (
+    event_id   TEXT PRIMARY KEY,
+    timestamp  TEXT,
+    request_id TEXT,
+    route      TEXT,
+    status     INTEGER,
+    error_code TEXT,
+    is_error   INTEGER NOT NULL,
+    doc        TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS events_timestamp ON events (timestamp);
+CREATE INDEX IF NOT EXISTS events_request_id ON events (request_id);
+CREATE INDEX IF NOT EXISTS events_route ON events (route, timestamp);
+CREATE INDEX IF NOT EXISTS events_error_code ON events (error_code, timestamp)
+    WHERE error_code IS NOT NULL;
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id          INTEGER PRIMARY KEY,
+    letter_id   TEXT UNIQUE,
+    received_at TEXT NOT NULL,
+    source      TEXT NOT NULL,
+    error       TEXT NOT NULL,
+    payload     BLOB NOT NULL
+);
+"""
+
+_INSERT = (
+    "INSERT OR IGNORE INTO events"
+    " (event_id, timestamp, request_id, route, status, error_code, is_error, doc)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_encoder = msgspec.json.Encoder(enc_hook=str)
+
+
+def _section(doc: Mapping[str, Any], name: str) -> Mapping[str, Any]:
+    value = doc.get(name)
+    return value if isinstance(value, dict) else {}
+
+
+def _row(doc: Mapping[str, Any]) -> tuple[Any, ...]:
+    http = _section(doc, "http")
+    error = _section(doc, "error")
+    status = http.get("status")
+    return (
+        doc["event_id"],
+        str(doc.get("timestamp", "")),
+        doc.get("request_id"),
+        http.get("route"),
+        status if isinstance(status, int) else None,
+        error.get("code"),
+        int(is_error(doc)),
+        _encoder.encode(doc).decode(),
+    )
+
+
+def _from_json(text: str) -> dict[str, Any]:
+    """The stored event, with `timestamp` as an aware datetime like every store returns it."""
+    doc: dict[str, Any] = msgspec.json.decode(text)
+    stamp = doc.get("timestamp")
+    if isinstance(stamp, str):
+        with contextlib.suppress(ValueError):
+            doc["timestamp"] = dt.datetime.fromisoformat(stamp)
+    return doc
+
+
+class SQLiteEventStore:
+    """`EventStore` on SQLite (`sqlite_db.py`: WAL, one connection, off the loop)."""
+
+    def __init__(self, path: str | Path, *, retention_days: int = 0) -> None:
+        self._db = SQLiteDatabase(path, schema=_SCHEMA)
+        self._run = self._db.run
+        self._retention_days = retention_days
+
+    async def expire(self, *, now: dt.datetime | None = None) -> int:
+        """Delete events older than the retention period (0 keeps them all); returns how many."""
+        if not self._retention_days:
+            return 0
+        cutoff = (now or dt.datetime.now(dt.UTC)) - dt.timedelta(days=self._retention_days)
+
+        def delete(db: sqlite3.Connection) -> int:
+            with db:  # timestamps are stored as str(aware UTC datetime): they sort as text
+                deleted: int = db.execute(
+                    "DELETE FROM events WHERE timestamp < ?", (str(cutoff),)
+                ).rowcount
+                return deleted
+
+        return await self._run(delete)
+
+    async def write_batch(self, events: Sequence[Mapping[str, Any]]) -> WriteResult:
+        result = WriteResult()
+        rows: list[tuple[int, tuple[Any, ...]]] = []
+        for index, doc in enumerate(events):
+            try:
+                rows.append((index, _row(doc)))
+            except (KeyError, TypeError, ValueError) as exc:
+                result.rejected.append((index, f"unstorable event: {exc!r}"))
+
+        def insert(db: sqlite3.Connection) -> list[int]:
+            with db:  # one transaction per batch
+                return [index for index, row in rows if db.execute(_INSERT, row).rowcount == 0]
+
+        result.duplicate_indexes = await self._run(insert)
+        result.inserted = len(rows) - result.duplicates
+        return result
+
+    async def write_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
+        now = dt.datetime.now(dt.UTC).isoformat()
+        rows = [
+            (letter.letter_id, now, letter.source, letter.error, letter.payload)
+            for letter in letters
+        ]
+
+        def insert(db: sqlite3.Connection) -> None:
+            with db:
+                db.executemany(
+                    "INSERT OR IGNORE INTO dead_letters"
+                    " (letter_id, received_at, source, error, payload) VALUES (?, ?, ?, ?, ?)",
+                    rows,
+                )
+
+        await self._run(insert)
+
+    async def get_event(self, event_id: str) -> dict[str, Any] | None:
+        def select(db: sqlite3.Connection) -> str | None:
+            row = db.execute("SELECT doc FROM events WHERE event_id = ?", (event_id,)).fetchone()
+            return None if row is None else str(row[0])
+
+        doc = await self._run(select)
+        return None if doc is None else _from_json(doc)
+
+    async def count_events(self, *, errors_only: bool = False) -> int:
+        sql = (
+            "SELECT count(*) FROM events WHERE is_error = 1"
+            if errors_only
+            else "SELECT count(*) FROM events"
+        )
+        return int((await self._run(lambda db: db.execute(sql).fetchone()))[0])
+
+    async def scan_events(self, *, batch_size: int = 1000) -> AsyncIterator[dict[str, Any]]:
+        after = ""
+        while True:
+
+            def page(db: sqlite3.Connection, after: str = after) -> list[tuple[str, str]]:
+                return db.execute(
+                    "SELECT event_id, doc FROM events WHERE event_id > ? ORDER BY event_id LIMIT ?",
+                    (after, batch_size),
+                ).fetchall()
+
+            rows = await self._run(page)
+            for _, doc in rows:
+                yield _from_json(doc)
+            if len(rows) < batch_size:
+                return
+            after = rows[-1][0]
+
+    async def count_dead_letters(self) -> int:
+        sql = "SELECT count(*) FROM dead_letters"
+        return int((await self._run(lambda db: db.execute(sql).fetchone()))[0])
+
+    async def ping(self) -> None:
+        await self._run(lambda db: db.execute("SELECT 1").fetchone())
+
+    async def close(self) -> None:
+        await self._db.close()

@@ -1,0 +1,88 @@
+"""The worker process's composition root: `widelog worker`, and `widelog replay`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from typing import TYPE_CHECKING
+
+from widelog.bootstrap import (
+    build_consumer,
+    build_incident_store,
+    build_mq_publisher,
+    build_source,
+    build_spool_fallback,
+    build_store,
+    load_incident_rules,
+)
+from widelog.incidents.aggregator import IncidentAggregator, run_sweeper
+from widelog.pipeline.consumer import ConsumerStats
+from widelog.pipeline.replayer import SpoolReplayer
+from widelog.pipeline.retention import run_retention
+
+if TYPE_CHECKING:
+    from widelog.config import Settings
+    from widelog.pipeline.ports import EventSource
+
+log = logging.getLogger("widelog.worker")
+
+
+async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -> ConsumerStats:
+    """Consume until SIGTERM/SIGINT (or `stop`): finish the batch in hand, commit, close."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    store = build_store(settings)
+    try:
+        source = await _connect(settings, stop)
+        if source is None:
+            return ConsumerStats()
+        incidents = build_incident_store(settings)
+        aggregator = IncidentAggregator(incidents, load_incident_rules())
+        consumer = build_consumer(settings, source, store, aggregator=aggregator)
+        retention = asyncio.create_task(run_retention(store, stop))
+        # Every worker sweeps: each resolution is recorded once, whoever finds it first.
+        sweeper = asyncio.create_task(run_sweeper(aggregator, stop))
+        log.info("worker consuming %s into %s", settings.transport, settings.store)
+        try:
+            await consumer.run(stop)
+        finally:
+            stop.set()
+            await retention
+            await sweeper
+            await source.close()
+            await incidents.close()
+    finally:
+        await store.close()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+    log.info("worker stopped: %s", consumer.stats)
+    return consumer.stats
+
+
+async def _connect(settings: Settings, stop: asyncio.Event) -> EventSource | None:
+    """The source, once the broker answers (creating the topic); None if stopped first."""
+    delay = 1.0
+    while not stop.is_set():
+        try:
+            return await asyncio.to_thread(build_source, settings)
+        except Exception as exc:  # noqa: BLE001 - a broker still starting is not a reason to exit
+            log.warning("message queue not reachable yet, retrying in %.0fs: %r", delay, exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+            delay = min(delay * 2, 30.0)
+    return None
+
+
+async def replay(settings: Settings) -> int:
+    """Publish every spooled event to the message queue now; return how many were confirmed."""
+    fallback = build_spool_fallback(settings)
+    publisher = build_mq_publisher(settings, fallback)
+    try:
+        return await SpoolReplayer(fallback.spool, publisher).replay_once()
+    finally:
+        await publisher.close()
+        fallback.spool.close()
