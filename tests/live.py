@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -10,9 +11,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "services.sh"
-KAFKA = "127.0.0.1:9092"
-REDIS_URL = "redis://127.0.0.1:6379/0"
-MONGO = "mongodb://127.0.0.1:27017"
+# The same variables as scripts/services.sh, so a second set of services can serve another run.
+KAFKA = f"127.0.0.1:{os.environ.get('WIDELOG_SERVICES_KAFKA_PORT', '9092')}"
+REDIS_PORT = int(os.environ.get("WIDELOG_SERVICES_REDIS_PORT", "6379"))
+REDIS_URL = f"redis://127.0.0.1:{REDIS_PORT}/0"
+MONGO = f"mongodb://127.0.0.1:{os.environ.get('WIDELOG_SERVICES_MONGO_PORT', '27017')}"
 
 
 def services(*args: str) -> None:

@@ -12,8 +12,9 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX: Final = "WIDELOG_"
-# Read by their own loaders (sampling policy, incident rules), which reject unknown names there.
-POLICY_PREFIXES: Final = ("WIDELOG_SAMPLING_", "WIDELOG_INCIDENTS_")
+# Read by their own loaders (sampling policy, incident rules), which reject unknown names there,
+# and by scripts/services.sh (the local test services), which is not widelog itself.
+OTHER_PREFIXES: Final = ("WIDELOG_SAMPLING_", "WIDELOG_INCIDENTS_", "WIDELOG_SERVICES_")
 
 
 class SettingsError(ValueError):
@@ -130,7 +131,7 @@ def load_settings() -> Settings:
     problems = []
     for name in sorted(os.environ):
         upper = name.upper()
-        if not upper.startswith(ENV_PREFIX) or upper in known or upper.startswith(POLICY_PREFIXES):
+        if not upper.startswith(ENV_PREFIX) or upper in known or upper.startswith(OTHER_PREFIXES):
             continue
         close = difflib.get_close_matches(upper, known, n=1, cutoff=0.6)
         hint = f" (did you mean {close[0]}?)" if close else ""

@@ -26,7 +26,7 @@ import pytest
 from redis.asyncio import Redis
 
 from tests.apps import running_api
-from tests.live import REDIS_URL, service_down, unique
+from tests.live import REDIS_PORT, REDIS_URL, service_down, unique
 from widelog.cache.ports import ChatTurn
 from widelog.chat.bootstrap import ChatContainer
 from widelog.chat.fake_llm import FakeLLM
@@ -292,7 +292,7 @@ class DelayingProxy:
 async def test_a_slow_redis_costs_a_bounded_time_then_nothing_and_is_used_again_when_fast(
     tmp_path, namespace
 ):
-    async with DelayingProxy(6379) as proxy:
+    async with DelayingProxy(REDIS_PORT) as proxy:
         url = f"redis://127.0.0.1:{proxy.port}/0"
         async with api(tmp_path, namespace, redis_url=url, cache_breaker_reset_s=0.5) as (
             client,

@@ -67,11 +67,7 @@ class WideEventMiddleware:
             await self.app(scope, receive, send)
             return
         if self.lifecycle is not None and not self.lifecycle.started:
-            log.warning(
-                "widelog: the ASGI server ran no lifespan startup; starting the pipeline at the"
-                " first request. Call `await handle.close()` at shutdown to flush its events."
-            )
-            await self.lifecycle.start()
+            await self._start_late(self.lifecycle)
         headers = _headers(scope)
         event = self.logging.begin(request_id=accept_request_id(headers.get("x-request-id")))
         event.set("http.method", scope["method"])
@@ -116,6 +112,18 @@ class WideEventMiddleware:
                 raise
             finally:
                 self._finish(event, scope, response)
+
+    async def _start_late(self, lifecycle: Lifecycle) -> None:
+        """Start at the first request when no lifespan did; a failure never fails the request."""
+        self.lifecycle = None  # one attempt: a pipeline that cannot start is reported, not retried
+        log.warning(
+            "widelog: the ASGI server ran no lifespan startup; starting the pipeline at the"
+            " first request. Call `await handle.close()` at shutdown to flush its events."
+        )
+        try:
+            await lifecycle.start()
+        except Exception:
+            log.exception("widelog: the pipeline could not start; events are not being stored")
 
     async def _lifespan(
         self, scope: Scope, receive: Receive, send: Send, lifecycle: Lifecycle
