@@ -29,7 +29,8 @@ from widelog.events.logging_service import LoggingService
 from widelog.pipeline.fallback import SpoolFallback
 from widelog.pipeline.kafka import KafkaEventPublisher, ensure_topic
 from widelog.pipeline.spool import FileSpool
-from widelog.sampling.policy import SamplingPolicy, TailSampler
+from widelog.policies import load_sampling_policy
+from widelog.sampling.policy import TailSampler
 from widelog.stats import percentile
 
 FIELDS: dict[str, Any] = {
@@ -138,7 +139,7 @@ async def main(events: int) -> None:
         publisher = KafkaEventPublisher(
             bootstrap="127.0.0.1:9092", topic=topic, fallback=SpoolFallback(spool)
         )
-        keep_all = SamplingPolicy.load(None, {"WIDELOG_SAMPLING_BASELINE_RATE": "1"})
+        keep_all = load_sampling_policy(None, {"WIDELOG_SAMPLING_BASELINE_RATE": "1"})
         service = LoggingService(
             publisher=publisher,
             service="bench",

@@ -8,10 +8,10 @@ from typing import Any
 import msgspec
 
 from widelog.pipeline.ports import DeadLetter, PublishError, WriteResult
-from widelog.sampling.policy import SamplingPolicy
+from widelog.policies import load_sampling_policy
 
 # Sampling off: every event kept (the baseline rate is 1), for tests that count stored events.
-KEEP_ALL = SamplingPolicy.load(None, {"WIDELOG_SAMPLING_BASELINE_RATE": "1"})
+KEEP_ALL = load_sampling_policy(None, {"WIDELOG_SAMPLING_BASELINE_RATE": "1"})
 
 
 class RecordingPublisher:

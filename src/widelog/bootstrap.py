@@ -32,10 +32,11 @@ from widelog.pipeline.replayer import SpoolReplayer
 from widelog.pipeline.retention import run_retention
 from widelog.pipeline.spool import FileSpool
 from widelog.pipeline.sqlite_store import SQLiteEventStore
+from widelog.policies import load_incident_rules, load_sampling_policy
 from widelog.sampling.policy import SamplingPolicy, TailSampler
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Coroutine, Mapping
+    from collections.abc import Awaitable, Coroutine
 
     from redis.asyncio import Redis
 
@@ -219,11 +220,6 @@ def build_consumer(
     )
 
 
-def load_incident_rules(environ: Mapping[str, str] | None = None) -> IncidentRules:
-    """`WIDELOG_INCIDENTS_RULES` (TOML) + `WIDELOG_INCIDENTS_*`; raises `IncidentRulesError`."""
-    return IncidentRules.from_env(os.environ if environ is None else environ)
-
-
 def build_incident_store(settings: Settings) -> IncidentStore:
     """The incident store beside the events: same SQLite file, or same MongoDB database."""
     if settings.store == "mongo":
@@ -305,7 +301,7 @@ def build_pipeline(
     process; otherwise `widelog worker` runs them and this process only reads incidents.
     A `publisher` replaces the configured transport (tests, or a transport of your own).
     """
-    policy = sampling or SamplingPolicy.from_env(os.environ)
+    policy = sampling or load_sampling_policy()
     store = build_store(settings)
     incidents = build_incident_store(settings)
     queue = consumer = replayer = fallback = aggregator = None

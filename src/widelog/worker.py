@@ -15,12 +15,12 @@ from widelog.bootstrap import (
     build_source,
     build_spool_fallback,
     build_store,
-    load_incident_rules,
 )
 from widelog.incidents.aggregator import IncidentAggregator, run_sweeper
 from widelog.pipeline.consumer import ConsumerStats
 from widelog.pipeline.replayer import SpoolReplayer
 from widelog.pipeline.retention import run_retention
+from widelog.policies import load_incident_rules
 
 if TYPE_CHECKING:
     from widelog.config import Settings

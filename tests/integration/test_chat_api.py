@@ -11,6 +11,7 @@ from tests.fakes import KEEP_ALL
 from widelog.chat.api import create_app
 from widelog.chat.bootstrap import ChatContainer, build
 from widelog.config import Settings
+from widelog.policies import load_sampling_policy
 
 
 async def stored(container: ChatContainer, response: httpx.Response) -> dict[str, Any]:
@@ -140,9 +141,8 @@ async def test_a_sampled_out_request_is_counted_but_not_stored(tmp_path):
 
 
 async def test_the_debug_header_forces_a_keep_only_when_the_policy_allows_it(tmp_path):
-    from widelog.sampling.policy import SamplingPolicy
 
-    allowed = SamplingPolicy.load(None, {"WIDELOG_SAMPLING_FORCED_ALLOWED": "true"})
+    allowed = load_sampling_policy(None, {"WIDELOG_SAMPLING_FORCED_ALLOWED": "true"})
     container = build(Settings(sqlite_path=tmp_path / "e.sqlite3"), sampling=allowed)
     await container.start()
     transport = httpx.ASGITransport(app=create_app(container))

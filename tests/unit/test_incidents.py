@@ -40,6 +40,7 @@ from widelog.incidents.sqlite_store import SQLiteIncidentStore
 from widelog.incidents.summary import summarize
 from widelog.pipeline.consumer import BatchConsumer
 from widelog.pipeline.sqlite_store import SQLiteEventStore
+from widelog.policies import load_incident_rules
 
 ROOT = Path(__file__).resolve().parents[2]
 MIN = dt.timedelta(minutes=1)
@@ -486,7 +487,7 @@ async def test_the_structured_summary_has_every_field_an_operator_needs(world):
 
 
 def test_the_default_rules_are_valid_and_the_example_file_spells_them_out():
-    example = IncidentRules.load(ROOT / "incidents.example.toml")
+    example = load_incident_rules(ROOT / "incidents.example.toml")
     assert IncidentRules().fingerprint == example.fingerprint
     assert ["errors", "client_errors", "latency", "llm_provider"] == [r.id for r in DEFAULT_RULES]
 
@@ -498,7 +499,7 @@ def test_a_bad_rule_fails_naming_the_rule_and_the_key(tmp_path):
         "min_count = 5\n"
     )
     with pytest.raises(IncidentRulesError) as caught:
-        IncidentRules.load(path)
+        load_incident_rules(path)
     assert "rules[0] (slow).window: Value error, window must be whole minutes" in str(caught.value)
     assert str(path) in str(caught.value)
 
@@ -534,7 +535,7 @@ def _load_rules(rule_list: list[dict[str, Any]]) -> IncidentRules:
 
 
 def test_environment_overrides_switch_rules_off_and_set_the_lateness():
-    loaded = IncidentRules.load(
+    loaded = load_incident_rules(
         None,
         {
             "WIDELOG_INCIDENTS_DISABLED_RULES": "latency, client_errors",
@@ -543,16 +544,16 @@ def test_environment_overrides_switch_rules_off_and_set_the_lateness():
         },
     )
     assert (["errors", "llm_provider"], 300) == ([r.id for r in loaded.active], loaded.lateness)
-    assert () == IncidentRules.load(None, {"WIDELOG_INCIDENTS_ENABLED": "false"}).active
+    assert () == load_incident_rules(None, {"WIDELOG_INCIDENTS_ENABLED": "false"}).active
 
 
 def test_an_unknown_incident_variable_or_rule_is_an_error_not_a_silent_default():
     with pytest.raises(
-        IncidentRulesError, match="unknown incident setting WIDELOG_INCIDENTS_QUIET"
+        IncidentRulesError, match="unknown setting WIDELOG_INCIDENTS_QUIET"
     ):
-        IncidentRules.load(None, {"WIDELOG_INCIDENTS_QUIET": "5m"})
+        load_incident_rules(None, {"WIDELOG_INCIDENTS_QUIET": "5m"})
     with pytest.raises(IncidentRulesError, match=r"WIDELOG_INCIDENTS_DISABLED_RULES"):
-        IncidentRules.load(None, {"WIDELOG_INCIDENTS_DISABLED_RULES": "nope"})
+        load_incident_rules(None, {"WIDELOG_INCIDENTS_DISABLED_RULES": "nope"})
 
 
 @pytest.mark.parametrize(

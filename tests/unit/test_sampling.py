@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from widelog.cli.sampling import sampling_app
+from widelog.policies import load_sampling_policy
 from widelog.sampling.policy import (
     Decision,
     SamplingPolicy,
@@ -342,13 +343,13 @@ def test_counters_stay_bounded_when_a_caller_logs_raw_paths():
 
 
 def test_the_example_policy_is_valid():
-    policy = SamplingPolicy.load(ROOT / "sampling.example.toml")
+    policy = load_sampling_policy(ROOT / "sampling.example.toml")
     assert policy.fingerprint.startswith(policy.version + ":")
     assert 0.05 == policy.baseline.routes["/v1/chat"]
 
 
 def test_defaults_follow_the_spec():
-    policy = SamplingPolicy.load(None)
+    policy = load_sampling_policy(None)
     assert (0.02, (429,), False, False) == (
         policy.baseline.rate,
         policy.error.statuses,
@@ -359,7 +360,7 @@ def test_defaults_follow_the_spec():
 
 def test_a_policy_file_with_env_overrides_on_top(tmp_path):
     path = write(tmp_path, "[baseline]\nrate = 0.05\n[error]\nstatuses = [429]\n")
-    policy = SamplingPolicy.load(
+    policy = load_sampling_policy(
         path,
         {
             "WIDELOG_SAMPLING_BASELINE_RATE": "0.01",
@@ -389,7 +390,7 @@ def test_a_policy_file_with_env_overrides_on_top(tmp_path):
 
 def test_from_env_reads_the_file_named_by_widelog_sampling_policy(tmp_path):
     path = write(tmp_path, 'version = "from-file"\n')
-    policy = SamplingPolicy.from_env({"WIDELOG_SAMPLING_POLICY": str(path)})
+    policy = load_sampling_policy(environ={"WIDELOG_SAMPLING_POLICY": str(path)})
     assert "from-file" == policy.version
 
 
@@ -410,7 +411,7 @@ def test_from_env_reads_the_file_named_by_widelog_sampling_policy(tmp_path):
 def test_a_bad_policy_file_fails_naming_the_bad_key(tmp_path, toml, named):
     path = write(tmp_path, toml)
     with pytest.raises(SamplingPolicyError) as caught:
-        SamplingPolicy.load(path)
+        load_sampling_policy(path)
     assert f"  {named}:" in str(caught.value)
     assert str(path) in str(caught.value)
 
@@ -419,12 +420,12 @@ def test_a_bad_env_override_fails_naming_the_variable():
     with pytest.raises(
         SamplingPolicyError, match=r"WIDELOG_SAMPLING_BASELINE_RATE \(baseline.rate\)"
     ):
-        SamplingPolicy.load(None, {"WIDELOG_SAMPLING_BASELINE_RATE": "lots"})
+        load_sampling_policy(None, {"WIDELOG_SAMPLING_BASELINE_RATE": "lots"})
 
 
 def test_an_unknown_sampling_variable_fails_instead_of_being_ignored():
     with pytest.raises(SamplingPolicyError, match="WIDELOG_SAMPLING_BASELIN_RATE"):
-        SamplingPolicy.load(None, {"WIDELOG_SAMPLING_BASELIN_RATE": "0.1"})
+        load_sampling_policy(None, {"WIDELOG_SAMPLING_BASELIN_RATE": "0.1"})
 
 
 @pytest.mark.parametrize(
@@ -440,13 +441,13 @@ def test_an_unreadable_policy_file_fails_with_a_clear_message(tmp_path, name, te
     if text is not None:
         path.write_text(text, encoding="utf-8")
     with pytest.raises(SamplingPolicyError, match=message):
-        SamplingPolicy.load(path)
+        load_sampling_policy(path)
 
 
 def test_the_fingerprint_is_stable_and_changes_with_the_content(tmp_path):
     one = write(tmp_path, '[critical]\nroutes = ["/a", "/b"]\n[baseline]\nrate = 0.02\n', "1.toml")
     same = write(tmp_path, '[baseline]\nrate = 0.02\n[critical]\nroutes = ["/b", "/a"]\n', "2.toml")
-    assert SamplingPolicy.load(one).fingerprint == SamplingPolicy.load(same).fingerprint
+    assert load_sampling_policy(one).fingerprint == load_sampling_policy(same).fingerprint
     assert "1:" + "ee583597386b" == SamplingPolicy().fingerprint  # pinned: see docs/sampling.md
     changed = {
         SamplingPolicy().fingerprint,
@@ -482,7 +483,7 @@ def test_explain_json_shows_the_baseline_hash_and_threshold(tmp_path):
     report = json.loads(result.output)
     assert (False, "baseline", 0.02) == (report["keep"], report["reason"], report["rate"])
     assert (0x2BE92F45B522E46D, 0x051EB851EB851EC0) == (report["hash"], report["threshold"])
-    assert SamplingPolicy.load(path).fingerprint == report["policy"]
+    assert load_sampling_policy(path).fingerprint == report["policy"]
 
 
 def test_explain_honours_forced_and_error_codes():
@@ -512,5 +513,5 @@ def test_check_prints_the_normalized_policy_and_its_fingerprint():
     )
     assert 0 == result.exit_code, result.output
     report = json.loads(result.output)
-    assert SamplingPolicy.load(ROOT / "sampling.example.toml").fingerprint == report["fingerprint"]
+    assert load_sampling_policy(ROOT / "sampling.example.toml").fingerprint == report["fingerprint"]
     assert 0.02 == report["policy"]["baseline"]["rate"]

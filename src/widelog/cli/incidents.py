@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
@@ -21,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 
 from widelog.incidents.rules import IncidentRules, IncidentRulesError, parse_duration
+from widelog.policies import load_incident_rules
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -49,7 +49,7 @@ def _settings() -> Settings:
 
 def _rules(path: Path | None = None) -> IncidentRules:
     try:
-        return IncidentRules.from_env(os.environ, path=path)
+        return load_incident_rules(path)
     except IncidentRulesError as exc:
         err.print(str(exc), markup=False, highlight=False)
         raise typer.Exit(2) from None

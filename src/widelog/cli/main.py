@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import sys
 from typing import Annotated, Any
 
@@ -15,12 +14,12 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
-from widelog.bootstrap import load_incident_rules
 from widelog.cli.incidents import incidents_app
 from widelog.cli.sampling import sampling_app
 from widelog.config import Settings
 from widelog.incidents.rules import IncidentRulesError
-from widelog.sampling.policy import SamplingPolicy, SamplingPolicyError
+from widelog.policies import load_incident_rules, load_sampling_policy
+from widelog.sampling.policy import SamplingPolicyError
 
 app = typer.Typer(help="Wide-event logging for LLM chat backends.", no_args_is_help=True)
 app.add_typer(sampling_app, name="sampling")
@@ -32,7 +31,7 @@ def _settings() -> Settings:
     """Settings and sampling policy, validated before anything starts (exit 2 naming the key)."""
     try:
         settings = Settings()
-        SamplingPolicy.from_env(os.environ)
+        load_sampling_policy()
         load_incident_rules()
     except ValidationError as exc:
         err.print(f"[red]invalid WIDELOG_* settings:[/red]\n{exc}")

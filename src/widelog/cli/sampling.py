@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -18,6 +17,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from widelog.policies import load_sampling_policy
 from widelog.sampling.policy import SamplingPolicy, SamplingPolicyError, TailSampler
 
 if TYPE_CHECKING:
@@ -41,7 +41,7 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object.
 
 def _policy(path: Path | None) -> SamplingPolicy:
     try:
-        return SamplingPolicy.from_env(os.environ, path=path)
+        return load_sampling_policy(path)
     except SamplingPolicyError as exc:
         err.print(f"[red]{exc}[/red]", highlight=False, markup=False)
         raise typer.Exit(2) from None

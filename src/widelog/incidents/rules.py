@@ -20,7 +20,6 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Annotated, Any, Final
 
 from pydantic import (
@@ -28,22 +27,13 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
-    ValidationError,
     field_validator,
     model_validator,
 )
 
 from widelog.events.event import is_error
 from widelog.incidents.masking import mask
-from widelog.policy_file import read_toml
 
-ENV_PREFIX: Final = "WIDELOG_INCIDENTS_"
-RULES_PATH_ENV: Final = "WIDELOG_INCIDENTS_RULES"
-ENV_OVERRIDES: Final[Mapping[str, str]] = {
-    "WIDELOG_INCIDENTS_ENABLED": "enabled",
-    "WIDELOG_INCIDENTS_LATENESS": "lateness",
-    "WIDELOG_INCIDENTS_DISABLED_RULES": "disabled_rules",
-}
 MESSAGE_FIELD: Final = "message"  # pseudo-field: the masked `error.message`
 MAX_KEY_CHARS: Final = 200
 _DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
@@ -257,75 +247,6 @@ class IncidentRules(_Section):
     def fingerprint(self) -> str:
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
         return f"{self.version}:{hashlib.sha256(canonical.encode()).hexdigest()[:12]}"
-
-    @classmethod
-    def load(
-        cls, path: Path | str | None = None, overrides: Mapping[str, str] | None = None
-    ) -> IncidentRules:
-        """The rules in the TOML file at `path` (defaults if None), `WIDELOG_INCIDENTS_*` on top.
-
-        `overrides` may be all of `os.environ`: keys without the prefix are ignored, unknown keys
-        with it are rejected (a typo must not silently keep the default).
-        """
-        raw: dict[str, Any] = {}
-        if path is not None:
-            path = Path(path)
-            raw = read_toml(path, what="incident rules", error=IncidentRulesError)
-        from_env = _apply_overrides(raw, overrides or {})
-        try:
-            return cls.model_validate(raw)
-        except ValidationError as exc:
-            sources = [str(path)] if path is not None else []
-            if from_env:
-                sources.append("environment")
-            raise IncidentRulesError(_describe(exc, raw, " + ".join(sources), from_env)) from None
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str], *, path: Path | None = None) -> IncidentRules:
-        """The process's rules: `path`, else the file `WIDELOG_INCIDENTS_RULES` names; + env."""
-        if path is None and environ.get(RULES_PATH_ENV):
-            path = Path(environ[RULES_PATH_ENV])
-        return cls.load(path, environ)
-
-
-def _apply_overrides(raw: dict[str, Any], overrides: Mapping[str, str]) -> dict[str, str]:
-    applied: dict[str, str] = {}
-    for name, value in overrides.items():
-        if not name.startswith(ENV_PREFIX) or name == RULES_PATH_ENV:
-            continue
-        key = ENV_OVERRIDES.get(name)
-        if key is None:
-            known = ", ".join([RULES_PATH_ENV, *ENV_OVERRIDES])
-            raise IncidentRulesError(f"unknown incident setting {name} (known: {known})")
-        parsed: Any = value
-        if key == "disabled_rules":
-            parsed = [item.strip() for item in value.split(",") if item.strip()]
-        raw[key] = parsed
-        applied[key] = name
-    return applied
-
-
-def _describe(
-    exc: ValidationError, raw: Mapping[str, Any], source: str, from_env: Mapping[str, str]
-) -> str:
-    lines = [f"invalid incident rules ({source or 'defaults'}):"]
-    rules = raw.get("rules")
-    for error in exc.errors():
-        loc = [str(part) for part in error["loc"]]
-        key = ".".join(loc) or "<rules>"
-        if len(loc) >= 2 and loc[0] == "rules" and loc[1].isdigit() and isinstance(rules, list):
-            index = int(loc[1])
-            rule = rules[index] if index < len(rules) else None
-            if isinstance(rule, Mapping) and "id" in rule:
-                key = f"rules[{index}] ({rule['id']})" + "".join(f".{p}" for p in loc[2:])
-        env = from_env.get(loc[0]) if loc else None
-        if not loc:  # a check across fields: name the variable whose key the message names
-            env = next((name for k, name in from_env.items() if k in error["msg"]), None)
-            key = next((k for k in from_env if k in error["msg"]), key)
-        where = f"{env} ({key})" if env else key
-        got = repr(error.get("input"))
-        lines.append(f"  {where}: {error['msg']} (got {got[:80]})")
-    return "\n".join(lines)
 
 
 def field_value(doc: Mapping[str, Any], path: str) -> str | None:

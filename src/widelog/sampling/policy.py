@@ -1,7 +1,8 @@
 """Tail-aware sampling: keep every error, slow request and critical route; a stable few of the rest.
 
-The policy is data (a TOML file plus `WIDELOG_SAMPLING_*` overrides), validated once at startup, so
-a bad policy fails the start naming the bad key instead of failing a request. First match wins:
+The policy is data (a TOML file plus `WIDELOG_SAMPLING_*` overrides, read by `widelog.policies`),
+validated once at startup, so a bad policy fails the start naming the bad key instead of failing a
+request. First match wins:
 
 1. error — `error.code` is set, the status is >= 500, or it is one of `error.statuses` (4xx);
 2. slow — `duration_ms` above the route's threshold;
@@ -24,28 +25,9 @@ import math
 import re
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Annotated, Any, Final
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-
-from widelog.policy_file import read_toml
-
-ENV_PREFIX: Final = "WIDELOG_SAMPLING_"
-POLICY_PATH_ENV: Final = "WIDELOG_SAMPLING_POLICY"
-ENV_OVERRIDES: Final[Mapping[str, tuple[str, ...]]] = {
-    "WIDELOG_SAMPLING_VERSION": ("version",),
-    "WIDELOG_SAMPLING_SALT": ("salt",),
-    "WIDELOG_SAMPLING_DRY_RUN": ("dry_run",),
-    "WIDELOG_SAMPLING_ERROR_STATUSES": ("error", "statuses"),
-    "WIDELOG_SAMPLING_SLOW_THRESHOLD_MS": ("slow", "threshold_ms"),
-    "WIDELOG_SAMPLING_CRITICAL_ROUTES": ("critical", "routes"),
-    "WIDELOG_SAMPLING_FORCED_ALLOWED": ("forced", "allowed"),
-    "WIDELOG_SAMPLING_BASELINE_RATE": ("baseline", "rate"),
-}
-_LIST_OVERRIDES: Final = frozenset(
-    {"WIDELOG_SAMPLING_ERROR_STATUSES", "WIDELOG_SAMPLING_CRITICAL_ROUTES"}
-)
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 REASONS: Final = ("error", "slow", "critical_route", "forced", "baseline")
 UNKNOWN_ROUTE: Final = "unknown"
@@ -119,39 +101,6 @@ class SamplingPolicy(_Section):
     forced: ForcedRule = ForcedRule()
     baseline: BaselineRule = BaselineRule()
 
-    @classmethod
-    def load(
-        cls, path: Path | str | None = None, overrides: Mapping[str, str] | None = None
-    ) -> SamplingPolicy:
-        """The policy in the TOML file at `path` (defaults if None), `WIDELOG_SAMPLING_*` on top.
-
-        `overrides` may be all of `os.environ`: keys without the prefix are ignored, unknown keys
-        with it are rejected (a typo must not silently keep the default).
-        """
-        raw: dict[str, Any] = {}
-        if path is not None:
-            path = Path(path)
-            if path.suffix.lower() in {".yaml", ".yml"}:
-                raise SamplingPolicyError(
-                    f"{path}: write the sampling policy in TOML (YAML needs a dependency)"
-                )
-            raw = read_toml(path, what="sampling policy", error=SamplingPolicyError)
-        from_env = _apply_overrides(raw, overrides or {})
-        try:
-            return cls.model_validate(raw)
-        except ValidationError as exc:
-            sources = [str(path)] if path is not None else []
-            if from_env:
-                sources.append("environment")
-            raise SamplingPolicyError(_describe(exc, " + ".join(sources), from_env)) from None
-
-    @classmethod
-    def from_env(cls, environ: Mapping[str, str], *, path: Path | None = None) -> SamplingPolicy:
-        """The process's policy: `path`, else the file `WIDELOG_SAMPLING_POLICY` names; + env."""
-        if path is None and environ.get(POLICY_PATH_ENV):
-            path = Path(environ[POLICY_PATH_ENV])
-        return cls.load(path, environ)
-
     def canonical_json(self) -> str:
         return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
 
@@ -160,44 +109,6 @@ class SamplingPolicy(_Section):
         """`<version>:<12 hex of sha256(canonical JSON)>`: readable, and exact about the content."""
         digest = hashlib.sha256(self.canonical_json().encode()).hexdigest()
         return f"{self.version}:{digest[:12]}"
-
-
-def _apply_overrides(
-    raw: dict[str, Any], overrides: Mapping[str, str]
-) -> dict[tuple[str, ...], str]:
-    """Write the `WIDELOG_SAMPLING_*` values into `raw`; return which policy key each one set."""
-    applied: dict[tuple[str, ...], str] = {}
-    for name, value in overrides.items():
-        if not name.startswith(ENV_PREFIX) or name == POLICY_PATH_ENV:
-            continue
-        keys = ENV_OVERRIDES.get(name)
-        if keys is None:
-            known = ", ".join([POLICY_PATH_ENV, *ENV_OVERRIDES])
-            raise SamplingPolicyError(f"unknown sampling setting {name} (known: {known})")
-        node = raw
-        for key in keys[:-1]:
-            child = node.setdefault(key, {})
-            if not isinstance(child, dict):
-                raise SamplingPolicyError(f"{name}: policy key {key!r} is not a table")
-            node = child
-        parsed: Any = value
-        if name in _LIST_OVERRIDES:
-            parsed = [item.strip() for item in value.split(",") if item.strip()]
-        node[keys[-1]] = parsed
-        applied[keys] = name
-    return applied
-
-
-def _describe(exc: ValidationError, source: str, from_env: Mapping[tuple[str, ...], str]) -> str:
-    lines = [f"invalid sampling policy ({source}):"]
-    for error in exc.errors():
-        loc = tuple(str(part) for part in error["loc"])
-        key = ".".join(loc) or "<policy>"
-        env = next((name for keys, name in from_env.items() if loc[: len(keys)] == keys), None)
-        where = f"{env} ({key})" if env else key
-        got = repr(error.get("input"))
-        lines.append(f"  {where}: {error['msg']} (got {got[:80]})")
-    return "\n".join(lines)
 
 
 def stable_hash(request_id: str, salt: str) -> int:
