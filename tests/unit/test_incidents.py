@@ -548,9 +548,7 @@ def test_environment_overrides_switch_rules_off_and_set_the_lateness():
 
 
 def test_an_unknown_incident_variable_or_rule_is_an_error_not_a_silent_default():
-    with pytest.raises(
-        IncidentRulesError, match="unknown setting WIDELOG_INCIDENTS_QUIET"
-    ):
+    with pytest.raises(IncidentRulesError, match="unknown setting WIDELOG_INCIDENTS_QUIET"):
         load_incident_rules(None, {"WIDELOG_INCIDENTS_QUIET": "5m"})
     with pytest.raises(IncidentRulesError, match=r"WIDELOG_INCIDENTS_DISABLED_RULES"):
         load_incident_rules(None, {"WIDELOG_INCIDENTS_DISABLED_RULES": "nope"})

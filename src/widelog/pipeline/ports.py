@@ -7,6 +7,7 @@ settings. Every adapter of a port passes the same contract tests (`tests/contrac
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,7 +108,7 @@ class EventStore(Protocol):
 
     async def count_dead_letters(self) -> int: ...
 
-    async def expire(self) -> int:
+    async def expire(self, *, now: dt.datetime | None = None) -> int:
         """Delete events past the retention period where the server does not; return how many."""
         ...
 
