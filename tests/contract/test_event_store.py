@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from widelog.events.ids import new_event_id
-from widelog.pipeline.ports import DeadLetter, EventStore
+from widelog.pipeline.ports import DeadLetter, EventQuery, EventStore
 
 
 def make_event(**fields: Any) -> dict[str, Any]:
@@ -100,6 +100,41 @@ class EventStoreContract:
 
     async def test_ping_succeeds_on_a_healthy_store(self, store):
         await store.ping()
+
+    async def test_find_filters_by_every_field_newest_first(self, store):
+        def at(minute: int, **fields: Any) -> dict[str, Any]:
+            return make_event(timestamp=f"2026-11-27T10:{minute:02d}:00.5Z", **fields)
+
+        chat = {"route": "/v1/chat", "status": 200}
+        events = [
+            at(1, request_id="r1", session_id="s1", llm={"model": "m1"}, http=chat),
+            at(2, request_id="r2", session_id="s1", llm={"model": "m2"}, http=chat),
+            at(
+                3,
+                request_id="r3",
+                http={"route": "/v1/chat", "status": 504},
+                error={"code": "LLM_TIMEOUT"},
+            ),
+            at(4, request_id="r4", http={"route": "/healthz", "status": 200}),
+        ]
+        await store.write_batch(events)
+
+        async def found(**filters: Any) -> list[str]:
+            return [e["request_id"] for e in await store.find_events(EventQuery(**filters))]
+
+        assert ["r4", "r3", "r2", "r1"] == await found()
+        assert ["r3"] == await found(request_id="r3")
+        assert ["r3", "r2", "r1"] == await found(route="/v1/chat")
+        assert ["r3"] == await found(status=504)
+        assert ["r3"] == await found(error_code="LLM_TIMEOUT")
+        assert ["r2", "r1"] == await found(session_id="s1")
+        assert ["r2"] == await found(model="m2")
+        assert ["r4", "r3"] == await found(limit=2)
+        since, until = (dt.datetime(2026, 11, 27, 10, m, tzinfo=dt.UTC) for m in (2, 4))
+        assert ["r3", "r2"] == await found(since=since, until=until)
+        assert [] == await found(session_id="s1", status=504)
+        stored = (await store.find_events(EventQuery(request_id="r1")))[0]
+        assert {"model": "m1"} == stored["llm"]
 
     async def test_expire_deletes_events_past_retention_and_keeps_the_rest(
         self, store_keeping_days

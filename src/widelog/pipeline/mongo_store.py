@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 import bson
 from bson import Binary
 from bson.errors import InvalidDocument
-from pymongo import ASCENDING, AsyncMongoClient
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
 from pymongo.errors import BulkWriteError, DocumentTooLarge, OperationFailure
 
-from widelog.pipeline.ports import DeadLetter, WriteResult
+from widelog.pipeline.ports import DeadLetter, EventQuery, WriteResult
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Mapping, Sequence
@@ -114,6 +114,9 @@ class MongoEventStore:
             ([("request_id", ASCENDING)], {"name": "request_id"}),
             ([("error.code", ASCENDING), ("timestamp", ASCENDING)], {"name": "error_code_time"}),
             ([("http.route", ASCENDING), ("timestamp", ASCENDING)], {"name": "route_time"}),
+            ([("http.status", ASCENDING), ("timestamp", ASCENDING)], {"name": "status_time"}),
+            ([("session_id", ASCENDING), ("timestamp", ASCENDING)], {"name": "session_time"}),
+            ([("llm.model", ASCENDING), ("timestamp", ASCENDING)], {"name": "model_time"}),
         ]
         if self._retention_days:
             try:
@@ -225,6 +228,23 @@ class MongoEventStore:
 
     async def count_events(self, *, errors_only: bool = False) -> int:
         return await self._events.count_documents(ERROR_FILTER if errors_only else {})
+
+    async def find_events(self, query: EventQuery) -> list[dict[str, Any]]:
+        await self.ensure_indexes()
+        fields = {
+            "request_id": query.request_id,
+            "http.route": query.route,
+            "http.status": query.status,
+            "error.code": query.error_code,
+            "session_id": query.session_id,
+            "llm.model": query.model,
+        }
+        where: dict[str, Any] = {k: v for k, v in fields.items() if v is not None}
+        stamp = {"$gte": query.since, "$lt": query.until}
+        if any(v is not None for v in stamp.values()):
+            where["timestamp"] = {k: v for k, v in stamp.items() if v is not None}
+        cursor = self._events.find(where, sort=[("timestamp", DESCENDING)], limit=query.limit)
+        return [_from_document(doc) async for doc in cursor]
 
     async def scan_events(self, *, batch_size: int = 1000) -> AsyncIterator[dict[str, Any]]:
         cursor = self._events.find({}, sort=[("_id", ASCENDING)], batch_size=batch_size)

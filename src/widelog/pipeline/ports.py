@@ -87,6 +87,21 @@ class DeadLetter:
     letter_id: str | None = None
 
 
+@dataclass(slots=True, frozen=True)
+class EventQuery:
+    """An operator's search: every filter optional, all given must hold; newest first."""
+
+    request_id: str | None = None
+    since: dt.datetime | None = None  # inclusive, aware
+    until: dt.datetime | None = None  # exclusive, aware
+    route: str | None = None  # the template, e.g. /v1/chat
+    status: int | None = None
+    error_code: str | None = None
+    session_id: str | None = None
+    model: str | None = None  # llm.model
+    limit: int = 50
+
+
 class EventStore(Protocol):
     """Durable event storage. `write_batch` is idempotent: `event_id` is the key.
 
@@ -101,6 +116,10 @@ class EventStore(Protocol):
     async def get_event(self, event_id: str) -> dict[str, Any] | None: ...
 
     async def count_events(self, *, errors_only: bool = False) -> int: ...
+
+    async def find_events(self, query: EventQuery) -> list[dict[str, Any]]:
+        """The stored events that match, newest first, at most `query.limit`; served by indexes."""
+        ...
 
     def scan_events(self, *, batch_size: int = 1000) -> AsyncIterator[dict[str, Any]]:
         """Every stored event, oldest first (for re-weighting, rebuilds and exports)."""

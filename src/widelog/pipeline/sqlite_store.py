@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from widelog.events.event import is_error
-from widelog.pipeline.ports import DeadLetter, WriteResult
+from widelog.pipeline.ports import DeadLetter, EventQuery, WriteResult
 from widelog.sqlite_db import SQLiteDatabase
 
 if TYPE_CHECKING:
@@ -37,6 +37,9 @@ CREATE INDEX IF NOT EXISTS events_request_id ON events (request_id);
 CREATE INDEX IF NOT EXISTS events_route ON events (route, timestamp);
 CREATE INDEX IF NOT EXISTS events_error_code ON events (error_code, timestamp)
     WHERE error_code IS NOT NULL;
+CREATE INDEX IF NOT EXISTS events_status ON events (status, timestamp);
+CREATE INDEX IF NOT EXISTS events_session ON events (json_extract(doc, '$.session_id'), timestamp);
+CREATE INDEX IF NOT EXISTS events_model ON events (json_extract(doc, '$.llm.model'), timestamp);
 CREATE TABLE IF NOT EXISTS dead_letters (
     id          INTEGER PRIMARY KEY,
     letter_id   TEXT UNIQUE,
@@ -66,7 +69,7 @@ def _row(doc: Mapping[str, Any]) -> tuple[Any, ...]:
     status = http.get("status")
     return (
         doc["event_id"],
-        str(doc.get("timestamp", "")),
+        _sortable(doc.get("timestamp", "")),
         doc.get("request_id"),
         http.get("route"),
         status if isinstance(status, int) else None,
@@ -74,6 +77,44 @@ def _row(doc: Mapping[str, Any]) -> tuple[Any, ...]:
         int(is_error(doc)),
         _encoder.encode(doc).decode(),
     )
+
+
+def _sortable(stamp: object) -> str:
+    """Timestamps as RFC 3339 UTC text (what the transports carry), so they sort as text."""
+    if isinstance(stamp, dt.datetime):
+        return stamp.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return str(stamp)
+
+
+# Filters of `find_events`: the expression of each must match an index's to use it.
+_FILTERS = {
+    "request_id": "request_id = ?",
+    "route": "route = ?",
+    "status": "status = ?",
+    "error_code": "error_code = ?",
+    "session_id": "json_extract(doc, '$.session_id') = ?",
+    "model": "json_extract(doc, '$.llm.model') = ?",
+}
+
+
+def search_sql(query: EventQuery) -> tuple[str, list[Any]]:
+    """The statement `find_events` runs, and its parameters (tests check its query plan)."""
+    clauses, params = [], []
+    for name, clause in _FILTERS.items():
+        value = getattr(query, name)
+        if value is not None:
+            clauses.append(clause)
+            params.append(value)
+    if query.since is not None:
+        clauses.append("timestamp >= ?")
+        params.append(_sortable(query.since))
+    if query.until is not None:
+        clauses.append("timestamp < ?")
+        params.append(_sortable(query.until))
+    where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
+    # Only the fixed clauses above are formatted in; every value is a bound parameter.
+    sql = f"SELECT doc FROM events {where} ORDER BY timestamp DESC LIMIT ?"  # noqa: S608
+    return sql, [*params, query.limit]
 
 
 def _from_json(text: str) -> dict[str, Any]:
@@ -101,9 +142,9 @@ class SQLiteEventStore:
         cutoff = (now or dt.datetime.now(dt.UTC)) - dt.timedelta(days=self._retention_days)
 
         def delete(db: sqlite3.Connection) -> int:
-            with db:  # timestamps are stored as str(aware UTC datetime): they sort as text
+            with db:
                 deleted: int = db.execute(
-                    "DELETE FROM events WHERE timestamp < ?", (str(cutoff),)
+                    "DELETE FROM events WHERE timestamp < ?", (_sortable(cutoff),)
                 ).rowcount
                 return deleted
 
@@ -158,6 +199,14 @@ class SQLiteEventStore:
             else "SELECT count(*) FROM events"
         )
         return int((await self._run(lambda db: db.execute(sql).fetchone()))[0])
+
+    async def find_events(self, query: EventQuery) -> list[dict[str, Any]]:
+        sql, params = search_sql(query)
+
+        def select(db: sqlite3.Connection) -> list[str]:
+            return [doc for (doc,) in db.execute(sql, params)]
+
+        return [_from_json(doc) for doc in await self._run(select)]
 
     async def scan_events(self, *, batch_size: int = 1000) -> AsyncIterator[dict[str, Any]]:
         after = ""
