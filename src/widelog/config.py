@@ -93,6 +93,9 @@ class Settings(BaseSettings):
     semantic_cache_ttl_s: float = Field(3600.0, gt=0)
     semantic_cache_max_entries: int = Field(10_000, ge=1)  # in-process cache only
 
+    # Admin routes (events, incidents, infra, metrics, dashboard): bearer token when set.
+    admin_token: SecretStr | None = None
+
     # Chat API.
     max_message_chars: int = Field(8000, ge=1)
 

@@ -13,10 +13,10 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from widelog._instrument import Widelog
+from widelog.admin.routes import admin_router
 from widelog.chat.llm import LLMError
 from widelog.chat.service import ChatQuery
 from widelog.events.logging_service import event
-from widelog.incidents.http_api import incidents_router
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -75,7 +75,7 @@ def create_app(container: ChatContainer) -> FastAPI:
     app = FastAPI(title="widelog reference chat service", lifespan=lifespan)
     Widelog(container.pipeline).attach(app)
     app.add_exception_handler(RequestValidationError, _validation_failed)
-    app.include_router(incidents_router(container.pipeline.incidents))
+    app.include_router(admin_router(container.pipeline))
     llm = container.llm
     service = container.chat
     max_chars = container.settings.max_message_chars

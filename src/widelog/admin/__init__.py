@@ -1,0 +1,1 @@
+"""Operating widelog over HTTP: event lookup, incidents, infrastructure state (FastAPI routers)."""
