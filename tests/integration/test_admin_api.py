@@ -31,9 +31,12 @@ async def client_for(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
     await container.aclose()
 
 
-def settings(tmp_path: Path, **extra: object) -> Settings:
+def settings(tmp_path: Path, *, admin_token: SecretStr | None = None) -> Settings:
     return Settings(
-        sqlite_path=tmp_path / "e.sqlite3", fake_llm_latency_ms=0, flush_interval_s=0.05, **extra
+        sqlite_path=tmp_path / "e.sqlite3",
+        fake_llm_latency_ms=0,
+        flush_interval_s=0.05,
+        admin_token=admin_token,
     )
 
 
