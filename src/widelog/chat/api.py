@@ -75,7 +75,7 @@ def create_app(container: ChatContainer) -> FastAPI:
     app = FastAPI(title="widelog reference chat service", lifespan=lifespan)
     Widelog(container.pipeline).attach(app)
     app.add_exception_handler(RequestValidationError, _validation_failed)
-    app.include_router(admin_router(container.pipeline))
+    app.include_router(admin_router(container.pipeline, caches=container.caches))
     llm = container.llm
     service = container.chat
     max_chars = container.settings.max_message_chars

@@ -71,3 +71,14 @@ async def incident_summaries(
 ) -> list[dict[str, Any]]:
     """`summarize()` of each listed incident: what `widelog demo --json` reports as `incidents`."""
     return [summarize(i) for i in await list_incidents(store, status=status, limit=limit)]
+
+
+async def open_by_rule(store: IncidentStore) -> dict[str, int]:
+    """How many incidents are open, by rule id, from the lifecycle steps alone (a metric)."""
+    counts: dict[str, int] = {}
+    for steps in (await store.transitions()).values():
+        last = ordered(steps)[-1]
+        if last.kind == "open":
+            rule = str(last.rule.get("id", "unknown"))
+            counts[rule] = counts.get(rule, 0) + 1
+    return counts

@@ -1,0 +1,174 @@
+"""Prometheus metrics, read from the counters the pipeline keeps anyway, at scrape time.
+
+A custom collector rather than `Counter.inc()` on the request path: `finalize()` already counts
+everything in plain integers, so exposing them costs nothing per request and the numbers in
+`/metrics`, `/v1/infra` and the demo report are the same numbers. Label sets are bounded: reasons,
+cache names and outcomes, circuit states, rule ids and partitions are all small fixed sets.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from widelog.sampling.policy import REASONS
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from widelog.bootstrap import Pipeline
+    from widelog.cache.fail_open import ChatCaches
+    from widelog.pipeline.consumer import ConsumerStats
+
+CIRCUIT_STATES = ("closed", "open", "half_open")
+
+
+class PipelineCollector:
+    """Everything one process's pipeline (and, where it has them, its caches) counted."""
+
+    def __init__(self, pipeline: Pipeline, *, caches: ChatCaches | None = None) -> None:
+        self._pipeline = pipeline
+        self._caches = caches
+        self.open_incidents: dict[str, int] = {}  # by rule; refreshed by the scrape handler
+
+    def describe(self) -> list[Metric]:
+        return []  # families depend on the adapters in use: no fixed description
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self._events()
+        yield from self._transport()
+        yield from self._consumer()
+        yield from self._cache()
+        incidents = GaugeMetricFamily(
+            "widelog_incidents_open", "Open incidents, by rule.", labels=["rule"]
+        )
+        for rule, count in sorted(self.open_incidents.items()):
+            incidents.add_metric([rule], count)
+        yield incidents
+
+    def _events(self) -> Iterator[Metric]:
+        stats = self._pipeline.logging.stats
+        yield _counter(
+            "events_finalized", "Events finalized (one per request or unit).", stats.finalized
+        )
+        yield _counter("events_errors", "Finalized events that record an error.", stats.errors)
+        yield _counter(
+            "events_sampled_out", "Events the sampling policy dropped.", stats.sampled_out
+        )
+        yield _counter("events_published", "Events handed to the transport.", stats.published)
+        yield _counter("publish_failures", "Events the transport refused.", stats.publish_failed)
+        yield _counter("finalize_failures", "Events that failed to encode.", stats.finalize_failed)
+        sampler = self._pipeline.logging.sampler
+        if sampler is None:
+            return
+        counters = sampler.counters
+        kept = CounterMetricFamily(
+            "widelog_events_kept", "Events the sampling policy kept, by reason.", labels=["reason"]
+        )
+        ratio = GaugeMetricFamily(
+            "widelog_sampling_retention_ratio",
+            "Kept / decided events, overall (reason=all) and by the reason that kept them.",
+            labels=["reason"],
+        )
+        seen = counters.seen
+        for reason in REASONS:
+            kept.add_metric([reason], counters.kept_by_reason[reason])
+            ratio.add_metric([reason], counters.kept_by_reason[reason] / seen if seen else 0.0)
+        ratio.add_metric(["all"], counters.kept / seen if seen else 0.0)
+        yield kept
+        yield ratio
+
+    def _transport(self) -> Iterator[Metric]:
+        pipeline = self._pipeline
+        depth = pipeline.queue.depth if pipeline.queue is not None else _queue_depth(pipeline)
+        yield _gauge("queue_depth_events", "Events waiting in this process to leave it.", depth)
+        fallback = pipeline.fallback
+        if fallback is not None:
+            spooling = 1 if getattr(pipeline.publisher, "broker_down", False) else 0
+            yield _gauge("transport_spooling", "1 while every event goes to the spool.", spooling)
+            yield _counter("events_spooled", "Events written to the spool.", fallback.spooled)
+            yield _counter("spool_lost", "Events neither published nor spooled.", fallback.lost)
+            segments = fallback.spool.segments()
+            yield _gauge("spool_segments", "Spool files waiting for replay.", len(segments))
+            yield _gauge("spool_bytes", "Bytes in the spool.", sum(_size(p) for p in segments))
+        if pipeline.replayer is not None:
+            replayed = pipeline.replayer.stats
+            yield _counter(
+                "events_replayed", "Spooled events the broker confirmed.", replayed.events
+            )
+            yield _counter(
+                "replay_failures", "Replays that left a segment in the spool.", replayed.failures
+            )
+
+    def _consumer(self) -> Iterator[Metric]:
+        consumer = self._pipeline.consumer
+        if consumer is None:
+            return
+        yield from consumer_metrics(consumer.stats)
+
+    def _cache(self) -> Iterator[Metric]:
+        if self._caches is None:
+            return
+        lookups = CounterMetricFamily(
+            "widelog_cache_lookups",
+            "Cache lookups by cache and result.",
+            labels=["cache", "result"],
+        )
+        for name, cache in (("session", self._caches.sessions), ("semantic", self._caches.answers)):
+            for result, count in sorted(cache.counters.lookups.items()):
+                lookups.add_metric([name, result], count)
+        yield lookups
+        breaker = self._caches.breaker
+        if breaker is not None:
+            state = GaugeMetricFamily(
+                "widelog_cache_circuit_state",
+                "1 for the circuit breaker's current state.",
+                labels=["state"],
+            )
+            for name in CIRCUIT_STATES:
+                state.add_metric([name], 1 if breaker.state == name else 0)
+            yield state
+            yield _counter(
+                "cache_circuit_opened", "Times the cache breaker opened.", breaker.opened
+            )
+
+
+def consumer_metrics(stats: ConsumerStats) -> Iterator[Metric]:
+    """The consumer's counters: the same in the embedded pipeline and in `widelog worker`."""
+    yield _counter("batches", "Batches written to the store.", stats.batches)
+    yield _counter("events_stored", "Events stored for the first time.", stats.stored)
+    yield _counter("events_duplicates", "Re-delivered events already stored.", stats.duplicates)
+    yield _counter("events_dead_lettered", "Messages set aside with a reason.", stats.dead_lettered)
+    yield _counter(
+        "write_retries", "Batch writes that failed and were retried.", stats.write_failures
+    )
+    yield _gauge("last_batch_seconds", "Duration of the last batch.", stats.last_batch_ms / 1000)
+
+
+def registry_for(collector: PipelineCollector) -> CollectorRegistry:
+    """A registry of its own (not the global one): tests and several pipelines never collide."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    return registry
+
+
+def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(f"widelog_{name}", documentation, value=value)
+
+
+def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(f"widelog_{name}", documentation, value=value)
+
+
+def _queue_depth(pipeline: Pipeline) -> int:
+    depth = getattr(pipeline.publisher, "queue_depth", 0)
+    return depth if isinstance(depth, int) else 0
+
+
+def _size(path: Any) -> int:
+    try:
+        return int(path.stat().st_size)
+    except OSError:  # replayed and deleted between the listing and now
+        return 0
