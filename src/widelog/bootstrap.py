@@ -9,6 +9,7 @@ the builder that needs them, so `pip install widelog` without extras runs the em
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from dataclasses import dataclass, field
@@ -87,6 +88,24 @@ class Pipeline:
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         self._tasks.append(asyncio.create_task(work))
+
+    @property
+    def queue_depth(self) -> int:
+        """Events waiting in this process to leave it (in-process queue, producer buffer)."""
+        if self.queue is not None:
+            return self.queue.depth
+        depth = getattr(self.publisher, "queue_depth", 0)
+        return depth if isinstance(depth, int) else 0
+
+    def spool_usage(self) -> tuple[int, int]:
+        """Segments waiting for replay, and their bytes; (0, 0) without a spool."""
+        if self.fallback is None:
+            return 0, 0
+        sizes = []
+        for path in self.fallback.spool.segments():
+            with contextlib.suppress(OSError):  # replayed and deleted since it was listed
+                sizes.append(path.stat().st_size)
+        return len(sizes), sum(sizes)
 
     async def drained(self) -> None:
         """Every event published so far is stored (embedded transport only)."""

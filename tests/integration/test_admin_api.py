@@ -15,7 +15,7 @@ from widelog.chat.bootstrap import build
 from widelog.config import Settings
 
 TOKEN = "s3cret-token"
-ADMIN_PATHS = ["/v1/events", "/v1/events/r-1", "/v1/incidents"]
+ADMIN_PATHS = ["/v1/events", "/v1/events/r-1", "/v1/incidents", "/v1/infra", "/metrics"]
 
 
 async def client_for(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
@@ -97,3 +97,28 @@ async def test_the_token_does_not_guard_the_chat_api(guarded_client):
     body = {"session_id": "s", "message": "hello"}
     assert 200 == (await guarded_client.post("/v1/chat", json=body)).status_code
     assert 200 == (await guarded_client.get("/healthz")).status_code
+
+
+async def test_infra_reports_a_healthy_embedded_pipeline(open_client):
+    infra = (await open_client.get("/v1/infra")).json()
+    assert ("healthy", [], "memory", "sqlite") == (
+        infra["state"],
+        infra["problems"],
+        infra["transport"],
+        infra["store"],
+    )
+    assert 3 == infra["consumer"]["stored"]
+    assert {"baseline": 3} == infra["events"]["kept_by_reason"]
+    assert {} == infra["open_incidents"]
+
+
+async def test_infra_says_degraded_and_why_when_the_store_is_unreachable(tmp_path):
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_text("a file where the store wants a directory")
+    container = build(Settings(sqlite_path=blocked / "e.sqlite3"))
+    transport = httpx.ASGITransport(app=create_app(container))
+    async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+        infra = (await client.get("/v1/infra")).json()
+    await container.aclose()
+    assert "degraded" == infra["state"]
+    assert infra["problems"][0].startswith("store sqlite unreachable")

@@ -8,7 +8,7 @@ cache names and outcomes, circuit states, rule ids and partitions are all small 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -82,7 +82,7 @@ class PipelineCollector:
 
     def _transport(self) -> Iterator[Metric]:
         pipeline = self._pipeline
-        depth = pipeline.queue.depth if pipeline.queue is not None else _queue_depth(pipeline)
+        depth = pipeline.queue_depth
         yield _gauge("queue_depth_events", "Events waiting in this process to leave it.", depth)
         fallback = pipeline.fallback
         if fallback is not None:
@@ -90,9 +90,9 @@ class PipelineCollector:
             yield _gauge("transport_spooling", "1 while every event goes to the spool.", spooling)
             yield _counter("events_spooled", "Events written to the spool.", fallback.spooled)
             yield _counter("spool_lost", "Events neither published nor spooled.", fallback.lost)
-            segments = fallback.spool.segments()
-            yield _gauge("spool_segments", "Spool files waiting for replay.", len(segments))
-            yield _gauge("spool_bytes", "Bytes in the spool.", sum(_size(p) for p in segments))
+            segments, size = pipeline.spool_usage()
+            yield _gauge("spool_segments", "Spool files waiting for replay.", segments)
+            yield _gauge("spool_bytes", "Bytes in the spool.", size)
         if pipeline.replayer is not None:
             replayed = pipeline.replayer.stats
             yield _counter(
@@ -160,15 +160,3 @@ def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:
     return GaugeMetricFamily(f"widelog_{name}", documentation, value=value)
-
-
-def _queue_depth(pipeline: Pipeline) -> int:
-    depth = getattr(pipeline.publisher, "queue_depth", 0)
-    return depth if isinstance(depth, int) else 0
-
-
-def _size(path: Any) -> int:
-    try:
-        return int(path.stat().st_size)
-    except OSError:  # replayed and deleted between the listing and now
-        return 0

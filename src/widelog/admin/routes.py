@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fastapi import APIRouter, Depends, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from widelog.admin.auth import bearer_token_check
 from widelog.admin.events import events_router
+from widelog.admin.infra import infra_snapshot
 from widelog.admin.metrics import PipelineCollector, registry_for
 from widelog.incidents.http_api import incidents_router
 from widelog.incidents.queries import open_by_rule
@@ -23,13 +24,18 @@ log = logging.getLogger("widelog.admin")
 
 
 def admin_router(pipeline: Pipeline, *, caches: ChatCaches | None = None) -> APIRouter:
-    """`/v1/events`, `/v1/incidents`, `/metrics`; behind `WIDELOG_ADMIN_TOKEN` when it is set."""
+    """`/v1/events`, `/v1/incidents`, `/v1/infra`, `/metrics`, behind `WIDELOG_ADMIN_TOKEN`."""
     guard = Depends(bearer_token_check(pipeline.settings.admin_token))
     router = APIRouter(dependencies=[guard])
     router.include_router(events_router(pipeline.store))
     router.include_router(incidents_router(pipeline.incidents))
     collector = PipelineCollector(pipeline, caches=caches)
     registry = registry_for(collector)
+
+    @router.get("/v1/infra")
+    async def infra() -> dict[str, Any]:
+        """The pipeline's state (healthy | degraded | spooling) and what it is made of."""
+        return await infra_snapshot(pipeline, caches=caches)
 
     @router.get("/metrics", include_in_schema=False)
     async def metrics() -> Response:

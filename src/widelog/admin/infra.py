@@ -1,0 +1,95 @@
+"""One snapshot of the pipeline's state for a person: `GET /v1/infra` and `widelog infra`.
+
+The state is `spooling` while events go to the local spool instead of the message queue (or the
+spool still holds events to replay), `degraded` while something events or requests need is
+failing (the store of the embedded consumer, the cache circuit), and `healthy` otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any, Literal
+
+from widelog.incidents.queries import open_by_rule
+
+if TYPE_CHECKING:
+    from widelog.bootstrap import Pipeline
+    from widelog.cache.fail_open import ChatCaches
+
+State = Literal["healthy", "degraded", "spooling"]
+CHECK_TIMEOUT_S = 2.0
+
+
+async def infra_snapshot(pipeline: Pipeline, *, caches: ChatCaches | None = None) -> dict[str, Any]:
+    """Everything `/v1/infra` shows; each dependency check is bounded by `CHECK_TIMEOUT_S`."""
+    settings = pipeline.settings
+    problems: list[str] = []
+    report: dict[str, Any] = {
+        "transport": settings.transport,
+        "store": settings.store,
+        "queue_depth": pipeline.queue_depth,
+        "events": _events(pipeline),
+    }
+    spooling = False
+    if pipeline.fallback is not None:
+        segments, size = pipeline.spool_usage()
+        broker_down = bool(getattr(pipeline.publisher, "broker_down", False))
+        report["spool"] = {
+            "segments": segments,
+            "bytes": size,
+            "spooled": pipeline.fallback.spooled,
+            "lost": pipeline.fallback.lost,
+            "replayed": pipeline.replayer.stats.events if pipeline.replayer else 0,
+        }
+        spooling = broker_down or bool(segments)
+        if broker_down:
+            problems.append(f"{settings.transport} unreachable: events go to the spool")
+    if pipeline.consumer is not None:
+        stats = pipeline.consumer.stats
+        report["consumer"] = {
+            "batches": stats.batches,
+            "stored": stats.stored,
+            "duplicates": stats.duplicates,
+            "dead_lettered": stats.dead_lettered,
+            "write_retries": stats.write_failures,
+            "last_batch_ms": round(stats.last_batch_ms, 1),
+        }
+        if error := await _failure(pipeline.store.ping()):
+            problems.append(f"store {settings.store} unreachable: {error}")
+    if caches is not None:
+        report["cache"] = caches.report()
+        if caches.breaker is not None and caches.breaker.state != "closed":
+            problems.append(f"cache circuit {caches.breaker.state}")
+    try:
+        opened = await asyncio.wait_for(open_by_rule(pipeline.incidents), CHECK_TIMEOUT_S)
+        report["open_incidents"] = opened
+    except Exception as exc:  # noqa: BLE001 - the snapshot reports a failing store, never raises
+        report["open_incidents"] = None
+        problems.append(f"incident store unreachable: {exc!r}"[:200])
+    state: State = "spooling" if spooling else "degraded" if problems else "healthy"
+    return {"state": state, "problems": problems, **report}
+
+
+def _events(pipeline: Pipeline) -> dict[str, Any]:
+    stats = pipeline.logging.stats
+    events: dict[str, Any] = {
+        "finalized": stats.finalized,
+        "published": stats.published,
+        "sampled_out": stats.sampled_out,
+        "publish_failed": stats.publish_failed,
+    }
+    sampler = pipeline.logging.sampler
+    if sampler is not None:
+        counters = sampler.counters
+        seen = counters.seen
+        events["retention"] = round(counters.kept / seen, 4) if seen else None
+        events["kept_by_reason"] = {k: v for k, v in counters.kept_by_reason.items() if v}
+    return events
+
+
+async def _failure(check: Any) -> str | None:
+    try:
+        await asyncio.wait_for(check, CHECK_TIMEOUT_S)
+    except Exception as exc:  # noqa: BLE001 - reported, not raised
+        return repr(exc)[:200]
+    return None
