@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from widelog.bootstrap import Pipeline
     from widelog.config import Settings
     from widelog.events.event import WideEvent
-    from widelog.events.log_bridge import EventLogHandler
+    from widelog.events.log_bridge import EventLogFolder
     from widelog.events.logging_service import LoggingService
     from widelog.events.middleware import ASGIApp
     from widelog.incidents.rules import IncidentRules
@@ -45,9 +45,9 @@ class Widelog:
     own event loop; events finalized on other threads are handed to that loop.
     """
 
-    def __init__(self, pipeline: Pipeline, *, log_handler: EventLogHandler | None = None) -> None:
+    def __init__(self, pipeline: Pipeline, *, log_folder: EventLogFolder | None = None) -> None:
         self.pipeline = pipeline
-        self.log_handler = log_handler  # on the root logger while this handle is open
+        self.log_folder = log_folder  # folds app log records into events until close()
         self.app: ASGIApp | None = None  # the instrumented app, when `instrument` wrapped it
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -78,7 +78,7 @@ class Widelog:
         global _active  # noqa: PLW0603 - the process-wide handle `unit()` uses
         if _active is self:
             _active = None
-        log_bridge.uninstall(self.log_handler)
+        log_bridge.uninstall(self.log_folder)
         await self.pipeline.aclose()
 
     async def __aenter__(self) -> Widelog:
@@ -167,10 +167,10 @@ def init(
     pipeline = build_pipeline(
         settings, sampling=sampling, incident_rules=incident_rules, publisher=publisher
     )
-    handler = log_bridge.install(
+    folder = log_bridge.install(
         level=settings.log_bridge_level, max_records=settings.log_bridge_max_records
     )
-    _active = Widelog(pipeline, log_handler=handler)
+    _active = Widelog(pipeline, log_folder=folder)
     return _active
 
 

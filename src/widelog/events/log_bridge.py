@@ -2,7 +2,7 @@
 
 - `RequestContextFilter` puts the current request's `request_id` and `trace_id` on every record a
   handler sees, so `%(request_id)s` in a format string ties a log line to its event.
-- `EventLogHandler` folds records at or above its level into the current event's `logs` list, so
+- `EventLogFolder` folds records at or above its level into the current event's `logs` list, so
   a WARNING logged deep inside a handler is found in the request's event, in order, with the
   milliseconds since the event began. Bounded: `max_records` entries, then a `logs_dropped`
   count; each message cut at `MAX_MESSAGE_CHARS`.
@@ -14,7 +14,9 @@ publishing an event must not grow the next one. Neither class ever raises into a
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 # The ContextVar itself, not `current_event()`: outside a request that builds a detached event,
@@ -47,26 +49,45 @@ class RequestContextFilter(logging.Filter):
         return True
 
 
-class EventLogHandler(logging.Handler):
-    """Folds records into the current event's `logs`; outside a request it does nothing.
+class EventLogFolder:
+    """A log record factory that folds each record at or above `level` into the current event.
 
-    A record reaches it only if its logger lets it through first: this handler never lowers any
-    logger's level, so folding INFO records also needs loggers that emit INFO.
+    Installed with `logging.setLogRecordFactory`, wrapping the factory before it (OpenTelemetry's
+    logging instrumentation does the same), rather than as a handler on the root logger: a root
+    handler would make the app's later `logging.basicConfig()` a no-op and silence
+    `logging.lastResort`, so an app that never configured logging would lose its warnings.
+    It sees each record that passed its logger's level, whatever handlers or propagation do
+    with it after; it never lowers a level, so folding INFO records needs loggers that emit INFO.
     """
 
-    def __init__(self, *, level: int | str = logging.WARNING, max_records: int = 20) -> None:
-        super().__init__(level)
+    def __init__(
+        self, inner: Callable[..., logging.LogRecord], *, level: int | str, max_records: int
+    ) -> None:
+        self.inner = inner
+        self.level = logging.getLevelNamesMapping()[level] if isinstance(level, str) else level
         self.max_records = max_records
+        self.enabled = True  # False once uninstalled: a factory wrapped after it still calls it
+        self.failures = 0  # records that could not be folded (arguments that do not format)
+        self._lock = threading.Lock()  # one event may log from several threads
 
-    def emit(self, record: logging.LogRecord) -> None:
+    def __call__(self, *args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = self.inner(*args, **kwargs)
+        if self.enabled and record.levelno >= self.level:
+            self.observe(record)
+        return record
+
+    def observe(self, record: logging.LogRecord) -> None:
+        """Fold `record` into the current event, if any; never raises into the logging call."""
         try:
             event = _current.get()
             if event is None or event.finalized or _is_widelog(record.name):
                 return
             # A scrubber for secrets goes here, between the entry and the fold (its own issue).
-            fold(event, entry(record, event), max_records=self.max_records)
-        except Exception:  # noqa: BLE001 - logging's contract: report it, never raise it
-            self.handleError(record)
+            kept = entry(record, event)
+            with self._lock:
+                fold(event, kept, max_records=self.max_records)
+        except Exception:  # noqa: BLE001 - losing one entry is better than failing the app's call
+            self.failures += 1
 
 
 def entry(record: logging.LogRecord, event: WideEvent) -> dict[str, Any]:
@@ -99,27 +120,36 @@ def fold(event: WideEvent, entry: dict[str, Any], *, max_records: int) -> None:
         doc["logs_dropped"] = doc.get("logs_dropped", 0) + 1
 
 
-def install(*, level: str, max_records: int) -> EventLogHandler | None:
-    """Put one `EventLogHandler` on the root logger, replacing any earlier one; None if `off`.
+_installed: EventLogFolder | None = None
+
+
+def install(*, level: str, max_records: int) -> EventLogFolder | None:
+    """Make an `EventLogFolder` the record factory, replacing an earlier one; None for `off`.
 
     Replacing rather than adding makes a second `widelog.init()` in a process fold each record
     once, not twice.
     """
-    root = logging.getLogger()
-    for handler in list(root.handlers):
-        if isinstance(handler, EventLogHandler):
-            root.removeHandler(handler)
+    global _installed  # noqa: PLW0603 - one folder per process, like the record factory itself
+    uninstall(_installed)
     if level.upper() == "OFF":
         return None
-    handler = EventLogHandler(level=level.upper(), max_records=max_records)
-    root.addHandler(handler)
-    return handler
+    _installed = EventLogFolder(
+        logging.getLogRecordFactory(), level=level.upper(), max_records=max_records
+    )
+    logging.setLogRecordFactory(_installed)
+    return _installed
 
 
-def uninstall(handler: EventLogHandler | None) -> None:
-    """Take `handler` off the root logger (nothing if a later `install` already replaced it)."""
-    if handler is not None:
-        logging.getLogger().removeHandler(handler)
+def uninstall(folder: EventLogFolder | None) -> None:
+    """Stop `folder`; take it out of the factory chain when nothing was wrapped around it since."""
+    global _installed  # noqa: PLW0603 - see install()
+    if folder is None:
+        return
+    folder.enabled = False
+    if logging.getLogRecordFactory() is folder:
+        logging.setLogRecordFactory(folder.inner)
+    if _installed is folder:
+        _installed = None
 
 
 def _is_widelog(name: str) -> bool:
