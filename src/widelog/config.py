@@ -28,7 +28,7 @@ class Settings(BaseSettings):
 
     # Adapters. Only the values implemented so far are accepted, so a typo or an unbuilt option
     # fails the start with the list of allowed values instead of failing later.
-    transport: Literal["memory", "kafka", "redis"] = "memory"
+    transport: Literal["memory", "kafka", "redis", "stdout"] = "memory"  # stdout: development
     store: Literal["sqlite", "mongo"] = "sqlite"
     cache: Literal["memory", "redis"] = "memory"
     llm: Literal["fake", "openai"] = "fake"
