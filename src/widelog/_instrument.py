@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from widelog.bootstrap import build_pipeline
 from widelog.config import load_settings
+from widelog.events import log_bridge
 from widelog.events.logging_service import request_scope
 from widelog.events.middleware import WideEventMiddleware
 
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from widelog.bootstrap import Pipeline
     from widelog.config import Settings
     from widelog.events.event import WideEvent
+    from widelog.events.log_bridge import EventLogFolder
     from widelog.events.logging_service import LoggingService
     from widelog.events.middleware import ASGIApp
     from widelog.incidents.rules import IncidentRules
@@ -43,8 +45,9 @@ class Widelog:
     own event loop; events finalized on other threads are handed to that loop.
     """
 
-    def __init__(self, pipeline: Pipeline) -> None:
+    def __init__(self, pipeline: Pipeline, *, log_folder: EventLogFolder | None = None) -> None:
         self.pipeline = pipeline
+        self.log_folder = log_folder  # folds app log records into events until close()
         self.app: ASGIApp | None = None  # the instrumented app, when `instrument` wrapped it
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -75,6 +78,7 @@ class Widelog:
         global _active  # noqa: PLW0603 - the process-wide handle `unit()` uses
         if _active is self:
             _active = None
+        log_bridge.uninstall(self.log_folder)
         await self.pipeline.aclose()
 
     async def __aenter__(self) -> Widelog:
@@ -153,7 +157,8 @@ def init(
 
     `service` names the events' `service` (else `WIDELOG_SERVICE_NAME`, else
     `unknown_service`); `publisher` replaces the configured transport (tests, custom transports).
-    Nothing connects until `start()`.
+    App log records at `WIDELOG_LOG_BRIDGE_LEVEL` and above are folded into the current event
+    (`widelog.events.log_bridge`) until `close()`. Nothing connects until `start()`.
     """
     global _active  # noqa: PLW0603 - the process-wide handle, as `sentry_sdk.init` keeps one
     settings = settings if settings is not None else load_settings()
@@ -162,7 +167,10 @@ def init(
     pipeline = build_pipeline(
         settings, sampling=sampling, incident_rules=incident_rules, publisher=publisher
     )
-    _active = Widelog(pipeline)
+    folder = log_bridge.install(
+        level=settings.log_bridge_level, max_records=settings.log_bridge_max_records
+    )
+    _active = Widelog(pipeline, log_folder=folder)
     return _active
 
 

@@ -33,6 +33,7 @@ from widelog.pipeline.replayer import SpoolReplayer
 from widelog.pipeline.retention import run_retention
 from widelog.pipeline.spool import FileSpool
 from widelog.pipeline.sqlite_store import SQLiteEventStore
+from widelog.pipeline.stdout import StdoutEventPublisher
 from widelog.policies import load_incident_rules, load_sampling_policy
 from widelog.sampling.policy import SamplingPolicy, TailSampler
 
@@ -216,7 +217,7 @@ def build_source(settings: Settings) -> EventSource:
             consumer=name,
             claim_idle_ms=settings.redis_claim_idle_ms,
         )
-    raise ValueError("the memory transport has no separate consumer")
+    raise ValueError(f"the {settings.transport} transport has no separate consumer")
 
 
 def build_consumer(
@@ -331,6 +332,8 @@ def build_pipeline(
         consumer = build_consumer(
             settings, InProcessEventSource(queue), store, aggregator=aggregator
         )
+    elif publisher is None and settings.transport == "stdout":
+        publisher = StdoutEventPublisher()  # prints each kept event; no consumer, nothing stored
     elif publisher is None:
         fallback = build_spool_fallback(settings)
         mq_publisher = build_mq_publisher(settings, fallback)

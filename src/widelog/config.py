@@ -28,7 +28,7 @@ class Settings(BaseSettings):
 
     # Adapters. Only the values implemented so far are accepted, so a typo or an unbuilt option
     # fails the start with the list of allowed values instead of failing later.
-    transport: Literal["memory", "kafka", "redis"] = "memory"
+    transport: Literal["memory", "kafka", "redis", "stdout"] = "memory"  # stdout: development
     store: Literal["sqlite", "mongo"] = "sqlite"
     cache: Literal["memory", "redis"] = "memory"
     llm: Literal["fake", "openai"] = "fake"
@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     # Below Kafka's default message.max.bytes (1 MB): an event the broker refuses would be
     # spooled and replayed forever.
     max_event_bytes: int = Field(64 * 1024, ge=4096, le=900 * 1024)
+    # App log records at or above this level are folded into the current event (docs/interop.md).
+    log_bridge_level: Literal["OFF", "DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "WARNING"
+    log_bridge_max_records: int = Field(20, ge=1, le=1000)
 
     # Caches (docs/caches.md). The namespace prefixes every Redis key, so deployments (and tests)
     # can share one Redis; the timeout bounds each Redis operation on the request path.
@@ -114,6 +117,12 @@ class Settings(BaseSettings):
         if self.kafka_idempotence and self.kafka_acks != "all":
             raise ValueError("kafka_acks must be 'all' while kafka_idempotence is true")
         return self
+
+    @field_validator("log_bridge_level", mode="before")
+    @classmethod
+    def _level_any_case(cls, level: object) -> object:
+        """`warning` and `off` are what people type; logging's names are upper case."""
+        return level.upper() if isinstance(level, str) else level
 
     @field_validator("redis_url")
     @classmethod

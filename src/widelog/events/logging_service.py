@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from widelog.events.event import WideEvent, encode, is_error
 from widelog.events.ids import new_event_id
+from widelog.events.otel import active_span_ids
 
 if TYPE_CHECKING:
     from widelog.pipeline.ports import EventPublisher
@@ -72,6 +73,8 @@ class LoggingService:
             "timestamp": dt.datetime.now(dt.UTC),
             **self._static,
         }
+        if span := active_span_ids():  # the app's trace wins over any id widelog would make
+            doc.update(span)
         return WideEvent(doc, started_ns=time.perf_counter_ns())
 
     def finalize(self, event: WideEvent) -> None:

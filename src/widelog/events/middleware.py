@@ -73,7 +73,10 @@ class WideEventMiddleware:
         event.set("http.method", scope["method"])
         if headers.get(FORCE_SAMPLE_HEADER) == "1":
             event.set("sampling.forced", value=True)  # honoured only if the policy allows it
-        if trace := parse_traceparent(headers.get("traceparent", "")):
+        # With an OpenTelemetry span active, `begin()` took its ids: that span already continued
+        # the caller's traceparent, and its span_id is the one the app's trace shows.
+        traceparent = "" if "trace_id" in event.doc else headers.get("traceparent", "")
+        if trace := parse_traceparent(traceparent):
             event.set("trace_id", trace[0])
             event.set("parent_span_id", trace[1])
             event.set("span_id", new_span_id())
