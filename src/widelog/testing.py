@@ -55,7 +55,11 @@ def keep_all() -> SamplingPolicy:
 
 @contextlib.contextmanager
 def capture_events(*, service: str = "test") -> Iterator[list[dict[str, Any]]]:
-    """Every event finalized inside the block (all kept), as dicts; the previous setup after."""
+    """Every event finalized inside the block (all kept), as dicts; the previous setup after.
+
+    App log records at WARNING and above inside a unit are folded into its `logs`, as in
+    production; the log bridge that was installed before is put back after the block.
+    """
     previous = _instrument._active
     recorder = RecordingPublisher()
     settings = Settings(store="sqlite")  # never opened: the recorder is the end of the line

@@ -16,6 +16,7 @@ from starlette.routing import Route
 
 import widelog
 from widelog.config import Settings
+from widelog.events import log_bridge
 from widelog.testing import RecordingPublisher, capture_events, keep_all
 
 
@@ -24,6 +25,7 @@ def no_active_setup() -> Iterator[None]:
     """Each test starts as a fresh process does: nothing set up."""
     yield
     widelog._instrument._active = None
+    log_bridge.uninstall(log_bridge._installed)
 
 
 @asynccontextmanager
@@ -181,3 +183,10 @@ def test_the_service_argument_wins_over_the_default_name():
     assert "unknown_service" == Settings().service_name
     handle = widelog.init(service="billing-api", publisher=RecordingPublisher())
     assert "billing-api" == handle.pipeline.settings.service_name
+
+
+def test_capture_events_leaves_the_log_record_factory_as_it_found_it():
+    before = logging.getLogRecordFactory()
+    with capture_events():
+        assert before is not logging.getLogRecordFactory()  # the bridge folds logs meanwhile
+    assert before is logging.getLogRecordFactory()

@@ -152,6 +152,16 @@ def uninstall(folder: EventLogFolder | None) -> None:
         _installed = None
 
 
+def restore(folder: EventLogFolder | None) -> None:
+    """Put back a folder a later `install()` replaced (e.g. after `widelog.testing`'s capture)."""
+    global _installed  # noqa: PLW0603 - see install()
+    uninstall(_installed)
+    if folder is not None:
+        folder.enabled = True
+        logging.setLogRecordFactory(folder)
+    _installed = folder
+
+
 def _is_widelog(name: str) -> bool:
     return name == "widelog" or name.startswith("widelog.")
 
