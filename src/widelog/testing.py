@@ -20,6 +20,7 @@ import msgspec
 
 from widelog import _instrument
 from widelog.config import Settings
+from widelog.events import log_bridge
 from widelog.sampling.policy import BaselineRule, SamplingPolicy
 
 if TYPE_CHECKING:
@@ -61,6 +62,7 @@ def capture_events(*, service: str = "test") -> Iterator[list[dict[str, Any]]]:
     production; the log bridge that was installed before is put back after the block.
     """
     previous = _instrument._active
+    previous_folder = log_bridge._installed
     recorder = RecordingPublisher()
     settings = Settings(store="sqlite")  # never opened: the recorder is the end of the line
     _instrument.init(service=service, settings=settings, sampling=keep_all(), publisher=recorder)
@@ -68,3 +70,4 @@ def capture_events(*, service: str = "test") -> Iterator[list[dict[str, Any]]]:
         yield recorder.events
     finally:
         _instrument._active = previous
+        log_bridge.restore(previous_folder)
