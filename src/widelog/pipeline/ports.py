@@ -7,7 +7,7 @@ settings. Every adapter of a port passes the same contract tests (`tests/contrac
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -99,7 +99,11 @@ class EventStore(Protocol):
 
     async def get_event(self, event_id: str) -> dict[str, Any] | None: ...
 
-    async def count_events(self, *, errors_only: bool = False) -> int: ...
+    async def count_events(
+        self, *, errors_only: bool = False, request_ids: Collection[str] | None = None
+    ) -> int:
+        """How many are stored; with `request_ids`, only those (a run's own, in a shared store)."""
+        ...
 
     def scan_events(self, *, batch_size: int = 1000) -> AsyncIterator[dict[str, Any]]:
         """Every stored event, oldest first (for re-weighting, rebuilds and exports)."""
