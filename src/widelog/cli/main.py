@@ -57,7 +57,7 @@ def root(
         bool, typer.Option("--debug", help="Show the traceback of an expected failure too.")
     ] = False,
 ) -> None:
-    """Wide-event logging for LLM chat backends."""
+    """Options for every command."""
     ctx.ensure_object(RunOptions).debug = debug
 
 
@@ -104,9 +104,10 @@ def worker(log_level: LogLevel = "info") -> None:
 
     settings = _settings()
     if settings.transport == "memory":
-        err.print(
-            "WIDELOG_TRANSPORT=memory: the consumer runs inside the API process (`widelog serve`);"
-            " a separate worker needs a shared transport (kafka or redis)."
+        typer.echo(
+            "error: WIDELOG_TRANSPORT=memory: the consumer runs inside the API process"
+            " (`widelog serve`); a separate worker needs a shared transport (kafka or redis)",
+            err=True,
         )
         raise typer.Exit(BAD_CONFIG)
     # The broker may still be starting (the worker waits for it); the store must answer now.
@@ -122,7 +123,7 @@ def replay(log_level: LogLevel = "info") -> None:
 
     settings = _settings()
     if settings.transport == "memory":
-        err.print("WIDELOG_TRANSPORT=memory has no spool: nothing to replay.")
+        typer.echo("error: WIDELOG_TRANSPORT=memory has no spool: nothing to replay", err=True)
         raise typer.Exit(BAD_CONFIG)
     asyncio.run(reachability.require(settings, "transport"))
     _configure_logging(log_level)
