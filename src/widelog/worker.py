@@ -29,11 +29,17 @@ if TYPE_CHECKING:
 log = logging.getLogger("widelog.worker")
 
 
-async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -> ConsumerStats:
-    """Consume until SIGTERM/SIGINT (or `stop`): finish the batch in hand, commit, close."""
+async def run_worker(
+    settings: Settings, *, stop: asyncio.Event | None = None, signals: bool = True
+) -> ConsumerStats:
+    """Consume until SIGTERM/SIGINT (or `stop`): finish the batch in hand, commit, close.
+
+    `signals=False` leaves the signals to the host (the demo runs a worker beside its API).
+    """
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    handled = (signal.SIGTERM, signal.SIGINT) if signals else ()
+    for signum in handled:
         loop.add_signal_handler(signum, stop.set)
     store = build_store(settings)
     try:
@@ -57,7 +63,7 @@ async def run_worker(settings: Settings, *, stop: asyncio.Event | None = None) -
             await incidents.close()
     finally:
         await store.close()
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in handled:
             loop.remove_signal_handler(signum)
     log.info("worker stopped: %s", consumer.stats)
     return consumer.stats

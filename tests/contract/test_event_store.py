@@ -74,6 +74,18 @@ class EventStoreContract:
         assert 4 == await store.count_events()
         assert 2 == await store.count_events(errors_only=True)
 
+    async def test_counting_by_request_ids_counts_only_those_events(self, store):
+        ours = [make_event(request_id=f"ours-{i}") for i in range(1200)]  # several queries' worth
+        ours[7]["error"] = {"code": "LLM_TIMEOUT"}
+        others = [make_event(request_id="other", error={"code": "LLM_TIMEOUT"})]
+        await store.write_batch(ours + others)
+        ids = {f"ours-{i}" for i in range(1300)}  # ids never stored count nothing
+        assert (1200, 1) == (
+            await store.count_events(request_ids=ids),
+            await store.count_events(request_ids=ids, errors_only=True),
+        )
+        assert 0 == await store.count_events(request_ids=[])
+
     async def test_an_unknown_event_id_reads_as_none(self, store):
         assert await store.get_event("missing") is None
 

@@ -68,8 +68,11 @@ def test_demo_prints_a_readable_report_without_json():
 def test_a_bad_setting_fails_the_start_naming_the_key(tmp_path: Path):
     result = run("demo", "--requests", "1", env={"WIDELOG_TRANSPORT": "carrier-pigeon"})
     assert 2 == result.returncode
-    assert "transport" in result.stderr
-    assert "memory" in result.stderr
+    expected = (
+        "error: invalid settings: WIDELOG_TRANSPORT: Input should be 'memory', 'kafka', 'redis'"
+        " or 'stdout' (got 'carrier-pigeon')"
+    )
+    assert expected == result.stderr.splitlines()[0]
 
 
 def test_worker_explains_that_the_memory_transport_needs_no_worker():

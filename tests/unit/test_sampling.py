@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from widelog.cli.main import main
 from widelog.cli.sampling import sampling_app
 from widelog.policies import load_sampling_policy
 from widelog.sampling.policy import (
@@ -497,13 +498,13 @@ def test_explain_honours_forced_and_error_codes():
     assert "forced" == json.loads(forced.output)["reason"]
 
 
-def test_explain_with_a_bad_policy_exits_2_naming_the_key(tmp_path):
+def test_explain_with_a_bad_policy_exits_2_naming_the_key(tmp_path, capsys):
     path = write(tmp_path, "[baseline]\nrate = 7\n")
-    result = CliRunner().invoke(
-        sampling_app, ["explain", "--route", "/x", "--request-id", "r", "--policy", str(path)]
-    )
-    assert 2 == result.exit_code
-    assert "baseline.rate" in result.output
+    args = ["sampling", "explain", "--route", "/x", "--request-id", "r", "--policy", str(path)]
+    with pytest.raises(SystemExit) as exited:
+        main(args)  # the command line as a user runs it: failures become exit codes there
+    assert 2 == exited.value.code
+    assert "baseline.rate" in capsys.readouterr().err
 
 
 def test_check_prints_the_normalized_policy_and_its_fingerprint():

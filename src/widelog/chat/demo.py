@@ -20,12 +20,14 @@ from widelog.chat.api import create_app
 from widelog.chat.bootstrap import build
 from widelog.incidents.queries import incident_summaries
 from widelog.stats import percentile
+from widelog.worker import run_worker
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from widelog.chat.bootstrap import ChatContainer
     from widelog.config import Settings
+    from widelog.pipeline.consumer import ConsumerStats
 
 FAQ = [
     "How do I reset my password?",
@@ -87,10 +89,15 @@ async def run_demo(
     requests: int,
     concurrency: int = 32,
     on_progress: Callable[[int], None] | None = None,
+    drain_timeout_s: float = 60.0,
 ) -> dict[str, Any]:
-    """Send `requests` chats through the full pipeline; wait until it drained; report."""
-    if settings.transport != "memory":
-        raise ValueError("the demo runs on the embedded transport (WIDELOG_TRANSPORT=memory)")
+    """Send `requests` chats through the full pipeline; wait until it drained; report.
+
+    On the embedded transport the consumer runs in the API's pipeline; on Kafka or Redis Streams
+    the demo runs `widelog worker`'s own code beside the API, as a task on the same loop. The
+    counts are read back from the store, for the demo's own request ids: a shared store may hold
+    other events. A SQLite store is a temporary file of the demo's.
+    """
     with tempfile.TemporaryDirectory(prefix="widelog-demo-") as tmp:
         if settings.store == "sqlite":
             settings = settings.model_copy(update={"sqlite_path": Path(tmp) / "events.sqlite3"})
@@ -100,6 +107,7 @@ async def run_demo(
         latencies: list[float] = []
         statuses: Counter[int] = Counter()
         cached: Counter[str] = Counter()  # answers served from the response cache, by kind
+        request_ids: set[str] = set()
         pending = iter(traffic)
 
         async def client_loop(client: httpx.AsyncClient) -> None:
@@ -108,47 +116,101 @@ async def run_demo(
                 response = await client.post("/v1/chat", json=body)
                 latencies.append((time.perf_counter() - started) * 1000)
                 statuses[response.status_code] += 1
+                request_ids.add(response.headers["x-request-id"])
                 if response.status_code == 200 and response.json().get("cached"):
                     cached[kind] += 1
                 if on_progress:
                     on_progress(1)
 
+        dead_before = await container.pipeline.store.count_dead_letters()
         await container.start()
+        worker = _Worker(settings) if container.pipeline.consumer is None else None
         started = time.perf_counter()
         try:
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://demo") as client:
                 await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
             traffic_s = time.perf_counter() - started
-            await asyncio.wait_for(container.drained(), timeout=60)
-            report = await _report(container, requests, statuses, latencies, traffic_s)
+            drained = await _drain(container, worker, request_ids, timeout=drain_timeout_s)
+            report = await _report(
+                container,
+                request_ids=request_ids,
+                consumer_stats=await worker.stop() if worker else _in_process(container),
+                dead_before=dead_before,
+                statuses=statuses,
+                latencies=latencies,
+                traffic_s=traffic_s,
+            )
+            report["pipeline"]["drained"] = drained
             report["traffic"] = dict(Counter(kind for kind, _ in traffic))
             report["cache"]["cached_answers_by_kind"] = dict(cached)
             report["incidents"] = await incident_summaries(container.pipeline.incidents)
             return report
         finally:
+            if worker:
+                await worker.stop()
             await container.aclose()
+
+
+class _Worker:
+    """`widelog worker` (`widelog.worker.run_worker`) as a task beside the in-process API."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._stop = asyncio.Event()
+        self._task = asyncio.create_task(run_worker(settings, stop=self._stop, signals=False))
+
+    @property
+    def failed(self) -> bool:
+        return self._task.done()  # it runs until stopped: done early means it crashed
+
+    async def stop(self) -> ConsumerStats:
+        self._stop.set()
+        return await self._task
+
+
+async def _drain(
+    container: ChatContainer, worker: _Worker | None, request_ids: set[str], *, timeout: float
+) -> bool:
+    """Wait until every event the API published is in the store; False if `timeout` ran out."""
+    pipeline = container.pipeline
+    if worker is None:
+        await asyncio.wait_for(container.drained(), timeout=timeout)
+        return True
+    deadline = time.monotonic() + timeout
+    await pipeline.publisher.flush(timeout)  # acknowledged by the broker, or spooled
+    while not worker.failed and time.monotonic() < deadline:
+        stored = await pipeline.store.count_events(request_ids=request_ids)
+        if stored >= pipeline.logging.stats.published:
+            return True
+        await asyncio.sleep(0.2)
+    return False
+
+
+def _in_process(container: ChatContainer) -> ConsumerStats:
+    if container.pipeline.consumer is None:
+        raise RuntimeError("no consumer runs in this process")
+    return container.pipeline.consumer.stats
 
 
 async def _report(
     container: ChatContainer,
-    requests: int,
+    *,
+    request_ids: set[str],
+    consumer_stats: ConsumerStats,
+    dead_before: int,
     statuses: Counter[int],
     latencies: list[float],
     traffic_s: float,
 ) -> dict[str, Any]:
     logging_stats = container.pipeline.logging.stats
-    if container.pipeline.consumer is None:
-        raise RuntimeError("the demo needs the in-process consumer")
-    consumer_stats = container.pipeline.consumer.stats
     store = container.pipeline.store
-    stored = await store.count_events()
+    stored = await store.count_events(request_ids=request_ids)
     sampler = container.pipeline.logging.sampler
     sampling = sampler.counters.as_dict() if sampler is not None else None
     return {
-        "requests": requests,
+        "requests": len(latencies),
         "duration_s": round(traffic_s, 3),
-        "requests_per_s": round(requests / traffic_s, 1) if traffic_s else 0.0,
+        "requests_per_s": round(len(latencies) / traffic_s, 1) if traffic_s else 0.0,
         "status": {str(code): n for code, n in sorted(statuses.items())},
         "events": {
             "finalized": logging_stats.finalized,
@@ -156,13 +218,14 @@ async def _report(
             "publish_failed": logging_stats.publish_failed,
             "finalize_failed": logging_stats.finalize_failed,
             "sampled_out": logging_stats.sampled_out,
+            "kept": logging_stats.finalized - logging_stats.sampled_out,
             "stored": stored,
             "duplicates": consumer_stats.duplicates,
-            "dead_lettered": await store.count_dead_letters(),
+            "dead_lettered": await store.count_dead_letters() - dead_before,
         },
         "errors": {
             "total": logging_stats.errors,
-            "stored": await store.count_events(errors_only=True),
+            "stored": await store.count_events(errors_only=True, request_ids=request_ids),
         },
         "latency_ms": {
             "p50": round(percentile(latencies, 50), 2),
@@ -184,6 +247,7 @@ async def _report(
         "pipeline": {
             "transport": container.settings.transport,
             "store": container.settings.store,
+            "consumer": "in-process" if container.pipeline.consumer else "worker task",
             "batches": consumer_stats.batches,
             "last_batch_ms": round(consumer_stats.last_batch_ms, 2),
         },

@@ -15,11 +15,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from widelog.incidents.rules import IncidentRules, IncidentRulesError, parse_duration
+from widelog.cli.errors import FAILED
+from widelog.incidents.rules import IncidentRules, parse_duration
 from widelog.policies import load_incident_rules
 
 if TYPE_CHECKING:
@@ -38,27 +39,22 @@ T = TypeVar("T")
 
 
 def _settings() -> Settings:
-    from widelog.config import Settings  # noqa: PLC0415 - keeps `--help` fast
+    from widelog.config import load_settings  # noqa: PLC0415 - keeps `--help` fast
 
-    try:
-        return Settings()
-    except ValidationError as exc:
-        err.print(f"[red]invalid WIDELOG_* settings:[/red]\n{exc}")
-        raise typer.Exit(2) from None
+    return load_settings()
 
 
 def _rules(path: Path | None = None) -> IncidentRules:
-    try:
-        return load_incident_rules(path)
-    except IncidentRulesError as exc:
-        err.print(str(exc), markup=False, highlight=False)
-        raise typer.Exit(2) from None
+    return load_incident_rules(path)  # errors: `cli/errors.py`
 
 
 def _with_store(settings: Settings, use: Callable[[IncidentStore], Awaitable[T]]) -> T:
+    """Run `use` on the incident store, once the store answers (exit 3 naming it otherwise)."""
     from widelog.bootstrap import build_incident_store  # noqa: PLC0415
+    from widelog.cli.reachability import require  # noqa: PLC0415
 
     async def run() -> T:
+        await require(settings, "store")
         store = build_incident_store(settings)
         try:
             return await use(store)
@@ -75,21 +71,15 @@ def _write_json(value: Any) -> None:
 @incidents_app.command("list")
 def list_(
     *,
-    status: Annotated[
-        str | None, typer.Option(help="Only incidents with this status: open or resolved.")
-    ] = None,
+    status: Annotated[Status | None, typer.Option(help="Only incidents with this status.")] = None,
     limit: Annotated[int, typer.Option(min=1, help="At most this many incidents.")] = 50,
     as_json: JsonOption = False,
 ) -> None:
     """List incidents: open ones first, most recent activity first."""
     from widelog.incidents.queries import incident_summaries  # noqa: PLC0415
 
-    if status not in (None, "open", "resolved"):
-        err.print(f"--status must be open or resolved, not {status!r}")
-        raise typer.Exit(2)
-    wanted: Status | None = "open" if status == "open" else "resolved" if status else None
     summaries = _with_store(
-        _settings(), lambda store: incident_summaries(store, status=wanted, limit=limit)
+        _settings(), lambda store: incident_summaries(store, status=status, limit=limit)
     )
     if as_json:
         _write_json({"incidents": summaries})
@@ -106,8 +96,8 @@ def list_(
         table.add_row(
             s["id"],
             s["status"] + (f" (+{s['regressions']})" if s["regressions"] else ""),
-            s["rule"]["id"],
-            ", ".join(f"{k}={v}" for k, v in s["group"].items()),
+            escape(s["rule"]["id"]),
+            escape(", ".join(f"{k}={v}" for k, v in s["group"].items())),  # routes, error codes
             f"{s['events']:,}",
             f"{window.get('rate', 0):.2%}",
             s["last_seen"] or "",
@@ -127,8 +117,8 @@ def show(
 
     incident = _with_store(_settings(), lambda store: get_incident(store, incident_id))
     if incident is None:
-        err.print(f"no incident {incident_id}")
-        raise typer.Exit(1)
+        err.print(f"no incident {incident_id}", markup=False, highlight=False)
+        raise typer.Exit(FAILED)
     summary = summarize(incident)
     if as_json:
         _write_json(summary)

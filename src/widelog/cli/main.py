@@ -1,4 +1,8 @@
-"""The `widelog` command line: serve, worker, demo."""
+"""The `widelog` command line: serve, worker, replay, demo, and the sampling/incidents groups.
+
+Every command fails the same way (`cli/errors.py`): an expected failure prints one or two plain
+lines and exits with a documented code; `--debug` shows the traceback instead.
+"""
 
 from __future__ import annotations
 
@@ -6,42 +10,60 @@ import asyncio
 import json
 import logging
 import sys
-from typing import Annotated, Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
+from widelog.cli import reachability
+from widelog.cli.errors import BAD_CONFIG, FAILED, explain
 from widelog.cli.incidents import incidents_app
 from widelog.cli.sampling import sampling_app
-from widelog.config import Settings
-from widelog.incidents.rules import IncidentRulesError
+from widelog.config import Settings, load_settings
 from widelog.policies import load_incident_rules, load_sampling_policy
-from widelog.sampling.policy import SamplingPolicyError
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
 
 app = typer.Typer(help="Wide-event logging for LLM chat backends.", no_args_is_help=True)
 app.add_typer(sampling_app, name="sampling")
 app.add_typer(incidents_app, name="incidents")
 err = Console(stderr=True)
 
+LogLevel = Annotated[
+    Literal["critical", "error", "warning", "info", "debug"],
+    typer.Option(case_sensitive=False, help="Log level."),
+]
+
+
+@dataclass
+class RunOptions:
+    """What the global options decide, read by `main()` after the command has failed."""
+
+    debug: bool = False
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    *,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show the traceback of an expected failure too.")
+    ] = False,
+) -> None:
+    """Options for every command."""
+    ctx.ensure_object(RunOptions).debug = debug
+
 
 def _settings() -> Settings:
-    """Settings and sampling policy, validated before anything starts (exit 2 naming the key)."""
-    try:
-        settings = Settings()
-        load_sampling_policy()
-        load_incident_rules()
-    except ValidationError as exc:
-        err.print(f"[red]invalid WIDELOG_* settings:[/red]\n{exc}")
-        raise typer.Exit(2) from None
-    except SamplingPolicyError as exc:
-        err.print(f"[red]invalid sampling policy:[/red] {exc}")
-        raise typer.Exit(2) from None
-    except IncidentRulesError as exc:
-        err.print(f"[red]invalid incident rules:[/red] {exc}")
-        raise typer.Exit(2) from None
+    """Settings, sampling policy and incident rules, validated before anything starts."""
+    settings = load_settings()
+    load_sampling_policy()
+    load_incident_rules()
     return settings
 
 
@@ -55,12 +77,14 @@ def _configure_logging(level: str) -> None:
 def serve(
     host: str = "127.0.0.1",
     port: int = 8000,
-    log_level: str = "info",
+    log_level: LogLevel = "info",
 ) -> None:
     """Run the reference chat API (FastAPI + uvicorn) with the wide-event middleware."""
     import uvicorn  # noqa: PLC0415 - only this command needs the server
 
-    _settings()  # fail fast, before uvicorn starts, on a bad setting
+    settings = _settings()  # fail fast, before uvicorn starts, on a bad setting
+    if settings.transport == "memory":  # the consumer runs here: startup needs the store
+        asyncio.run(reachability.require(settings, "store"))
     _configure_logging(log_level)
     uvicorn.run(
         "widelog.chat.api:app_from_env",
@@ -72,33 +96,41 @@ def serve(
 
 
 @app.command()
-def worker(log_level: str = "info") -> None:
+def worker(log_level: LogLevel = "info") -> None:
     """Consume events from Kafka or Redis Streams into the store (one consumer-group member)."""
     from widelog.worker import run_worker  # noqa: PLC0415 - loads the MQ clients
 
     settings = _settings()
-    if settings.transport == "memory":
-        err.print(
-            "WIDELOG_TRANSPORT=memory: the consumer runs inside the API process (`widelog serve`);"
-            " a separate worker needs a shared transport (kafka or redis)."
+    if settings.transport in {"memory", "stdout"}:
+        typer.echo(
+            f"error: WIDELOG_TRANSPORT={settings.transport}: there is no queue to consume"
+            " (memory: the consumer runs inside the API process; stdout: nothing is stored);"
+            " a separate worker needs a shared transport (kafka or redis)",
+            err=True,
         )
-        raise typer.Exit(2)
+        raise typer.Exit(BAD_CONFIG)
+    # The broker may still be starting (the worker waits for it); the store must answer now.
+    asyncio.run(reachability.require(settings, "store"))
     _configure_logging(log_level)
     asyncio.run(run_worker(settings))
 
 
 @app.command()
-def replay(log_level: str = "info") -> None:
+def replay(log_level: LogLevel = "info") -> None:
     """Publish the spooled events to the message queue now (the API also does it by itself)."""
     from widelog.worker import replay as replay_spool  # noqa: PLC0415
 
     settings = _settings()
-    if settings.transport == "memory":
-        err.print("WIDELOG_TRANSPORT=memory has no spool: nothing to replay.")
-        raise typer.Exit(2)
+    if settings.transport in {"memory", "stdout"}:
+        typer.echo(
+            f"error: WIDELOG_TRANSPORT={settings.transport} has no spool: nothing to replay",
+            err=True,
+        )
+        raise typer.Exit(BAD_CONFIG)
+    asyncio.run(reachability.require(settings, "transport"))
     _configure_logging(log_level)
     confirmed = asyncio.run(replay_spool(settings))
-    err.print(f"replayed {confirmed} events from {settings.spool_dir}")
+    err.print(f"replayed {confirmed} events from {settings.spool_dir}", markup=False)
 
 
 @app.command()
@@ -106,12 +138,15 @@ def demo(
     requests: Annotated[int, typer.Option(min=1, help="How many chat requests to send.")] = 2000,
     concurrency: Annotated[int, typer.Option(min=1)] = 32,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
-    log_level: str = "warning",
+    log_level: LogLevel = "warning",
 ) -> None:
     """Run the chat service in-process under synthetic traffic and report what the pipeline did."""
     from widelog.chat.demo import run_demo  # noqa: PLC0415 - keeps `--help` fast
 
     settings = _settings()
+    # The demo's SQLite store is a temporary file of its own; anything else must answer now.
+    needs = ("transport", "cache", "store") if settings.store == "mongo" else ("transport", "cache")
+    asyncio.run(reachability.require(settings, *needs))
     _configure_logging(log_level)
     progress = Progress(
         "[progress.description]{task.description}",
@@ -139,7 +174,7 @@ def demo(
     lost = events["finalized"] - events["sampled_out"] - events["stored"] - events["dead_lettered"]
     if lost or report["errors"]["stored"] != report["errors"]["total"]:
         err.print(f"[red]the pipeline lost {lost} events[/red]")
-        raise typer.Exit(1)
+        raise typer.Exit(FAILED)
 
 
 def _print_report(report: dict[str, Any]) -> None:
@@ -164,13 +199,24 @@ def _print_report(report: dict[str, Any]) -> None:
         ("batches", report["pipeline"]["batches"]),
     ]
     for name, value in rows:
-        table.add_row(name, str(value))
+        table.add_row(name, escape(str(value)))
     console.print(table)
     for incident in report["incidents"]:
-        console.print(f"\n[bold]incident[/bold] {incident['text']}", highlight=False)
+        console.print(f"\n[bold]incident[/bold] {escape(incident['text'])}", highlight=False)
     if not report["incidents"]:
         console.print("\nno incidents opened")
 
 
-def main() -> None:
-    app()
+def main(args: Sequence[str] | None = None) -> None:
+    """Run the command; an expected failure becomes its message and exit code (`cli/errors.py`)."""
+    options = RunOptions()
+    try:
+        code = app(args=args, prog_name="widelog", standalone_mode=False, obj=options)
+    except Exception as exc:
+        failure = explain(exc)
+        if failure is None or options.debug:
+            raise
+        if failure.message:
+            sys.stderr.write(failure.message.rstrip("\n") + "\n")
+        code = failure.exit_code
+    sys.exit(code if isinstance(code, int) else 0)

@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from widelog.policies import load_sampling_policy
-from widelog.sampling.policy import SamplingPolicy, SamplingPolicyError, TailSampler
+from widelog.sampling.policy import SamplingPolicy, TailSampler
 
 if TYPE_CHECKING:
     from widelog.sampling.reweighting import Estimate
@@ -26,7 +26,6 @@ if TYPE_CHECKING:
 sampling_app = typer.Typer(
     help="Tail-aware sampling: explain decisions, re-weight stored events.", no_args_is_help=True
 )
-err = Console(stderr=True)
 
 PolicyOption = Annotated[
     Path | None,
@@ -40,11 +39,7 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print one JSON object.
 
 
 def _policy(path: Path | None) -> SamplingPolicy:
-    try:
-        return load_sampling_policy(path)
-    except SamplingPolicyError as exc:
-        err.print(f"[red]{exc}[/red]", highlight=False, markup=False)
-        raise typer.Exit(2) from None
+    return load_sampling_policy(path)  # errors: `cli/errors.py`
 
 
 def _write_json(value: dict[str, Any]) -> None:
@@ -108,16 +103,14 @@ def estimate(
 ) -> None:
     """Estimate requests and error rates per route from the stored (sampled) events."""
     from widelog.bootstrap import build_store  # noqa: PLC0415 - keeps `--help` fast
-    from widelog.config import Settings  # noqa: PLC0415
+    from widelog.cli.reachability import require  # noqa: PLC0415
+    from widelog.config import load_settings  # noqa: PLC0415
     from widelog.sampling.reweighting import estimate_from_store  # noqa: PLC0415
 
-    try:
-        settings = Settings()
-    except ValidationError as exc:
-        err.print(f"[red]invalid WIDELOG_* settings:[/red]\n{exc}")
-        raise typer.Exit(2) from None
+    settings = load_settings()
 
     async def run() -> Estimate:
+        await require(settings, "store")
         store = build_store(settings)  # only the store: reading needs no transport
         try:
             return await estimate_from_store(store, batch_size=batch_size)
@@ -138,7 +131,7 @@ def _print_estimate(result: Estimate) -> None:
     rows = sorted(result.routes.values(), key=lambda r: (-r.requests, r.route))
     for row in [*rows, result.total]:
         table.add_row(
-            "total" if row is result.total else row.route,
+            "total" if row is result.total else escape(row.route),
             str(row.sampled),
             f"{row.requests:,.0f}",
             f"{row.requests_stderr:,.0f}",

@@ -25,12 +25,13 @@ from pymongo.errors import BulkWriteError, DocumentTooLarge, OperationFailure
 from widelog.pipeline.ports import DeadLetter, EventQuery, WriteResult
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Mapping, Sequence
+    from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 
 log = logging.getLogger("widelog.mongo")
 DUPLICATE_KEY = 11000
 NOT_IMPLEMENTED = 238
 MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
+_IDS_PER_QUERY = 1000
 _UNENCODABLE = (
     InvalidDocument,
     DocumentTooLarge,
@@ -226,8 +227,18 @@ class MongoEventStore:
         doc = await self._events.find_one({"_id": event_id})
         return None if doc is None else _from_document(doc)
 
-    async def count_events(self, *, errors_only: bool = False) -> int:
-        return await self._events.count_documents(ERROR_FILTER if errors_only else {})
+    async def count_events(
+        self, *, errors_only: bool = False, request_ids: Collection[str] | None = None
+    ) -> int:
+        query = ERROR_FILTER if errors_only else {}
+        if request_ids is None:
+            return await self._events.count_documents(query)
+        ids = list(request_ids)
+        counted = 0
+        for start in range(0, len(ids), _IDS_PER_QUERY):  # keeps each query well under 16 MiB
+            chunk = ids[start : start + _IDS_PER_QUERY]
+            counted += await self._events.count_documents({**query, "request_id": {"$in": chunk}})
+        return counted
 
     async def find_events(self, query: EventQuery) -> list[dict[str, Any]]:
         await self.ensure_indexes()

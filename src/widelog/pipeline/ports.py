@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -115,7 +115,11 @@ class EventStore(Protocol):
 
     async def get_event(self, event_id: str) -> dict[str, Any] | None: ...
 
-    async def count_events(self, *, errors_only: bool = False) -> int: ...
+    async def count_events(
+        self, *, errors_only: bool = False, request_ids: Collection[str] | None = None
+    ) -> int:
+        """How many are stored; with `request_ids`, only those (a run's own, in a shared store)."""
+        ...
 
     async def find_events(self, query: EventQuery) -> list[dict[str, Any]]:
         """The stored events that match, newest first, at most `query.limit`; served by indexes."""

@@ -19,7 +19,7 @@ from widelog.pipeline.ports import DeadLetter, EventQuery, WriteResult
 from widelog.sqlite_db import SQLiteDatabase
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Mapping, Sequence
+    from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -56,6 +56,7 @@ _INSERT = (
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
 _encoder = msgspec.json.Encoder(enc_hook=str)
+_IDS_PER_QUERY = 500
 
 
 def _section(doc: Mapping[str, Any], name: str) -> Mapping[str, Any]:
@@ -192,13 +193,24 @@ class SQLiteEventStore:
         doc = await self._run(select)
         return None if doc is None else _from_json(doc)
 
-    async def count_events(self, *, errors_only: bool = False) -> int:
-        sql = (
-            "SELECT count(*) FROM events WHERE is_error = 1"
-            if errors_only
-            else "SELECT count(*) FROM events"
-        )
-        return int((await self._run(lambda db: db.execute(sql).fetchone()))[0])
+    async def count_events(
+        self, *, errors_only: bool = False, request_ids: Collection[str] | None = None
+    ) -> int:
+        errors = " AND is_error = 1" if errors_only else ""
+        # S608: the SQL is built from fixed clauses and `?` placeholders only.
+        sql = f"SELECT count(*) FROM events WHERE request_id IN ({{}}){errors}"  # noqa: S608
+
+        def count(db: sqlite3.Connection) -> int:
+            if request_ids is None:
+                return int(db.execute(f"SELECT count(*) FROM events WHERE 1{errors}").fetchone()[0])  # noqa: S608
+            ids = list(request_ids)
+            chunks = (ids[i : i + _IDS_PER_QUERY] for i in range(0, len(ids), _IDS_PER_QUERY))
+            # Chunks: SQLite caps the number of bound parameters of one statement.
+            return sum(
+                int(db.execute(sql.format(",".join("?" * len(c))), c).fetchone()[0]) for c in chunks
+            )
+
+        return await self._run(count)
 
     async def find_events(self, query: EventQuery) -> list[dict[str, Any]]:
         sql, params = search_sql(query)
