@@ -96,10 +96,11 @@ async def run_demo(
     On the embedded transport the consumer runs in the API's pipeline; on Kafka or Redis Streams
     the demo runs `widelog worker`'s own code beside the API, as a task on the same loop. The
     counts are read back from the store, for the demo's own request ids: a shared store may hold
-    other events. A SQLite store is a temporary file of the demo's.
+    other events. A SQLite store is a temporary file of the demo's unless `WIDELOG_SQLITE_PATH`
+    names one (then its events can be looked up afterwards: `widelog events get ID`).
     """
     with tempfile.TemporaryDirectory(prefix="widelog-demo-") as tmp:
-        if settings.store == "sqlite":
+        if settings.store == "sqlite" and "sqlite_path" not in settings.model_fields_set:
             settings = settings.model_copy(update={"sqlite_path": Path(tmp) / "events.sqlite3"})
         container = build(settings)
         app = create_app(container)

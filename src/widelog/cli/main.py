@@ -21,7 +21,9 @@ from rich.table import Table
 
 from widelog.cli import reachability
 from widelog.cli.errors import BAD_CONFIG, FAILED, explain
+from widelog.cli.events import events_app
 from widelog.cli.incidents import incidents_app
+from widelog.cli.infra import infra
 from widelog.cli.sampling import sampling_app
 from widelog.config import Settings, load_settings
 from widelog.policies import load_incident_rules, load_sampling_policy
@@ -32,6 +34,8 @@ if TYPE_CHECKING:
 app = typer.Typer(help="Wide-event logging for LLM chat backends.", no_args_is_help=True)
 app.add_typer(sampling_app, name="sampling")
 app.add_typer(incidents_app, name="incidents")
+app.add_typer(events_app, name="events")
+app.command()(infra)
 err = Console(stderr=True)
 
 LogLevel = Annotated[
