@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
+from widelog._extras import extra
 from widelog.bootstrap import load_incident_rules
 from widelog.cli.incidents import incidents_app
 from widelog.cli.sampling import sampling_app
@@ -59,7 +60,8 @@ def serve(
     log_level: str = "info",
 ) -> None:
     """Run the reference chat API (FastAPI + uvicorn) with the wide-event middleware."""
-    import uvicorn  # noqa: PLC0415 - only this command needs the server
+    with extra("server", needed_by="widelog serve"):
+        import uvicorn  # noqa: PLC0415 - only this command needs the server
 
     _settings()  # fail fast, before uvicorn starts, on a bad setting
     _configure_logging(log_level)
@@ -110,7 +112,8 @@ def demo(
     log_level: str = "warning",
 ) -> None:
     """Run the chat service in-process under synthetic traffic and report what the pipeline did."""
-    from widelog.chat.demo import run_demo  # noqa: PLC0415 - keeps `--help` fast
+    with extra("server", needed_by="widelog demo"):
+        from widelog.chat.demo import run_demo  # noqa: PLC0415 - keeps `--help` fast
 
     settings = _settings()
     _configure_logging(log_level)
@@ -171,7 +174,3 @@ def _print_report(report: dict[str, Any]) -> None:
         console.print(f"\n[bold]incident[/bold] {incident['text']}", highlight=False)
     if not report["incidents"]:
         console.print("\nno incidents opened")
-
-
-def main() -> None:
-    app()
