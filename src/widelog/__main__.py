@@ -1,3 +1,3 @@
-from widelog.cli.main import main
+from widelog.cli import main
 
 main()

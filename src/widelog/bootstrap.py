@@ -3,7 +3,8 @@
 `build_pipeline` wires what an instrumented process needs (publisher, sampler, and with the
 embedded transport the consumer and incidents too); `widelog.worker` wires a consumer process from
 the same builders; the admin commands open only the stores. Optional drivers are imported only by
-the builder that needs them, so `pip install widelog` without extras runs the embedded default.
+the builder that needs them, inside `extra(...)`, so `pip install widelog` without extras runs the
+embedded default and choosing a driver that is missing fails here with its `pip install` line.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from widelog._extras import extra
 from widelog.cache.circuit_breaker import CircuitBreaker
 from widelog.cache.fail_open import ChatCaches, FailOpenSemanticCache, FailOpenSessionCache
 from widelog.cache.memory import InMemorySemanticCache, InMemorySessionCache
@@ -144,7 +146,8 @@ async def logged(step: Awaitable[object]) -> None:
 
 def build_store(settings: Settings) -> EventStore:
     if settings.store == "mongo":
-        from widelog.pipeline.mongo_store import MongoEventStore  # noqa: PLC0415 - optional driver
+        with extra("mongo", needed_by="WIDELOG_STORE=mongo"):
+            from widelog.pipeline.mongo_store import MongoEventStore  # noqa: PLC0415 - optional
 
         return MongoEventStore(
             settings.mongo_url,
@@ -165,7 +168,8 @@ def build_spool_fallback(settings: Settings) -> SpoolFallback:
 
 def build_mq_publisher(settings: Settings, fallback: SpoolFallback) -> MQPublisher:
     if settings.transport == "kafka":
-        from widelog.pipeline.kafka import KafkaEventPublisher  # noqa: PLC0415
+        with extra("kafka", needed_by="WIDELOG_TRANSPORT=kafka"):
+            from widelog.pipeline.kafka import KafkaEventPublisher  # noqa: PLC0415 - optional
 
         return KafkaEventPublisher(
             bootstrap=settings.kafka_bootstrap,
@@ -178,7 +182,10 @@ def build_mq_publisher(settings: Settings, fallback: SpoolFallback) -> MQPublish
             linger_ms=settings.kafka_linger_ms,
         )
     if settings.transport == "redis":
-        from widelog.pipeline.redis_streams import RedisStreamsEventPublisher  # noqa: PLC0415
+        with extra("redis", needed_by="WIDELOG_TRANSPORT=redis"):
+            from widelog.pipeline.redis_streams import (  # noqa: PLC0415 - optional
+                RedisStreamsEventPublisher,
+            )
 
         return RedisStreamsEventPublisher(
             _redis_client(settings),
@@ -194,7 +201,8 @@ def build_source(settings: Settings) -> EventSource:
     """The consumer side of a shared transport, for `widelog worker`."""
     name = f"{settings.instance}-{os.getpid()}"
     if settings.transport == "kafka":
-        from widelog.pipeline.kafka import KafkaEventSource, ensure_topic  # noqa: PLC0415
+        with extra("kafka", needed_by="WIDELOG_TRANSPORT=kafka"):
+            from widelog.pipeline.kafka import KafkaEventSource, ensure_topic  # noqa: PLC0415
 
         ensure_topic(
             settings.kafka_bootstrap, settings.kafka_topic, partitions=settings.kafka_partitions
@@ -208,7 +216,8 @@ def build_source(settings: Settings) -> EventSource:
             max_poll_interval_ms=settings.kafka_max_poll_interval_ms,
         )
     if settings.transport == "redis":
-        from widelog.pipeline.redis_streams import RedisStreamsEventSource  # noqa: PLC0415
+        with extra("redis", needed_by="WIDELOG_TRANSPORT=redis"):
+            from widelog.pipeline.redis_streams import RedisStreamsEventSource  # noqa: PLC0415
 
         return RedisStreamsEventSource(
             _redis_client(settings),
@@ -243,7 +252,8 @@ def build_consumer(
 def build_incident_store(settings: Settings) -> IncidentStore:
     """The incident store beside the events: same SQLite file, or same MongoDB database."""
     if settings.store == "mongo":
-        from widelog.incidents.mongo_store import MongoIncidentStore  # noqa: PLC0415
+        with extra("mongo", needed_by="WIDELOG_STORE=mongo"):
+            from widelog.incidents.mongo_store import MongoIncidentStore  # noqa: PLC0415
 
         return MongoIncidentStore(settings.mongo_url, timeout_ms=settings.mongo_timeout_ms)
     return SQLiteIncidentStore(settings.sqlite_path)
@@ -265,11 +275,12 @@ def build_caches(settings: Settings) -> ChatCaches:
             ),
             backend="memory",
         )
-    from widelog.cache.redis_cache import (  # noqa: PLC0415 - only the redis cache needs it
-        RedisSemanticCache,
-        RedisSessionCache,
-        cache_client,
-    )
+    with extra("redis", needed_by="WIDELOG_CACHE=redis"):
+        from widelog.cache.redis_cache import (  # noqa: PLC0415 - only the redis cache needs it
+            RedisSemanticCache,
+            RedisSessionCache,
+            cache_client,
+        )
 
     timeout_s = settings.cache_timeout_ms / 1000
     client = cache_client(settings.redis_url, timeout_s=timeout_s)
@@ -302,7 +313,7 @@ def build_caches(settings: Settings) -> ChatCaches:
 
 
 def _redis_client(settings: Settings) -> Redis:
-    from redis.asyncio import Redis  # noqa: PLC0415
+    from redis.asyncio import Redis  # noqa: PLC0415 - reached only once `extra("redis")` imported it
 
     # Short timeouts: a slow Redis must never hold a request or a consumer for long.
     return Redis.from_url(settings.redis_url, socket_connect_timeout=2, socket_timeout=5)

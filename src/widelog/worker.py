@@ -8,6 +8,7 @@ import logging
 import signal
 from typing import TYPE_CHECKING
 
+from widelog._extras import MissingExtraError
 from widelog.bootstrap import (
     build_consumer,
     build_incident_store,
@@ -75,6 +76,8 @@ async def _connect(settings: Settings, stop: asyncio.Event) -> EventSource | Non
     while not stop.is_set():
         try:
             return await asyncio.to_thread(build_source, settings)
+        except MissingExtraError:
+            raise  # no retry installs a package
         except Exception as exc:  # noqa: BLE001 - a broker still starting is not a reason to exit
             log.warning("message queue not reachable yet, retrying in %.0fs: %r", delay, exc)
             with contextlib.suppress(TimeoutError):

@@ -42,6 +42,9 @@ POLICY = SamplingPolicy.model_validate(
 ROUTES = ["/v1/chat", "/healthz", "/v1/admin/reindex", "/v1/billing", "/v1/other", "unmatched"]
 
 
+EVENT_PARAMETERS = frozenset({"route", "status", "duration_ms", "request_id", "error_code"})
+
+
 def event(
     *,
     route: Any = "/v1/chat",
@@ -194,7 +197,10 @@ json_values = st.recursive(
     request_id=st.text() | st.none() | st.integers(),
     error_code=st.none() | st.text(max_size=12) | st.integers(),
     forced=st.booleans(),
-    extra=st.dictionaries(st.text(max_size=8), json_values, max_size=4),
+    # Other fields: never one of `event()`'s own parameters (that is a TypeError, not a test).
+    extra=st.dictionaries(
+        st.text(max_size=8).filter(lambda k: k not in EVENT_PARAMETERS), json_values, max_size=4
+    ),
 )
 def test_errors_slow_requests_and_critical_routes_are_always_kept_whatever_else_is_in_them(
     *, route, status, duration_ms, request_id, error_code, forced, extra

@@ -12,6 +12,7 @@ from typing import Final
 
 import typer
 
+from widelog._extras import MissingExtraError
 from widelog.config import SettingsError
 from widelog.incidents.rules import IncidentRulesError
 from widelog.sampling.policy import SamplingPolicyError
@@ -38,6 +39,7 @@ class Failure:
 # (exception, exit code, what to put before its message); the first match wins.
 _KNOWN: Final[tuple[tuple[type[BaseException], int, str], ...]] = (
     (Unreachable, UNREACHABLE, ""),
+    (MissingExtraError, BAD_CONFIG, ""),  # its message is the pip install line
     (SettingsError, BAD_CONFIG, "invalid settings: "),
     (SamplingPolicyError, BAD_CONFIG, "invalid sampling policy: "),
     (IncidentRulesError, BAD_CONFIG, "invalid incident rules: "),

@@ -19,6 +19,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
+from widelog._extras import extra
 from widelog.cli import reachability
 from widelog.cli.errors import BAD_CONFIG, FAILED, explain
 from widelog.cli.events import events_app
@@ -84,7 +85,8 @@ def serve(
     log_level: LogLevel = "info",
 ) -> None:
     """Run the reference chat API (FastAPI + uvicorn) with the wide-event middleware."""
-    import uvicorn  # noqa: PLC0415 - only this command needs the server
+    with extra("server", needed_by="widelog serve"):
+        import uvicorn  # noqa: PLC0415 - only this command needs the server
 
     settings = _settings()  # fail fast, before uvicorn starts, on a bad setting
     if settings.transport == "memory":  # the consumer runs here: startup needs the store
@@ -145,7 +147,8 @@ def demo(
     log_level: LogLevel = "warning",
 ) -> None:
     """Run the chat service in-process under synthetic traffic and report what the pipeline did."""
-    from widelog.chat.demo import run_demo  # noqa: PLC0415 - keeps `--help` fast
+    with extra("server", needed_by="widelog demo"):
+        from widelog.chat.demo import run_demo  # noqa: PLC0415 - keeps `--help` fast
 
     settings = _settings()
     # The demo's SQLite store is a temporary file of its own; anything else must answer now.

@@ -48,8 +48,9 @@ class WideEventMiddleware:
 
     The pipeline starts when the server sends `lifespan.startup` (before the app's own startup
     runs) and closes once the app reported `lifespan.shutdown.complete` (after its own shutdown,
-    so events logged there are flushed). A server that runs no lifespan gets the pipeline started
-    at the first request, with a warning: nothing would flush it at shutdown but `close()`.
+    so events logged there are flushed); for an app that does not speak lifespan, the middleware
+    answers the server itself. A server that runs no lifespan gets the pipeline started at the
+    first request, with a warning: nothing would flush it at shutdown but `close()`.
     """
 
     def __init__(
@@ -131,7 +132,11 @@ class WideEventMiddleware:
     async def _lifespan(
         self, scope: Scope, receive: Receive, send: Send, lifecycle: Lifecycle
     ) -> None:
+        app_speaks_lifespan = False
+
         async def receive_starting() -> ASGIMessage:
+            nonlocal app_speaks_lifespan
+            app_speaks_lifespan = True
             message = await receive()
             if message["type"] == "lifespan.startup":
                 await lifecycle.start()  # a failure here fails the app's startup, as it should
@@ -142,7 +147,15 @@ class WideEventMiddleware:
                 await lifecycle.close()
             await send(message)
 
-        await self.app(scope, receive_starting, send_closing)
+        try:
+            await self.app(scope, receive_starting, send_closing)
+        except Exception:
+            if app_speaks_lifespan:
+                raise
+            # The ASGI spec's way to say "no lifespan here": raise before receiving anything.
+            log.debug("the app does not support lifespan; widelog answers it", exc_info=True)
+        if not app_speaks_lifespan:
+            await _answer_lifespan(receive, send, lifecycle)
 
     def _finish(self, event: WideEvent, scope: Scope, response: _Response) -> None:
         if event.finalized:
@@ -155,6 +168,27 @@ class WideEventMiddleware:
         else:
             event.set("http.status", response.status or 500)
         self.logging.finalize(event)
+
+
+async def _answer_lifespan(receive: Receive, send: Send, lifecycle: Lifecycle) -> None:
+    """Speak lifespan for an app that does not, so its pipeline still starts and flushes at exit.
+
+    A plain ASGI app often handles `http` only and returns (or raises) on a `lifespan` scope; the
+    server then skips lifespan and the pipeline would start late and never be closed.
+    """
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            try:
+                await lifecycle.start()
+            except Exception as exc:
+                await send({"type": "lifespan.startup.failed", "message": repr(exc)})
+                raise
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await lifecycle.close()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
 
 
 class _Response:
