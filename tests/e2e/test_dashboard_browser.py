@@ -136,7 +136,7 @@ def test_the_dashboard_shows_incidents_events_and_charts_in_a_browser(chat_servi
         page.wait_for_selector("article.open")
 
         assert f"Open incidents ({opened})" in page.inner_text("body")
-        assert page.locator("article.open").count() == opened
+        assert opened == page.locator("article.open").count()
         for incident in page.locator("article.open").all_inner_texts():  # the injected timeouts
             assert "the model did not answer in time" in incident
         paths = page.locator("svg path").evaluate_all("(ps) => ps.map((p) => p.getAttribute('d'))")
