@@ -4,6 +4,7 @@
 #   redis     Debian's redis-server, our own process, no persistence
 #   kafka     Apache Kafka 4.1.1, one KRaft node (broker+controller), jars from Maven Central
 #   ferretdb  FerretDB v1.24.2 (MongoDB wire protocol) on SQLite, built from services/ferretdb
+# `up` also installs Debian's chromium (not a service: the dashboard's browser test drives it).
 #
 # Usage: scripts/services.sh up|down|status|start NAME|stop NAME     (NAME: redis|kafka|ferretdb)
 #   up / down      start / stop all three (up reuses what is installed and what is running)
@@ -167,6 +168,12 @@ redis_install() {
   log "installing redis-server from Debian"
   apt_install redis-server
   command -v redis-server >/dev/null 2>&1 || die "redis-server still missing after apt-get install"
+}
+
+chromium_install() {  # for tests/e2e/test_dashboard_browser.py; that test skips without it
+  command -v chromium >/dev/null 2>&1 && return 0
+  log "installing chromium from Debian (the dashboard's browser test)"
+  apt_install chromium || log "chromium not installed: the browser test will be skipped"
 }
 
 KLIB=""
@@ -421,6 +428,7 @@ cmd_up() {
   fi
   start_one redis
   start_one kafka
+  chromium_install
   if [ -n "$bpid" ]; then wait "$bpid" || die "FerretDB build failed"; fi
   start_one ferretdb
   log "all up in $(( $(now) - t0 ))s"

@@ -98,6 +98,9 @@ class Settings(BaseSettings):
 
     # Admin routes (events, incidents, infra, metrics, dashboard): bearer token when set.
     admin_token: SecretStr | None = None
+    # The dashboard's charts: one sample of this process's counters every this many seconds,
+    # an hour of them kept in memory.
+    dashboard_sample_s: float = Field(10.0, ge=0.1, le=600)
 
     # Chat API.
     max_message_chars: int = Field(8000, ge=1)

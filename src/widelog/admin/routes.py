@@ -10,6 +10,7 @@ from fastapi import APIRouter, Depends, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from widelog.admin.auth import bearer_token_check
+from widelog.admin.dashboard import dashboard_router
 from widelog.admin.events import events_router
 from widelog.admin.infra import infra_snapshot
 from widelog.admin.metrics import PipelineCollector, registry_for
@@ -24,7 +25,11 @@ log = logging.getLogger("widelog.admin")
 
 
 def admin_router(pipeline: Pipeline, *, caches: ChatCaches | None = None) -> APIRouter:
-    """`/v1/events`, `/v1/incidents`, `/v1/infra`, `/metrics`, behind `WIDELOG_ADMIN_TOKEN`."""
+    """`/v1/events`, `/v1/incidents`, `/v1/infra`, `/metrics` and `/dashboard`, behind a token.
+
+    `WIDELOG_ADMIN_TOKEN` as a bearer header; the dashboard also takes the cookie its login
+    form sets (docs/dashboard.md).
+    """
     guard = Depends(bearer_token_check(pipeline.settings.admin_token))
     router = APIRouter(dependencies=[guard])
     router.include_router(events_router(pipeline.store))
@@ -48,4 +53,7 @@ def admin_router(pipeline: Pipeline, *, caches: ChatCaches | None = None) -> API
             log.warning("open incidents not refreshed for /metrics: %r", exc)
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
-    return router
+    outer = APIRouter()  # the dashboard checks the token itself: it answers 401 with a form
+    outer.include_router(router)
+    outer.include_router(dashboard_router(pipeline, caches=caches))
+    return outer

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from widelog.events.event import WideEvent, encode, is_error
+from widelog.events.histogram import DurationHistogram
 from widelog.events.ids import new_event_id
 from widelog.events.otel import active_span_ids
 
@@ -64,6 +65,7 @@ class LoggingService:
         self._static = {"service": service, "env": env, "version": version, "instance": instance}
         self._max_event_bytes = max_event_bytes
         self.stats = LoggingStats()
+        self.durations = DurationHistogram()  # every finalized event's, before sampling
 
     def begin(self, *, request_id: str | None = None) -> WideEvent:
         event_id = new_event_id()
@@ -89,6 +91,7 @@ class LoggingService:
             if "duration_ms" not in doc:
                 doc["duration_ms"] = (time.perf_counter_ns() - event.started_ns) / 1e6
             self.stats.finalized += 1
+            self.durations.observe(doc["duration_ms"])
             if is_error(doc):
                 self.stats.errors += 1
             if self.sampler is not None:
