@@ -1,4 +1,6 @@
 import datetime as dt
+import subprocess
+import sys
 
 import msgspec
 import pytest
@@ -134,6 +136,79 @@ def test_a_small_event_is_left_alone():
 def test_decode_rejects_what_is_not_a_wide_event(payload):
     with pytest.raises(UndecodableEventError):
         decode(payload)
+
+
+def nested(levels: int, *, open_: bytes = b"[", close: bytes = b"]") -> bytes:
+    return b'{"event_id":"e","x":' + open_ * levels + close * levels + b"}"
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (nested(65), "not a JSON object nested at most 64 levels"),
+        (nested(10_000), "not a JSON object nested at most 64 levels"),
+        (nested(300, open_=b'{"a":', close=b"}"), "not a JSON object nested at most 64 levels"),
+        (b'{"event_id":"e","x":' + b"[" * 100_000, "not a JSON object nested at most 64 levels"),
+        (
+            b'{"event_id":"e","x":' + b"[1," * 70 + b"]",
+            "not a JSON object nested at most 64 levels",
+        ),
+        (
+            b'{"event_id":"' + b"x" * (1024 * 1024) + b'"}',
+            "payload of 1048591 bytes (at most 1048576)",
+        ),
+    ],
+)
+def test_decode_refuses_payloads_too_deep_or_too_large_to_read_safely(payload, reason):
+    with pytest.raises(UndecodableEventError) as refused:
+        decode(payload)
+    assert reason == str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        nested(63),  # 63 lists inside the event object: 64 levels
+        b'{"event_id":"e","x":"' + b"[{" * 5000 + b'"}',  # brackets inside a string are text
+        b'{"event_id":"e","x":"a\\\\","z":"\\"[[[","y":[' + b"[]," * 5000 + b"[]]}",  # escapes
+        b'{"event_id":"e","x":[' + b"{}," * 5000 + b"{}]}",  # wide, not deep
+    ],
+)
+def test_decode_accepts_wide_events_and_brackets_inside_strings(payload):
+    assert "e" == decode(payload)["event_id"]
+
+
+def test_a_deep_payload_never_reaches_msgspec_even_with_a_huge_recursion_limit():
+    """msgspec's own guard is the recursion limit: raised this far, it would overflow the stack."""
+    script = (
+        "import sys; sys.setrecursionlimit(10**7)\n"
+        "from widelog.events.event import UndecodableEventError, decode\n"
+        "try:\n"
+        "    decode(b'{\"event_id\":\"e\",\"x\":' + b'[' * 2_000_000 + b']' * 2_000_000 + b'}')\n"
+        "except UndecodableEventError as exc:\n"
+        "    print(exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert (0, "payload of 4000021 bytes (at most 1048576)\n") == (done.returncode, done.stdout)
+    script = script.replace("2_000_000", "400_000")
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert (0, "not a JSON object nested at most 64 levels\n") == (done.returncode, done.stdout)
+
+
+@given(
+    payload=st.binary(max_size=200)
+    | json_values.map(lambda v: msgspec.json.encode({"event_id": "e", "v": v}))
+)
+def test_decode_returns_an_event_or_says_why_not_and_raises_nothing_else(payload):
+    try:
+        doc = decode(payload)
+    except UndecodableEventError:
+        return
+    assert isinstance(doc["event_id"], str)
 
 
 @pytest.mark.parametrize(

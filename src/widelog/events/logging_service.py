@@ -110,7 +110,6 @@ class LoggingService:
         else:
             self.stats.published += 1
 
-
     def _warn_not_started(self) -> None:
         self.pipeline_started = None  # once
         log.error(
