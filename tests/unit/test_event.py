@@ -104,6 +104,51 @@ def test_any_field_encodes_and_every_stored_key_is_safe(key, value):
     assert_storage_safe(doc)
 
 
+# Text where NUL is common, next to the characters that need escaping elsewhere.
+nul_text = st.text(alphabet=st.sampled_from("a\x00.$") | st.characters(), max_size=12)
+nul_values = st.recursive(
+    st.none() | st.integers() | nul_text,
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(nul_text, children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def strings_in(value: object) -> list[str]:
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in (k, *strings_in(v))]
+    if isinstance(value, list):
+        return [s for v in value for s in strings_in(v)]
+    return [value] if isinstance(value, str) else []
+
+
+@given(key=nul_text.filter(bool), value=nul_values, code=nul_text, message=nul_text)
+def test_no_string_set_on_an_event_comes_back_from_the_wire_with_a_nul(key, value, code, message):
+    event = new_event()
+    event.set(key, value)
+    event.update({"session_id": message, "user_id": code, "llm.model": message})
+    event.set("validation.fields", [{"loc": message, "msg": code}])
+    event.error(code, message=message, kind=message)
+    event.record_exception(ValueError(message))
+
+    doc = decode(encode(event.doc, max_bytes=64 * 1024))
+
+    assert [] == [s for s in strings_in(doc) if "\x00" in s]
+
+
+def test_nul_is_removed_from_values_and_the_rest_kept():
+    event = new_event()
+    event.update({"session_id": "s\x00-1", "llm.model": "\x00gpt"})
+    event.error("LLM\x00_TIMEOUT", message="timed\x00 out")
+    assert ("s-1", "gpt", "LLM_TIMEOUT", "timed out") == (
+        event.get("session_id"),
+        event.get("llm.model"),
+        event.get("error.code"),
+        event.get("error.message"),
+    )
+
+
 def test_an_oversized_event_is_truncated_and_says_so():
     event = new_event()
     event.set("http.route", "/v1/chat")

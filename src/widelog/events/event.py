@@ -6,6 +6,7 @@ the shape MongoDB indexes and queries with dot paths. Everything is made storage
 
 - a key segment that starts with `$` gets a full-width `＄` instead (MongoDB reads `$` as an
   operator); inside values, a `.` in a key becomes `．` (a dot is a path separator there);
+- NUL characters are removed from keys and string values;
 - values that JSON cannot carry are stringified; integers outside int64 (BSON's range) too;
 - nesting deeper than `MAX_DEPTH` is stringified, which also ends reference cycles.
 
@@ -48,8 +49,14 @@ def _safe_segment(segment: str) -> str:
 
 
 def safe_value(value: Any, depth: int = 0) -> Any:  # noqa: PLR0911 - one return per type
-    """A JSON- and BSON-safe copy of `value`; never raises."""
-    if value is None or isinstance(value, str | bool | float):
+    """A JSON- and BSON-safe copy of `value`, without NUL characters in any string; never raises.
+
+    NUL ends a C string: BSON cannot carry it in keys, and in values it truncates what many
+    tools downstream of the store display.
+    """
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if value is None or isinstance(value, bool | float):
         return value
     if isinstance(value, int):
         return value if _INT64_MIN <= value <= _INT64_MAX else str(value)
@@ -66,7 +73,7 @@ def safe_value(value: Any, depth: int = 0) -> Any:  # noqa: PLR0911 - one return
 
 def _stringify(value: Any) -> str:
     try:
-        return str(value)
+        return str(value).replace("\x00", "")
     except Exception:  # noqa: BLE001 - a broken __str__ must not break the request
         return f"<unprintable {type(value).__name__}>"
 
