@@ -9,17 +9,25 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import os
+import random
 import signal
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
 
 import msgspec
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from tests.contract.test_event_store import make_event
 from tests.integration.test_pipeline_live import Pipeline
 from tests.live import KAFKA
+from widelog.pipeline.kafka import KafkaEventSource, ensure_topic
+from widelog.pipeline.ports import Message
 
 pytestmark = [pytest.mark.slow, pytest.mark.kafka, pytest.mark.mongo, pytest.mark.timeout(300)]
 PARTITIONS = 4
@@ -110,3 +118,119 @@ async def test_poison_that_decodes_or_nests_too_deep_never_stops_the_worker(kafk
             {"request_id": "end-of-time"}
         )
     )["timestamp"].replace(tzinfo=dt.UTC)
+
+
+# --- a frozen broker ---------------------------------------------------------------------------
+
+STATE = Path(
+    os.environ.get("WIDELOG_SERVICES_STATE", "/tmp/widelog-services")
+)  # the script's default
+
+
+@contextmanager
+def frozen(name: str) -> Iterator[None]:
+    """SIGSTOP one service of this run (its pid from the services script) and always SIGCONT it."""
+    pid = int((STATE / name / f"{name}.pid").read_text().strip())
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+class Traffic:
+    """Events produced steadily from a thread; `delivered` are those Kafka acknowledged."""
+
+    def __init__(self, pipeline: Pipeline, *, per_second: float = 200) -> None:
+        self._pipeline = pipeline
+        self._interval = 1 / per_second
+        self._stop = threading.Event()
+        self.delivered: set[str] = set()
+        self.failed: list[str] = []
+        self._thread = threading.Thread(target=self._run, name="traffic")
+
+    def __enter__(self) -> Traffic:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(120)
+
+    def _run(self) -> None:
+        producer = Producer({"bootstrap.servers": KAFKA, "acks": "all", "linger.ms": 5})
+
+        def on_delivery(err: KafkaError | None, msg: Any) -> None:
+            key = msg.key().decode()
+            if err is None:
+                self.delivered.add(key)
+            else:
+                self.failed.append(f"{key}: {err}")
+
+        i = 0
+        while not self._stop.is_set():
+            key = f"freeze-{i}"
+            event = msgspec.json.encode(make_event(request_id=key))
+            producer.produce(
+                self._pipeline.env["WIDELOG_KAFKA_TOPIC"], event, key, on_delivery=on_delivery
+            )
+            producer.poll(0)
+            i += 1
+            time.sleep(self._interval)
+        assert 0 == producer.flush(100)
+
+
+@pytest.mark.faults
+@pytest.mark.timeout(400)
+async def test_kafka_frozen_again_and_again_the_worker_stores_everything_once_and_stops_on_sigterm(
+    kafka_pipeline,
+):
+    freezes = int(os.environ.get("WIDELOG_TEST_FREEZES", "5"))
+    rng = random.Random(os.environ.get("WIDELOG_TEST_SEED"))
+    worker = kafka_pipeline.start_worker()
+    await kafka_pipeline.wait_for_log(0, "assigned partitions")
+    with Traffic(kafka_pipeline) as traffic:
+        for _ in range(freezes):
+            await asyncio.sleep(rng.uniform(2, 4))
+            with frozen("kafka"):
+                await asyncio.sleep(rng.uniform(6, 12))
+        await asyncio.sleep(2)
+    assert [] == traffic.failed
+    assert len(traffic.delivered) > 1000
+
+    await kafka_pipeline.wait_until_stored(traffic.delivered, timeout=120)
+    await wait_for_no_lag(kafka_pipeline)
+    assert len(traffic.delivered) == sum((await kafka_pipeline.stored_request_ids()).values())
+    assert worker.poll() is None, kafka_pipeline.worker_log(0)
+    worker.send_signal(signal.SIGTERM)
+    assert 0 == worker.wait(30), kafka_pipeline.worker_log(0)
+
+
+async def test_a_consumer_that_stops_fetching_is_replaced_and_nothing_is_lost(kafka_pipeline):
+    """A stand-in for a consumer stuck inside librdkafka: its partitions paused behind its back."""
+    settings = kafka_pipeline.settings()
+    await asyncio.to_thread(
+        ensure_topic, KAFKA, settings.kafka_topic, partitions=PARTITIONS, timeout=30
+    )
+    source = KafkaEventSource(
+        bootstrap=KAFKA, topic=settings.kafka_topic, group=settings.kafka_group, stall_timeout_s=2
+    )
+    await asyncio.to_thread(produce, kafka_pipeline, good("stall", 200))
+    received: list[Message] = []
+    try:
+        while not received:
+            received += await source.poll(10, 1.0)
+        source._consumer.pause(source._consumer.assignment())  # the injected fault
+
+        deadline = time.monotonic() + 60
+        while len({m.position for m in received}) < 200:
+            assert time.monotonic() < deadline, f"{len(received)} received; stalls {source.stalls}"
+            received += await source.poll(100, 0.5)
+        await source.commit(received)
+        while source._unconfirmed:  # until the commit is confirmed
+            await source.poll(100, 0.5)
+    finally:
+        await source.close()
+
+    assert 1 == source.stalls
+    await wait_for_no_lag(kafka_pipeline)
