@@ -36,12 +36,16 @@ class RecordingPublisher:
 
 
 class FlakyStore:
-    """Wraps a real store; the next `failures` writes raise, as a store outage would."""
+    """Wraps a real store; the next `failures` writes raise, as a store outage would.
+
+    It also keeps every dead letter it was given, to read their reasons.
+    """
 
     def __init__(self, inner: Any, *, failures: int = 0) -> None:
         self.inner = inner
         self.failures = failures
         self.write_calls = 0
+        self.letters: list[DeadLetter] = []
 
     async def write_batch(self, events: Sequence[Mapping[str, Any]]) -> WriteResult:
         self.write_calls += 1
@@ -53,6 +57,7 @@ class FlakyStore:
 
     async def write_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
         await self.inner.write_dead_letters(letters)
+        self.letters += letters
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.inner, name)

@@ -25,7 +25,7 @@ from confluent_kafka import Producer
 from pymongo import AsyncMongoClient
 
 from tests.apps import running_api
-from tests.live import KAFKA, mongo_url, service_down, unique
+from tests.live import KAFKA, REDIS_URL, mongo_url, service_down, unique
 from widelog.chat.bootstrap import ChatContainer
 from widelog.config import Settings
 from widelog.stats import percentile
@@ -45,6 +45,8 @@ class Pipeline:
             "WIDELOG_KAFKA_GROUP": unique("log-consumer-group"),
             "WIDELOG_REDIS_STREAM": unique("log-events"),
             "WIDELOG_MONGO_URL": mongo_url(self.database),
+            "WIDELOG_KAFKA_BOOTSTRAP": KAFKA,  # the services this run uses, not the defaults
+            "WIDELOG_REDIS_URL": REDIS_URL,
             "WIDELOG_KAFKA_PARTITIONS": "4",
             "WIDELOG_KAFKA_SESSION_TIMEOUT_MS": "6000",
             "WIDELOG_KAFKA_MESSAGE_TIMEOUT_MS": "3000",

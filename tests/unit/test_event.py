@@ -1,4 +1,6 @@
 import datetime as dt
+import subprocess
+import sys
 
 import msgspec
 import pytest
@@ -102,6 +104,55 @@ def test_any_field_encodes_and_every_stored_key_is_safe(key, value):
     assert_storage_safe(doc)
 
 
+# Text where NUL is common, next to the characters that need escaping elsewhere. Without lone
+# surrogates: no JSON encoder takes them, and `finalize` counts such an event `finalize_failed`.
+nul_text = st.text(
+    alphabet=st.sampled_from("a\x00.$") | st.characters(codec="utf-8"),
+    max_size=12,
+)
+nul_values = st.recursive(
+    st.none() | st.integers() | nul_text,
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(nul_text, children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def strings_in(value: object) -> list[str]:
+    if isinstance(value, dict):
+        return [s for k, v in value.items() for s in (k, *strings_in(v))]
+    if isinstance(value, list):
+        return [s for v in value for s in strings_in(v)]
+    return [value] if isinstance(value, str) else []
+
+
+@given(key=nul_text.filter(bool), value=nul_values, code=nul_text, message=nul_text)
+def test_no_string_set_on_an_event_comes_back_from_the_wire_with_a_nul(key, value, code, message):
+    event = new_event()
+    event.set(key, value)
+    event.update({"session_id": message, "user_id": code, "llm.model": message})
+    event.set("validation.fields", [{"loc": message, "msg": code}])
+    event.error(code, message=message, kind=message)
+    event.record_exception(ValueError(message))
+
+    doc = decode(encode(event.doc, max_bytes=64 * 1024))
+
+    assert [] == [s for s in strings_in(doc) if "\x00" in s]
+
+
+def test_nul_is_removed_from_values_and_the_rest_kept():
+    event = new_event()
+    event.update({"session_id": "s\x00-1", "llm.model": "\x00gpt"})
+    event.error("LLM\x00_TIMEOUT", message="timed\x00 out")
+    assert ("s-1", "gpt", "LLM_TIMEOUT", "timed out") == (
+        event.get("session_id"),
+        event.get("llm.model"),
+        event.get("error.code"),
+        event.get("error.message"),
+    )
+
+
 def test_an_oversized_event_is_truncated_and_says_so():
     event = new_event()
     event.set("http.route", "/v1/chat")
@@ -134,6 +185,79 @@ def test_a_small_event_is_left_alone():
 def test_decode_rejects_what_is_not_a_wide_event(payload):
     with pytest.raises(UndecodableEventError):
         decode(payload)
+
+
+def nested(levels: int, *, open_: bytes = b"[", close: bytes = b"]") -> bytes:
+    return b'{"event_id":"e","x":' + open_ * levels + close * levels + b"}"
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (nested(65), "not a JSON object nested at most 64 levels"),
+        (nested(10_000), "not a JSON object nested at most 64 levels"),
+        (nested(300, open_=b'{"a":', close=b"}"), "not a JSON object nested at most 64 levels"),
+        (b'{"event_id":"e","x":' + b"[" * 100_000, "not a JSON object nested at most 64 levels"),
+        (
+            b'{"event_id":"e","x":' + b"[1," * 70 + b"]",
+            "not a JSON object nested at most 64 levels",
+        ),
+        (
+            b'{"event_id":"' + b"x" * (1024 * 1024) + b'"}',
+            "payload of 1048591 bytes (at most 1048576)",
+        ),
+    ],
+)
+def test_decode_refuses_payloads_too_deep_or_too_large_to_read_safely(payload, reason):
+    with pytest.raises(UndecodableEventError) as refused:
+        decode(payload)
+    assert reason == str(refused.value)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        nested(63),  # 63 lists inside the event object: 64 levels
+        b'{"event_id":"e","x":"' + b"[{" * 5000 + b'"}',  # brackets inside a string are text
+        b'{"event_id":"e","x":"a\\\\","z":"\\"[[[","y":[' + b"[]," * 5000 + b"[]]}",  # escapes
+        b'{"event_id":"e","x":[' + b"{}," * 5000 + b"{}]}",  # wide, not deep
+    ],
+)
+def test_decode_accepts_wide_events_and_brackets_inside_strings(payload):
+    assert "e" == decode(payload)["event_id"]
+
+
+def test_a_deep_payload_never_reaches_msgspec_even_with_a_huge_recursion_limit():
+    """msgspec's own guard is the recursion limit: raised this far, it would overflow the stack."""
+    script = (
+        "import sys; sys.setrecursionlimit(10**7)\n"
+        "from widelog.events.event import UndecodableEventError, decode\n"
+        "try:\n"
+        "    decode(b'{\"event_id\":\"e\",\"x\":' + b'[' * 2_000_000 + b']' * 2_000_000 + b'}')\n"
+        "except UndecodableEventError as exc:\n"
+        "    print(exc)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert (0, "payload of 4000021 bytes (at most 1048576)\n") == (done.returncode, done.stdout)
+    script = script.replace("2_000_000", "400_000")
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert (0, "not a JSON object nested at most 64 levels\n") == (done.returncode, done.stdout)
+
+
+@given(
+    payload=st.binary(max_size=200)
+    | json_values.map(lambda v: msgspec.json.encode({"event_id": "e", "v": v}))
+)
+def test_decode_returns_an_event_or_says_why_not_and_raises_nothing_else(payload):
+    try:
+        doc = decode(payload)
+    except UndecodableEventError:
+        return
+    assert isinstance(doc["event_id"], str)
 
 
 @pytest.mark.parametrize(

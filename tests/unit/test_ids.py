@@ -27,6 +27,7 @@ def test_a_valid_traceparent_gives_trace_and_parent_span():
         "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
         "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
         "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
     ],
 )
 def test_an_invalid_traceparent_is_ignored(header):
@@ -35,7 +36,19 @@ def test_an_invalid_traceparent_is_ignored(header):
 
 @pytest.mark.parametrize(
     ("candidate", "expected"),
-    [("req-123", "req-123"), ("a" * 129, None), ("has space", None), ("$bad", None), (None, None)],
+    [
+        ("req-123", "req-123"),
+        ("a" * 128, "a" * 128),
+        ("a" * 129, None),
+        ("has space", None),
+        ("$bad", None),
+        (None, None),
+        ("abc\n", None),  # `$` matches before a final newline: the id must match in full
+        ("abc\r\n", None),
+        ("\nabc", None),
+        ("abc\x00", None),
+        ("", None),
+    ],
 )
 def test_only_plain_bounded_request_ids_are_accepted(candidate, expected):
     assert expected == accept_request_id(candidate)

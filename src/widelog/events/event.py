@@ -6,6 +6,7 @@ the shape MongoDB indexes and queries with dot paths. Everything is made storage
 
 - a key segment that starts with `$` gets a full-width `＄` instead (MongoDB reads `$` as an
   operator); inside values, a `.` in a key becomes `．` (a dot is a path separator there);
+- NUL characters are removed from keys and string values;
 - values that JSON cannot carry are stringified; integers outside int64 (BSON's range) too;
 - nesting deeper than `MAX_DEPTH` is stringified, which also ends reference cycles.
 
@@ -16,6 +17,7 @@ readable, and never an operator.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import traceback
 from collections.abc import Mapping
 from typing import Any, Final
@@ -47,8 +49,14 @@ def _safe_segment(segment: str) -> str:
 
 
 def safe_value(value: Any, depth: int = 0) -> Any:  # noqa: PLR0911 - one return per type
-    """A JSON- and BSON-safe copy of `value`; never raises."""
-    if value is None or isinstance(value, str | bool | float):
+    """A JSON- and BSON-safe copy of `value`, without NUL characters in any string; never raises.
+
+    NUL ends a C string: BSON cannot carry it in keys, and in values it truncates what many
+    tools downstream of the store display.
+    """
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if value is None or isinstance(value, bool | float):
         return value
     if isinstance(value, int):
         return value if _INT64_MIN <= value <= _INT64_MAX else str(value)
@@ -65,7 +73,7 @@ def safe_value(value: Any, depth: int = 0) -> Any:  # noqa: PLR0911 - one return
 
 def _stringify(value: Any) -> str:
     try:
-        return str(value)
+        return str(value).replace("\x00", "")
     except Exception:  # noqa: BLE001 - a broken __str__ must not break the request
         return f"<unprintable {type(value).__name__}>"
 
@@ -195,12 +203,53 @@ class UndecodableEventError(ValueError):
     """A payload that is not a wide event; it goes to the dead letters, never into the store."""
 
 
+# Limits of what `decode` accepts. Every event this library writes is far inside both (values
+# are cut at `MAX_DEPTH` and events at `max_event_bytes`, at most 900 KiB); MongoDB itself
+# refuses documents nested deeper than 100.
+MAX_PAYLOAD_BYTES: Final = 1024 * 1024
+MAX_NESTING: Final = 64
+_JSON_STRING: Final = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_EMPTY_PAIR: Final = re.compile(rb"\[\]|\{\}")
+_NOT_BRACKETS: Final = bytes(b for b in range(256) if b not in b"[]{}")
+
+
 def decode(payload: bytes) -> dict[str, Any]:
+    """The event in `payload`, or `UndecodableEventError` saying why it is not one.
+
+    Nesting is checked before msgspec sees the payload: its recursion guard is the interpreter's
+    recursion limit, which a process may raise far enough for a deep payload to overflow the C
+    stack. The check never recurses, and costs two `bytes.count` calls for a normal event.
+    """
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise UndecodableEventError(
+            f"payload of {len(payload)} bytes (at most {MAX_PAYLOAD_BYTES})"
+        )
+    if _nested_too_deep(payload, MAX_NESTING):
+        raise UndecodableEventError(f"not a JSON object nested at most {MAX_NESTING} levels")
     try:
         doc = _decoder.decode(payload)
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, RecursionError) as exc:
         raise UndecodableEventError(f"not a JSON object: {exc}") from exc
     event_id = doc.get("event_id")
     if not isinstance(event_id, str) or not event_id:
         raise UndecodableEventError("no event_id")
     return doc
+
+
+def _nested_too_deep(payload: bytes, limit: int) -> bool:
+    """Whether the brackets outside strings nest deeper than `limit` (or do not pair up).
+
+    Fewer brackets than `limit` cannot nest deeper. Otherwise strings are cut out, everything but
+    brackets is dropped, and innermost pairs are removed one level per pass (each pass a regex,
+    so the whole check runs at C speed): what is left after `limit` passes is too deep.
+    """
+    if payload.count(b"[") + payload.count(b"{") <= limit:
+        return False
+    brackets = _JSON_STRING.sub(b"", payload).translate(None, _NOT_BRACKETS)
+    for _ in range(limit):
+        brackets, removed = _EMPTY_PAIR.subn(b"", brackets)
+        if not brackets:
+            return False
+        if not removed:
+            return True  # unbalanced: not JSON, and possibly an unclosed `[[[[...`
+    return True

@@ -36,8 +36,10 @@ def new_event_id() -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-_TRACEPARENT = re.compile(r"^([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+# Used with `fullmatch`: `$` also matches before a trailing newline, so `match` with `^...$`
+# would let "abc\n" through.
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
 
 def parse_traceparent(header: str) -> tuple[str, str] | None:
@@ -45,7 +47,7 @@ def parse_traceparent(header: str) -> tuple[str, str] | None:
 
     Per the W3C spec, all-zero ids and version ff are invalid and must be ignored.
     """
-    match = _TRACEPARENT.match(header.strip().lower())
+    match = _TRACEPARENT.fullmatch(header.strip().lower())
     if match is None:
         return None
     version, trace_id, span_id, _flags = match.groups()
@@ -60,6 +62,6 @@ def new_span_id() -> str:
 
 def accept_request_id(candidate: str | None) -> str | None:
     """A caller-supplied request id, if it is safe to store and index (short, plain chars)."""
-    if candidate is not None and _REQUEST_ID.match(candidate):
+    if candidate is not None and _REQUEST_ID.fullmatch(candidate):
         return candidate
     return None

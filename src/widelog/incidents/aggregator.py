@@ -14,6 +14,7 @@ to judge it) and prunes old records; run it every minute or so in every process 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import datetime as dt
 import hashlib
@@ -63,6 +64,10 @@ def batch_token(events: Sequence[Mapping[str, Any]]) -> str:
     return hashlib.sha256("\n".join(ids).encode("utf-8", "surrogatepass")).hexdigest()[:24]
 
 
+class _OutOfRangeError(ValueError):
+    """An event time too close to the ends of `datetime` for window and quiet arithmetic."""
+
+
 @dataclass(slots=True)
 class _Group:
     rule: Rule
@@ -95,11 +100,30 @@ class IncidentAggregator:
         longest = max((max(r.window, r.quiet) for r in rules.active), default=0)
         self._lookback = dt.timedelta(seconds=longest) + MINUTE
         self._max_window = dt.timedelta(seconds=max((r.window for r in rules.active), default=0))
-        self.skipped = 0  # events `observe` could not count (logged); `rebuild` retries them
         # Scope counts and never-opened groups' records are pruned by `sweep` after this.
         self._retention = self._lookback + dt.timedelta(
             seconds=rules.lateness + rules.count_retention
         )
+        # Event times this code can do date arithmetic on: windows, quiet periods and retention
+        # reach this far either side of an event, and `datetime` ends at years 1 and 9999.
+        margin = self._retention + self._max_window + dt.timedelta(days=1)
+        quiet = dt.timedelta(seconds=max((r.quiet for r in rules.active), default=0))
+        self._earliest = dt.datetime.min.replace(tzinfo=dt.UTC) + margin
+        self._latest = FAR_FUTURE - margin - quiet
+        # What `observe` could not count or judge, by reason (each logged once); the events are
+        # stored all the same, and `rebuild` reads them again.
+        self.skipped_by_reason: collections.Counter[str] = collections.Counter()
+
+    @property
+    def skipped(self) -> int:
+        """Events (and groups) `observe` skipped because this code cannot handle them."""
+        return self.skipped_by_reason.total()
+
+    def _skip(self, reason: str, *, exc_info: bool = False) -> None:
+        """Count a skip; log the first of each reason (poison arrives in floods)."""
+        self.skipped_by_reason[reason] += 1
+        if self.skipped_by_reason[reason] == 1:
+            log.warning("incidents: skipped %s (stored all the same)", reason, exc_info=exc_info)
 
     async def observe(
         self, new_events: Sequence[Mapping[str, Any]], *, now: dt.datetime | None = None
@@ -125,12 +149,12 @@ class IncidentAggregator:
         for doc in new_events:
             try:
                 self._count(doc, now, scopes, parts, groups)
-            except Exception:
-                # `on_stored` is retried until it succeeds: an event this code cannot read would
-                # block every batch behind it. Skip it (it is stored; `rebuild` sees it again).
-                self.skipped += 1
-                if self.skipped % 1000 == 1:
-                    log.exception("incidents: skipped an event this code cannot count")
+            except _OutOfRangeError:
+                self._skip("an event whose time is out of range")
+            except Exception as exc:  # noqa: BLE001 - see below
+                # `on_stored` is retried: an event this code cannot read would block every batch
+                # behind it. Skip it (it is stored; `rebuild` sees it again).
+                self._skip(f"an event this code cannot count ({type(exc).__name__})", exc_info=True)
         counts = [ScopeCount(s, m, int(n), w) for (s, m), (n, w) in scopes.items()]
         await self._store.add_scope_counts(counts, token=token)
         if not groups:
@@ -148,6 +172,8 @@ class IncidentAggregator:
     ) -> None:
         """Add one event to its scopes' counts and to every group whose rule matches it."""
         moment = event_time(doc, now)
+        if not self._earliest <= moment <= self._latest:
+            raise _OutOfRangeError
         minute = minute_of(moment)
         weight = weight_of(doc)
         matched = [
@@ -199,7 +225,12 @@ class IncidentAggregator:
                 scope=scopes.get(group.scope_id, {}),
                 earlier_last=earlier,
             )
-            recorded += await self._record(plan(view, group.minutes))
+            try:
+                planned = plan(view, group.minutes)
+            except Exception as exc:  # noqa: BLE001 - pure code: only the data can make it fail
+                self._skip(f"a group this code cannot judge ({type(exc).__name__})", exc_info=True)
+                continue
+            recorded += await self._record(planned)
         return recorded
 
     async def _record(self, steps: Iterable[Transition]) -> int:

@@ -33,6 +33,7 @@ class ConsumerStats:
     dead_lettered: int = 0
     write_failures: int = 0
     poll_failures: int = 0
+    on_stored_failures: int = 0  # batches committed without `on_stored` (it kept failing)
     last_batch_ms: float = 0.0
 
 
@@ -41,8 +42,12 @@ class BatchConsumer:
 
     `on_stored` (e.g. the incident aggregator) gets the events a batch stored for the first time
     — not re-deliveries, not rejects — after the write and before the commit, retried like the
-    write. A crash between the two leaves those events stored but uncounted (their re-delivery
-    is a duplicate): counts downstream are at-most-once, the events themselves at-least-once.
+    write but only `on_stored_attempts` times: the events are stored, and what is derived from
+    them must never hold the source back (a hook that fails on some event would otherwise stop
+    every partition for good). After that the batch is committed uncounted, with an error and
+    `stats.on_stored_failures`; `widelog incidents rebuild` recounts from the store. A crash
+    between the write and the hook also leaves events uncounted (their re-delivery is a
+    duplicate): counts downstream are at-most-once, the events themselves at-least-once.
     """
 
     def __init__(
@@ -61,6 +66,7 @@ class BatchConsumer:
         idle_poll: float = 0.1,
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         on_stored: Callable[[list[dict[str, Any]]], Awaitable[None]] | None = None,
+        on_stored_attempts: int = 8,
     ) -> None:
         self._source = source
         self._store = store
@@ -75,6 +81,7 @@ class BatchConsumer:
         self._idle_poll = idle_poll
         self._sleep = sleep
         self._on_stored = on_stored
+        self._on_stored_attempts = on_stored_attempts
         self.stats = ConsumerStats()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -136,6 +143,9 @@ class BatchConsumer:
                 positions.append(message)
             except UndecodableEventError as exc:
                 letters.append(self._dead_letter(message, str(exc)))
+            except Exception as exc:  # logged: one message must never stop the worker
+                log.exception("decoding a message failed unexpectedly; dead-lettering it")
+                letters.append(self._dead_letter(message, f"decode failed: {exc!r}"))
 
         results: list[WriteResult] = []
 
@@ -150,8 +160,10 @@ class BatchConsumer:
             skip = set(result.duplicate_indexes) | {i for i, _ in result.rejected}
             new = [doc for i, doc in enumerate(docs) if i not in skip]
             on_stored = self._on_stored
-            if new and not await self._retry(lambda: on_stored(new), "on_stored", stop):
-                return
+            if new and not await self._retry(
+                lambda: on_stored(new), "on_stored", stop, attempts=self._on_stored_attempts
+            ):
+                self.stats.on_stored_failures += 1  # stored and committed all the same
         if letters and not await self._retry(
             lambda: self._store.write_dead_letters(letters), "write_dead_letters", stop
         ):
@@ -178,9 +190,17 @@ class BatchConsumer:
         )
 
     async def _retry(
-        self, call: Callable[[], Awaitable[None]], what: str, stop: asyncio.Event | None
+        self,
+        call: Callable[[], Awaitable[None]],
+        what: str,
+        stop: asyncio.Event | None,
+        *,
+        attempts: int | None = None,
     ) -> bool:
-        """Call until it succeeds; False only if `stop` is set and the shutdown grace ran out."""
+        """Call until it succeeds (or `attempts` calls failed); False if it never did.
+
+        Without `attempts` it gives up only when `stop` is set and the shutdown grace ran out.
+        """
         attempt = 0
         give_up_at: float | None = None
         while True:
@@ -191,6 +211,9 @@ class BatchConsumer:
                 self.stats.write_failures += 1
                 delay = min(self._backoff * 2 ** min(attempt - 1, 32), self._max_backoff)
                 outage = attempt > self._write_attempts
+                if attempts is not None and attempt >= attempts:
+                    log.error("%s failed %d times: giving up on it for this batch", what, attempt)
+                    return False
                 log.log(
                     logging.ERROR if outage else logging.WARNING,
                     "%s failed (attempt %d), retrying in %.1fs: %r",

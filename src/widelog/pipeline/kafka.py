@@ -6,7 +6,8 @@ librdkafka traps this module is written around:
 - A broker outage shows up later, as delivery errors after `message.timeout.ms`, or at once as a
   full local queue (`BufferError`). Both send the event to the spool; so does a broker that
   librdkafka reports as all-down, until a replay gets through again.
-- Offsets are committed explicitly, only for messages whose batch the store has.
+- Offsets are committed explicitly, only for messages whose batch the store has, and never with
+  a call that can wait forever (see `KafkaEventSource`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
@@ -25,13 +26,46 @@ from confluent_kafka.cimpl import NewTopic
 from widelog.pipeline.ports import Message
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from confluent_kafka import Message as KafkaMessage
 
     from widelog.pipeline.fallback import SpoolFallback
 
 log = logging.getLogger("widelog.kafka")
+
+
+_T = TypeVar("_T")
+
+
+async def _bounded(call: Callable[[], _T], timeout: float) -> _T:
+    """`call()` in a daemon thread, waited for at most `timeout` s.
+
+    Not `asyncio.to_thread`: a librdkafka call that never returns would pin a thread of the
+    default executor, and `asyncio.run` waits for those at exit, so the process could not stop.
+    """
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[_T] = loop.create_future()
+
+    def run() -> None:
+        try:
+            result = call()
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiting coroutine
+            loop.call_soon_threadsafe(_settle, done, None, exc)
+        else:
+            loop.call_soon_threadsafe(_settle, done, result, None)
+
+    threading.Thread(target=run, name="widelog-kafka-bounded", daemon=True).start()
+    return await asyncio.wait_for(asyncio.shield(done), timeout)
+
+
+def _settle(future: asyncio.Future[_T], result: _T | None, exc: BaseException | None) -> None:
+    if future.done():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)  # type: ignore[arg-type]  # None only with an exception
 
 
 def ensure_topic(
@@ -209,7 +243,18 @@ class KafkaPosition:
 
 
 class KafkaEventSource:
-    """One member of a consumer group. Commits are explicit and synchronous, after the store."""
+    """One member of a consumer group: explicit commits after the store, and a progress watchdog.
+
+    Commits are asynchronous, confirmed by `on_commit` and re-sent until confirmed. A synchronous
+    commit has no timeout: with the broker frozen (SIGSTOP) and thawed, about one in ten waited
+    forever in `rd_kafka_commit_queue` while the group coordinator moved, so the worker stopped
+    without a word and not even SIGTERM could end it (the thread cannot be interrupted).
+
+    The watchdog: when nothing was received and no commit confirmed for `stall_timeout_s` while
+    the broker says the group has uncommitted messages in this member's partitions, the consumer
+    is closed (bounded) and a new one joins. Nothing is lost (offsets were never committed past
+    the store) and what is read twice is a duplicate the store absorbs.
+    """
 
     def __init__(
         self,
@@ -220,28 +265,48 @@ class KafkaEventSource:
         client_id: str = "widelog-worker",
         session_timeout_ms: int = 10_000,
         max_poll_interval_ms: int = 300_000,
+        stall_timeout_s: float = 30.0,
+        commit_retry_s: float = 5.0,
+        close_timeout_s: float = 10.0,
         config: dict[str, Any] | None = None,
     ) -> None:
-        self._consumer = Consumer(
-            {
-                "bootstrap.servers": bootstrap,
-                "group.id": group,
-                "client.id": client_id,
-                "enable.auto.commit": False,
-                "enable.auto.offset.store": False,
-                "auto.offset.reset": "earliest",
-                "session.timeout.ms": session_timeout_ms,
-                "max.poll.interval.ms": max_poll_interval_ms,
-                "logger": log,
-                **(config or {}),
-            }
-        )
-        self._consumer.subscribe(
-            [topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+        self._topic = topic
+        self._config = {
+            "bootstrap.servers": bootstrap,
+            "group.id": group,
+            "client.id": client_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": session_timeout_ms,
+            "max.poll.interval.ms": max_poll_interval_ms,
+            "on_commit": self._on_commit,
+            "logger": log,
+            **(config or {}),
+        }
+        self._stall_timeout = stall_timeout_s
+        self._commit_retry = commit_retry_s
+        self._close_timeout = close_timeout_s
+        self._lock = threading.Lock()  # `on_commit` runs in the thread that polls
+        self._unconfirmed: dict[tuple[str, int], int] = {}  # next offsets sent, not confirmed
+        self._last_commit_sent = 0.0
+        self._last_progress = time.monotonic()
+        self.commit_failures = 0
+        self.stalls = 0  # consumers the watchdog found stuck and replaced
+        self._consumer = self._join()
+
+    def _join(self) -> Consumer:
+        consumer = Consumer(self._config)
+        consumer.subscribe(
+            [self._topic],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
         )
         self._paused = False
         self._held: list[Message] = []  # read while paused (a race), handed out on resume
         self.assigned: set[tuple[str, int]] = set()
+        return consumer
 
     async def poll(self, max_messages: int, timeout: float) -> list[Message]:
         if self._paused:
@@ -251,6 +316,13 @@ class KafkaEventSource:
             held, self._held = self._held[:max_messages], self._held[max_messages:]
             return held
         raw = await asyncio.to_thread(self._consumer.consume, max_messages, timeout)
+        now = time.monotonic()
+        if raw:
+            self._last_progress = now
+        elif now - self._last_progress > self._stall_timeout:
+            await self._check_progress()
+        if self._unconfirmed and now - self._last_commit_sent > self._commit_retry:
+            self._send_commit()  # the last one failed, or its answer never came
         return self._convert(raw)
 
     async def keepalive(self) -> None:
@@ -260,25 +332,92 @@ class KafkaEventSource:
             self._paused = True
         raw = await asyncio.to_thread(self._consumer.consume, 100, 0.0)
         self._held += self._convert(raw)
+        self._last_progress = time.monotonic()  # waiting for the store is not a stall
 
     async def commit(self, messages: Sequence[Message]) -> None:
-        next_offsets: dict[tuple[str, int], int] = {}
-        for message in messages:
-            pos: KafkaPosition = message.position
-            key = (pos.topic, pos.partition)
-            next_offsets[key] = max(next_offsets.get(key, 0), pos.offset + 1)
-        if not next_offsets:
+        """Send the next offsets (asynchronously); `poll` re-sends them until confirmed."""
+        with self._lock:
+            for message in messages:
+                pos: KafkaPosition = message.position
+                key = (pos.topic, pos.partition)
+                self._unconfirmed[key] = max(self._unconfirmed.get(key, 0), pos.offset + 1)
+        self._send_commit()
+
+    def _send_commit(self) -> None:
+        with self._lock:
+            # A partition that moved is the new owner's to commit (it re-reads; the store dedups).
+            for key in [k for k in self._unconfirmed if k not in self.assigned]:
+                del self._unconfirmed[key]
+            offsets = [TopicPartition(t, p, o) for (t, p), o in self._unconfirmed.items()]
+        if not offsets:
             return
-        offsets = [TopicPartition(t, p, o) for (t, p), o in next_offsets.items()]
+        self._last_commit_sent = time.monotonic()
         try:
-            await asyncio.to_thread(self._consumer.commit, offsets=offsets, asynchronous=False)
+            self._consumer.commit(offsets=offsets, asynchronous=True)
         except KafkaException as exc:
-            # Typically a rebalance took the partition away: the new owner re-reads these
-            # messages, and the idempotent store absorbs them as duplicates.
-            log.warning("offset commit failed (events are stored; may be re-delivered): %s", exc)
+            self.commit_failures += 1
+            log.warning("offset commit not sent (events are stored; retrying): %s", exc)
+
+    def _on_commit(self, err: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        if err is not None:
+            self.commit_failures += 1
+            if self.commit_failures % 20 == 1:
+                log.warning(
+                    "offset commit failed (%d so far; retrying): %s", self.commit_failures, err
+                )
+            return
+        with self._lock:
+            for tp in partitions:
+                key = (tp.topic, tp.partition)
+                if tp.error is None and self._unconfirmed.get(key, -1) <= tp.offset:
+                    self._unconfirmed.pop(key, None)
+        self._last_progress = time.monotonic()
+
+    async def _check_progress(self) -> None:
+        """Replace the consumer if the broker answers and says messages wait for this member."""
+        self._last_progress = time.monotonic()  # check again only after another quiet period
+        try:
+            waiting = await _bounded(self._waiting, self._close_timeout)
+        except Exception as exc:  # noqa: BLE001 - a broker that does not answer is not a stall
+            log.info("kafka watchdog: no answer about the lag (%r); checking again later", exc)
+            return
+        if not waiting:
+            return
+        self.stalls += 1
+        log.error(
+            "Kafka consumer made no progress for %.0fs with %d messages waiting: replacing it"
+            " (stall %d)",
+            self._stall_timeout,
+            waiting,
+            self.stalls,
+        )
+        old = self._consumer
+        self._consumer = self._join()
+        try:
+            await _bounded(old.close, self._close_timeout)
+        except Exception as exc:  # noqa: BLE001 - a stuck consumer is left behind, not waited for
+            log.warning("the stuck Kafka consumer did not close (%r); left behind", exc)
+
+    def _waiting(self) -> int:
+        """Messages in this member's partitions past the group's committed offsets."""
+        consumer = self._consumer
+        assignment = consumer.assignment()
+        if not assignment:
+            return 0
+        waiting = 0
+        for tp in consumer.committed(assignment, timeout=5):
+            _low, high = consumer.get_watermark_offsets(tp, timeout=5, cached=False)
+            waiting += max(high - max(tp.offset, 0), 0)
+        return waiting
 
     async def close(self) -> None:
-        await asyncio.to_thread(self._consumer.close)
+        """Leave the group; a broker that does not answer in `close_timeout_s` is not waited for."""
+        try:
+            await _bounded(self._consumer.close, self._close_timeout)
+        except TimeoutError:
+            log.warning(
+                "Kafka consumer did not close in %.0fs; exiting anyway", self._close_timeout
+            )
 
     def _convert(self, raw: Sequence[KafkaMessage]) -> list[Message]:
         messages = []
@@ -292,17 +431,23 @@ class KafkaEventSource:
         return messages
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if consumer is not self._consumer:
+            return  # a replaced consumer's last callbacks: its state is gone already
         self.assigned |= {(tp.topic, tp.partition) for tp in partitions}
         log.info("assigned partitions %s", sorted(tp.partition for tp in partitions))
         if self._paused:
             consumer.pause(partitions)
 
-    def _on_revoke(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if consumer is not self._consumer:
+            return
         # Every batch is committed right after its write, so there is nothing left to commit.
         self._forget(partitions)
         log.info("revoked partitions %s", sorted(tp.partition for tp in partitions))
 
-    def _on_lost(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        if consumer is not self._consumer:
+            return
         self._forget(partitions)
         log.warning(
             "lost partitions %s (nothing committed for them)", [p.partition for p in partitions]
