@@ -14,7 +14,7 @@ from widelog.pipeline.memory import (
     InProcessEventSource,
     InProcessQueue,
 )
-from widelog.pipeline.ports import EventPublisher, EventSource, PublishError
+from widelog.pipeline.ports import EventPublisher, EventSource, Message, PublishError
 
 
 async def poll_all(source: EventSource, count: int, *, timeout: float = 10.0) -> list[bytes]:
@@ -47,6 +47,22 @@ class TransportContract:
             publisher.publish("one-request", payload)
         await publisher.flush(10)
         assert sent == await poll_all(source, len(sent))
+
+    async def test_the_backlog_counts_what_is_not_committed_yet(self, transport):
+        publisher, source = transport
+        for i in range(20):
+            publisher.publish(f"req-{i}", f'{{"event_id": "e{i}"}}'.encode())
+        await publisher.flush(10)
+        polled: list[Message] = []
+        deadline = time.monotonic() + 10
+        while len(polled) < 20 and time.monotonic() < deadline:
+            polled += await source.poll(20 - len(polled), 0.2)
+        assert 20 == sum((await source.backlog()).values())
+        await source.commit(polled)
+        deadline = time.monotonic() + 10  # Kafka: the commit is confirmed asynchronously
+        while sum((await source.backlog()).values()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        assert 0 == sum((await source.backlog()).values())
 
     async def test_poll_on_an_empty_source_returns_nothing_within_its_timeout(self, transport):
         _, source = transport

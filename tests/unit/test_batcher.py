@@ -39,6 +39,9 @@ class RecordingSource:
     async def keepalive(self) -> None:
         self.keepalives += 1
 
+    async def backlog(self) -> dict[str, int]:
+        return {"fixed": len(self.pending)}
+
     async def close(self) -> None:
         return None
 

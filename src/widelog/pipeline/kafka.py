@@ -400,15 +400,22 @@ class KafkaEventSource:
 
     def _waiting(self) -> int:
         """Messages in this member's partitions past the group's committed offsets."""
+        return sum(self._lag_by_partition().values())
+
+    def _lag_by_partition(self) -> dict[str, int]:
         consumer = self._consumer
         assignment = consumer.assignment()
         if not assignment:
-            return 0
-        waiting = 0
+            return {}
+        lag = {}
         for tp in consumer.committed(assignment, timeout=5):
             _low, high = consumer.get_watermark_offsets(tp, timeout=5, cached=False)
-            waiting += max(high - max(tp.offset, 0), 0)
-        return waiting
+            lag[str(tp.partition)] = max(high - max(tp.offset, 0), 0)
+        return lag
+
+    async def backlog(self) -> dict[str, int]:
+        """Per assigned partition: the high watermark minus the group's committed offset."""
+        return await _bounded(self._lag_by_partition, self._close_timeout)
 
     async def close(self) -> None:
         """Leave the group; a broker that does not answer in `close_timeout_s` is not waited for."""

@@ -53,6 +53,7 @@ class InProcessEventPublisher:
 class InProcessEventSource:
     def __init__(self, queue: InProcessQueue) -> None:
         self._queue = queue.queue
+        self._uncommitted = 0
 
     async def poll(self, max_messages: int, timeout: float) -> list[Message]:
         queue = self._queue
@@ -68,11 +69,16 @@ class InProcessEventSource:
             messages = []
         while len(messages) < max_messages and not queue.empty():
             messages.append(Message(queue.get_nowait()))
+        self._uncommitted += len(messages)
         return messages
 
     async def commit(self, messages: Sequence[Message]) -> None:
         for _ in messages:
             self._queue.task_done()
+        self._uncommitted -= len(messages)
+
+    async def backlog(self) -> dict[str, int]:
+        return {"queued": self._queue.qsize() + self._uncommitted}
 
     async def keepalive(self) -> None:
         return None

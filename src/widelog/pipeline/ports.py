@@ -55,6 +55,14 @@ class EventSource(Protocol):
         """Called while the store is down: stay a live member of the group without fetching."""
         ...
 
+    async def backlog(self) -> dict[str, int]:
+        """Messages not yet committed, by part (Kafka: partition; Redis: pending and unread).
+
+        Their sum is the consumer lag that `/metrics` and readiness report; it asks the broker,
+        so it raises while the broker does not answer.
+        """
+        ...
+
     async def close(self) -> None: ...
 
 

@@ -198,6 +198,16 @@ class RedisStreamsEventSource:
                 raise
         self._group_ready = True
 
+    async def backlog(self) -> dict[str, int]:
+        """Pending (delivered, not acknowledged) and unread (not delivered yet) entries.
+
+        Redis >= 7 reports `unread` (the group's lag); older servers give 0 for it.
+        """
+        await self._ensure_group()
+        groups = await self._redis.xinfo_groups(self._stream)
+        mine = next((g for g in groups if _text(g.get("name")) == self._group), {})
+        return {"pending": int(mine.get("pending") or 0), "unread": int(mine.get("lag") or 0)}
+
     async def poll(self, max_messages: int, timeout: float) -> list[Message]:
         await self._ensure_group()
         if time.monotonic() >= self._next_claim:
@@ -260,3 +270,7 @@ def _messages(entries: Any) -> list[Message]:
         position = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
         out.append(Message(fields.get(VALUE, b""), position))
     return out
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
