@@ -96,6 +96,10 @@ class Settings(BaseSettings):
     semantic_cache_ttl_s: float = Field(3600.0, gt=0)
     semantic_cache_max_entries: int = Field(10_000, ge=1)  # in-process cache only
 
+    # `widelog worker`'s /metrics, /healthz, /readyz on this loopback port (None: not served).
+    worker_http_port: int | None = Field(None, ge=0, le=65535)
+    worker_http_host: str = "127.0.0.1"
+
     # Admin routes (events, incidents, infra, metrics, dashboard): bearer token when set.
     admin_token: SecretStr | None = None
     # The dashboard's charts: one sample of this process's counters every this many seconds,

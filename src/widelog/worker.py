@@ -8,7 +8,8 @@ import logging
 import signal
 from typing import TYPE_CHECKING
 
-from widelog._extras import MissingExtraError
+from widelog._extras import MissingExtraError, extra
+from widelog.admin.probe_server import ProbeServer
 from widelog.bootstrap import (
     build_consumer,
     build_incident_store,
@@ -25,9 +26,11 @@ from widelog.policies import load_incident_rules
 
 if TYPE_CHECKING:
     from widelog.config import Settings
-    from widelog.pipeline.ports import EventSource
+    from widelog.pipeline.ports import EventSource, EventStore
 
 log = logging.getLogger("widelog.worker")
+PROBE_TIMEOUT_S = 2.0
+BACKLOG_EVERY_S = 10.0
 
 
 async def run_worker(
@@ -53,6 +56,7 @@ async def run_worker(
         retention = asyncio.create_task(run_retention(store, stop))
         # Every worker sweeps: each resolution is recorded once, whoever finds it first.
         sweeper = asyncio.create_task(run_sweeper(aggregator, stop))
+        probes = await _start_probes(settings, consumer.stats, source, store, stop)
         log.info("worker consuming %s into %s", settings.transport, settings.store)
         try:
             await consumer.run(stop)
@@ -60,6 +64,10 @@ async def run_worker(
             stop.set()
             await retention
             await sweeper
+            if probes is not None:
+                server, refresher = probes
+                await refresher  # ends with `stop`
+                await server.close()
             await source.close()
             await incidents.close()
     finally:
@@ -68,6 +76,55 @@ async def run_worker(
             loop.remove_signal_handler(signum)
     log.info("worker stopped: %s", consumer.stats)
     return consumer.stats
+
+
+async def _start_probes(
+    settings: Settings,
+    stats: ConsumerStats,
+    source: EventSource,
+    store: EventStore,
+    stop: asyncio.Event,
+) -> tuple[ProbeServer, asyncio.Task[None]] | None:
+    """`WIDELOG_WORKER_HTTP_PORT`: metrics and probes; ready while store and broker answer."""
+    if settings.worker_http_port is None:
+        return None
+    with extra("server", needed_by="WIDELOG_WORKER_HTTP_PORT (metrics)"):
+        from prometheus_client import generate_latest  # noqa: PLC0415
+
+        from widelog.admin.metrics import WorkerCollector, registry_for  # noqa: PLC0415
+    collector = WorkerCollector(stats)
+    registry = registry_for(collector)
+
+    async def ready() -> dict[str, str]:
+        checks = {}
+        for name, check in (("store", store.ping()), ("source", source.backlog())):
+            try:
+                result = await asyncio.wait_for(check, PROBE_TIMEOUT_S)
+            except Exception as exc:  # noqa: BLE001 - readiness reports every failure
+                checks[name] = f"error: {exc!r}"[:300]
+            else:
+                checks[name] = "ok"
+                if isinstance(result, dict):
+                    collector.backlog = result
+        if stop.is_set():
+            checks["worker"] = "stopping"
+        return checks
+
+    async def refresh_backlog() -> None:
+        while not stop.is_set():
+            with contextlib.suppress(Exception):  # the broker away: the last value stays
+                collector.backlog = await asyncio.wait_for(source.backlog(), PROBE_TIMEOUT_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), BACKLOG_EVERY_S)
+
+    server = ProbeServer(
+        metrics=lambda: generate_latest(registry),
+        ready=ready,
+        host=settings.worker_http_host,
+        port=settings.worker_http_port,
+    )
+    await server.start()
+    return server, asyncio.create_task(refresh_backlog())
 
 
 async def _connect(settings: Settings, stop: asyncio.Event) -> EventSource | None:

@@ -147,7 +147,29 @@ def consumer_metrics(stats: ConsumerStats) -> Iterator[Metric]:
     yield _gauge("last_batch_seconds", "Duration of the last batch.", stats.last_batch_ms / 1000)
 
 
-def registry_for(collector: PipelineCollector) -> CollectorRegistry:
+class WorkerCollector:
+    """A worker's consumer counters, and its backlog as last read from the broker."""
+
+    def __init__(self, stats: ConsumerStats) -> None:
+        self._stats = stats
+        self.backlog: dict[str, int] = {}  # refreshed by the worker, never read on a scrape
+
+    def describe(self) -> list[Metric]:
+        return []
+
+    def collect(self) -> Iterator[Metric]:
+        yield from consumer_metrics(self._stats)
+        backlog = GaugeMetricFamily(
+            "widelog_consumer_lag_messages",
+            "Messages not yet committed: per Kafka partition, or Redis pending and unread.",
+            labels=["part"],
+        )
+        for part, count in sorted(self.backlog.items()):
+            backlog.add_metric([part], count)
+        yield backlog
+
+
+def registry_for(collector: PipelineCollector | WorkerCollector) -> CollectorRegistry:
     """A registry of its own (not the global one): tests and several pipelines never collide."""
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
