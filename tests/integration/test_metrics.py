@@ -54,4 +54,12 @@ async def test_metrics_count_requests_sampling_storage_and_cache_outcomes(tmp_pa
         ("widelog_cache_lookups_total", (("cache", "semantic"), ("result", "miss"))): 2,
     }
     assert expected == {key: values.get(key) for key in expected}
-    assert values[("widelog_batches_total", ())] >= 1
+    batches = values[("widelog_batches_total", ())]
+    assert batches >= 1
+    assert batches == values[("widelog_batch_size_events_count", ())]
+    assert 4 == values[("widelog_batch_size_events_sum", ())]  # every stored event, in batches
+    assert 4 == values[("widelog_request_duration_seconds_count", ())]
+    assert 4 == values[("widelog_request_duration_seconds_bucket", (("le", "+Inf"),))]
+    assert values[("widelog_batch_duration_seconds_sum", ())] > 0
+    lookups = values[("widelog_cache_lookup_duration_seconds_count", (("cache", "semantic"),))]
+    assert 3 == lookups  # one per answered chat (the invalid request never looked)

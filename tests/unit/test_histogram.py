@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from tests.fakes import RecordingPublisher
-from widelog.events.histogram import BOUNDS_MS, DurationHistogram, quantile
 from widelog.events.logging_service import LoggingService
+from widelog.histogram import BOUNDS_MS, Histogram, quantile
 
 
 def test_a_duration_lands_in_the_first_bucket_whose_bound_is_not_below_it():
-    histogram = DurationHistogram()
+    histogram = Histogram()
     for duration in (0.2, 1.0, 1.5, 70_000, 45):
         histogram.observe(duration)
     expected = [0] * (len(BOUNDS_MS) + 1)
@@ -20,7 +20,7 @@ def test_a_duration_lands_in_the_first_bucket_whose_bound_is_not_below_it():
 
 
 def test_a_duration_that_is_not_a_number_is_not_counted():
-    histogram = DurationHistogram()
+    histogram = Histogram()
     histogram.observe("slow")
     histogram.observe(None)
     assert 0 == sum(histogram.counts)
@@ -31,7 +31,7 @@ def test_no_counts_have_no_percentile():
 
 
 def test_the_percentile_is_the_upper_bound_of_its_bucket():
-    histogram = DurationHistogram()
+    histogram = Histogram()
     for _ in range(94):
         histogram.observe(8.0)  # (5, 10]
     for _ in range(6):
@@ -41,7 +41,7 @@ def test_the_percentile_is_the_upper_bound_of_its_bucket():
 
 
 def test_durations_beyond_the_last_bound_report_the_last_bound():
-    histogram = DurationHistogram()
+    histogram = Histogram()
     histogram.observe(120_000.0)
     assert BOUNDS_MS[-1] == quantile(histogram.counts, 0.95)
 

@@ -7,7 +7,7 @@ import contextlib
 import logging
 
 from widelog.admin.history import History, HistoryRecorder, Reading, Sample
-from widelog.events.histogram import BOUNDS_MS
+from widelog.histogram import BOUNDS_MS
 
 
 def sample_at(at: float) -> Sample:

@@ -15,7 +15,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from widelog.events.histogram import quantile
+from widelog.histogram import quantile
 
 if TYPE_CHECKING:
     from collections.abc import Callable

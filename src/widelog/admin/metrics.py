@@ -11,7 +11,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
 from widelog.sampling.policy import REASONS
 
@@ -20,6 +25,7 @@ if TYPE_CHECKING:
 
     from widelog.bootstrap import Pipeline
     from widelog.cache.fail_open import ChatCaches
+    from widelog.histogram import Histogram
     from widelog.pipeline.consumer import ConsumerStats
 
 CIRCUIT_STATES = ("closed", "open", "half_open")
@@ -52,6 +58,12 @@ class PipelineCollector:
         stats = self._pipeline.logging.stats
         yield _counter(
             "events_finalized", "Events finalized (one per request or unit).", stats.finalized
+        )
+        yield histogram(
+            "request_duration_seconds",
+            "duration_ms of every finalized event, before sampling.",
+            self._pipeline.logging.durations,
+            per_unit=1000,
         )
         yield _counter("events_errors", "Finalized events that record an error.", stats.errors)
         yield _counter(
@@ -120,6 +132,15 @@ class PipelineCollector:
             for result, count in sorted(cache.counters.lookups.items()):
                 lookups.add_metric([name, result], count)
         yield lookups
+        latency = HistogramMetricFamily(
+            "widelog_cache_lookup_duration_seconds",
+            "Cache lookups, every outcome, by cache.",
+            labels=["cache"],
+        )
+        for name, cache in (("session", self._caches.sessions), ("semantic", self._caches.answers)):
+            buckets, total = _buckets(cache.counters.lookup_ms, per_unit=1000)
+            latency.add_metric([name], buckets, total)
+        yield latency
         breaker = self._caches.breaker
         if breaker is not None:
             state = GaugeMetricFamily(
@@ -145,6 +166,13 @@ def consumer_metrics(stats: ConsumerStats) -> Iterator[Metric]:
         "write_retries", "Batch writes that failed and were retried.", stats.write_failures
     )
     yield _gauge("last_batch_seconds", "Duration of the last batch.", stats.last_batch_ms / 1000)
+    yield histogram("batch_size_events", "Messages per batch.", stats.batch_sizes)
+    yield histogram(
+        "batch_duration_seconds",
+        "A batch from decode to commit: the store write, dead letters, incidents.",
+        stats.write_ms,
+        per_unit=1000,
+    )
 
 
 class WorkerCollector:
@@ -174,6 +202,25 @@ def registry_for(collector: PipelineCollector | WorkerCollector) -> CollectorReg
     registry = CollectorRegistry(auto_describe=False)
     registry.register(collector)
     return registry
+
+
+def histogram(
+    name: str, documentation: str, values: Histogram, *, per_unit: float = 1.0
+) -> HistogramMetricFamily:
+    """A Prometheus histogram of `values`; `per_unit=1000` turns ms into Prometheus' seconds."""
+    buckets, total = _buckets(values, per_unit=per_unit)
+    return HistogramMetricFamily(f"widelog_{name}", documentation, buckets=buckets, sum_value=total)
+
+
+def _buckets(values: Histogram, *, per_unit: float) -> tuple[list[tuple[str, float]], float]:
+    """Cumulative `(le, count)` pairs ending with `+Inf`, and the sum, in the metric's unit."""
+    cumulative = 0
+    buckets: list[tuple[str, float]] = []
+    for bound, count in zip(values.bounds, values.counts, strict=False):
+        cumulative += count
+        buckets.append((repr(bound / per_unit), cumulative))
+    buckets.append(("+Inf", cumulative + values.counts[-1]))
+    return buckets, values.sum / per_unit
 
 
 def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from widelog.cache.ports import CacheError, CacheUnavailableError, CorruptValueError
+from widelog.histogram import Histogram
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
@@ -55,6 +56,7 @@ class CacheCounters:
 
     lookups: Counter[str] = field(default_factory=Counter)
     writes: Counter[str] = field(default_factory=Counter)
+    lookup_ms: Histogram = field(default_factory=Histogram)
 
     @property
     def hit_rate(self) -> float:
@@ -130,8 +132,10 @@ class _FailOpen:
         self._log.warning(f"backend failed, read as a miss: {reason}")
 
     def _lookup(self, outcome: Outcome, value: V, started: float, reason: str | None) -> Lookup[V]:
+        elapsed_ms = (time.perf_counter() - started) * 1000
         self.counters.lookups[outcome] += 1
-        return Lookup(outcome, value, (time.perf_counter() - started) * 1000, reason)
+        self.counters.lookup_ms.observe(elapsed_ms)
+        return Lookup(outcome, value, elapsed_ms, reason)
 
     def _wrote(self, outcome: WriteOutcome) -> WriteOutcome:
         self.counters.writes[outcome] += 1

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from widelog.events.event import WideEvent, encode, is_error
-from widelog.events.histogram import DurationHistogram
 from widelog.events.ids import new_event_id
 from widelog.events.otel import active_span_ids
+from widelog.histogram import Histogram
 
 if TYPE_CHECKING:
     from widelog.pipeline.ports import EventPublisher
@@ -65,7 +65,7 @@ class LoggingService:
         self._static = {"service": service, "env": env, "version": version, "instance": instance}
         self._max_event_bytes = max_event_bytes
         self.stats = LoggingStats()
-        self.durations = DurationHistogram()  # every finalized event's, before sampling
+        self.durations = Histogram()  # every finalized event's, before sampling
 
     def begin(self, *, request_id: str | None = None) -> WideEvent:
         event_id = new_event_id()

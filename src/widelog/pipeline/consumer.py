@@ -11,10 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from widelog.events.event import UndecodableEventError, decode
+from widelog.histogram import BATCH_BOUNDS, Histogram
 from widelog.pipeline.ports import DeadLetter, Message, WriteResult
 
 if TYPE_CHECKING:
@@ -27,6 +28,10 @@ log = logging.getLogger("widelog.consumer")
 
 @dataclass(slots=True)
 class ConsumerStats:
+    """What the consumer did; `/metrics`, `/v1/infra` and the worker's probe port read these."""
+
+    batch_sizes: Histogram = field(default_factory=lambda: Histogram(BATCH_BOUNDS))
+    write_ms: Histogram = field(default_factory=Histogram)  # a batch, poll to commit
     batches: int = 0
     stored: int = 0
     duplicates: int = 0
@@ -181,6 +186,8 @@ class BatchConsumer:
         stats.duplicates += result.duplicates
         stats.dead_lettered += len(letters)
         stats.last_batch_ms = elapsed_ms
+        stats.batch_sizes.observe(len(batch))
+        stats.write_ms.observe(elapsed_ms)
         log.info(
             "Processed batch: %d events (%d success, %d failures) in %.0fms",
             len(batch),
