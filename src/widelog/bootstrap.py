@@ -14,7 +14,7 @@ import contextlib
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from widelog._extras import extra
 from widelog.cache.circuit_breaker import CircuitBreaker
@@ -69,6 +69,7 @@ class Pipeline:
     consumer: BatchConsumer | None = None  # runs in this process (embedded transport)
     replayer: SpoolReplayer | None = None  # drains the spool (message-queue transports)
     fallback: SpoolFallback | None = None
+    backlog_reader: BacklogReader | None = None  # built at the first `backlog()`
     started: bool = False
     _stop: asyncio.Event = field(default_factory=asyncio.Event)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
@@ -110,6 +111,15 @@ class Pipeline:
                 sizes.append(path.stat().st_size)
         return len(sizes), sum(sizes)
 
+    async def backlog(self) -> dict[str, int]:
+        """What the consumers have not committed yet, by part; {} where nothing is consumed.
+
+        Asks the broker (bounded), so it raises while the broker does not answer.
+        """
+        if self.backlog_reader is None:
+            self.backlog_reader = build_backlog_reader(self.settings)
+        return await self.backlog_reader.backlog() if self.backlog_reader else {}
+
     async def drained(self) -> None:
         """Every event published so far is stored (embedded transport only)."""
         if self.queue is None:
@@ -132,7 +142,10 @@ class Pipeline:
         await logged(self.publisher.close())
         if self.fallback is not None:
             self.fallback.spool.close()
-        for closer in (self.store.close, self.incidents.close):
+        closers = [self.store.close, self.incidents.close]
+        if self.backlog_reader is not None:
+            closers.append(self.backlog_reader.close)
+        for closer in closers:
             await logged(closer())
 
 
@@ -249,6 +262,37 @@ def build_consumer(
     )
 
 
+class BacklogReader(Protocol):
+    async def backlog(self) -> dict[str, int]: ...
+
+    async def close(self) -> None: ...
+
+
+def build_backlog_reader(settings: Settings) -> BacklogReader | None:
+    """The consumer group's lag as this process sees it (Kafka, Redis Streams); None otherwise."""
+    if settings.transport == "kafka":
+        with extra("kafka", needed_by="WIDELOG_TRANSPORT=kafka"):
+            from widelog.pipeline.kafka import KafkaGroupBacklog  # noqa: PLC0415
+
+        return KafkaGroupBacklog(
+            bootstrap=settings.kafka_bootstrap,
+            topic=settings.kafka_topic,
+            group=settings.kafka_group,
+        )
+    if settings.transport == "redis":
+        with extra("redis", needed_by="WIDELOG_TRANSPORT=redis"):
+            from widelog.pipeline.redis_streams import RedisStreamsEventSource  # noqa: PLC0415
+
+        # Reading XINFO only: this member never polls, so it never takes entries.
+        return RedisStreamsEventSource(
+            _redis_client(settings),
+            stream=settings.redis_stream,
+            group=settings.redis_group,
+            consumer=f"{settings.instance}-lag-reader",
+        )
+    return None
+
+
 def build_incident_store(settings: Settings) -> IncidentStore:
     """The incident store beside the events: same SQLite file, or same MongoDB database."""
     if settings.store == "mongo":
@@ -336,13 +380,14 @@ def build_pipeline(
     store = build_store(settings)
     incidents = build_incident_store(settings)
     queue = consumer = replayer = fallback = aggregator = None
+    backlog_reader: BacklogReader | None = None
     if publisher is None and settings.transport == "memory":
         queue = InProcessQueue(max_events=settings.queue_max_events)
         publisher = InProcessEventPublisher(queue)
         aggregator = IncidentAggregator(incidents, incident_rules or load_incident_rules())
-        consumer = build_consumer(
-            settings, InProcessEventSource(queue), store, aggregator=aggregator
-        )
+        source = InProcessEventSource(queue)
+        backlog_reader = source
+        consumer = build_consumer(settings, source, store, aggregator=aggregator)
     elif publisher is None and settings.transport == "stdout":
         publisher = StdoutEventPublisher()  # prints each kept event; no consumer, nothing stored
     elif publisher is None:
@@ -372,4 +417,5 @@ def build_pipeline(
         consumer=consumer,
         replayer=replayer,
         fallback=fallback,
+        backlog_reader=backlog_reader,
     )

@@ -56,6 +56,12 @@ async def infra_snapshot(pipeline: Pipeline, *, caches: ChatCaches | None = None
         }
         if error := await _failure(pipeline.store.ping()):
             problems.append(f"store {settings.store} unreachable: {error}")
+    try:
+        backlog = await asyncio.wait_for(pipeline.backlog(), CHECK_TIMEOUT_S)
+        report["lag"] = {"total": sum(backlog.values()), "by_part": backlog}
+    except Exception as exc:  # noqa: BLE001 - reported as a problem, never raised
+        report["lag"] = None
+        problems.append(f"{settings.transport} did not say the consumer lag: {exc!r}"[:200])
     if caches is not None:
         report["cache"] = caches.report()
         if caches.breaker is not None and caches.breaker.state != "closed":

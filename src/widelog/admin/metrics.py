@@ -38,6 +38,7 @@ class PipelineCollector:
         self._pipeline = pipeline
         self._caches = caches
         self.open_incidents: dict[str, int] = {}  # by rule; refreshed by the scrape handler
+        self.backlog: dict[str, int] = {}  # the consumer group's lag; refreshed likewise
 
     def describe(self) -> list[Metric]:
         return []  # families depend on the adapters in use: no fixed description
@@ -53,6 +54,7 @@ class PipelineCollector:
         for rule, count in sorted(self.open_incidents.items()):
             incidents.add_metric([rule], count)
         yield incidents
+        yield backlog_metric(self.backlog)
 
     def _events(self) -> Iterator[Metric]:
         stats = self._pipeline.logging.stats
@@ -187,14 +189,18 @@ class WorkerCollector:
 
     def collect(self) -> Iterator[Metric]:
         yield from consumer_metrics(self._stats)
-        backlog = GaugeMetricFamily(
-            "widelog_consumer_lag_messages",
-            "Messages not yet committed: per Kafka partition, or Redis pending and unread.",
-            labels=["part"],
-        )
-        for part, count in sorted(self.backlog.items()):
-            backlog.add_metric([part], count)
-        yield backlog
+        yield backlog_metric(self.backlog)
+
+
+def backlog_metric(backlog: dict[str, int]) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(
+        "widelog_consumer_lag_messages",
+        "Messages not yet committed: per Kafka partition, Redis pending and unread, or queued.",
+        labels=["part"],
+    )
+    for part, count in sorted(backlog.items()):
+        family.add_metric([part], count)
+    return family
 
 
 def registry_for(collector: PipelineCollector | WorkerCollector) -> CollectorRegistry:

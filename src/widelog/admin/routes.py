@@ -51,6 +51,10 @@ def admin_router(pipeline: Pipeline, *, caches: ChatCaches | None = None) -> API
             )
         except Exception as exc:  # noqa: BLE001 - a store outage must not take metrics down
             log.warning("open incidents not refreshed for /metrics: %r", exc)
+        try:
+            collector.backlog = await asyncio.wait_for(pipeline.backlog(), timeout=2.0)
+        except Exception as exc:  # noqa: BLE001 - nor a broker outage
+            log.warning("consumer lag not refreshed for /metrics: %r", exc)
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     outer = APIRouter()  # the dashboard checks the token itself: it answers 401 with a form

@@ -57,6 +57,7 @@ def print_snapshot(snapshot: dict[str, Any]) -> None:
     rows: list[tuple[str, Any]] = [
         ("transport → store", f"{snapshot['transport']} → {snapshot['store']}"),
         ("queue depth", snapshot["queue_depth"]),
+        ("consumer lag", (snapshot.get("lag") or {}).get("total", "unknown")),
         *((f"events.{k}", v) for k, v in snapshot["events"].items()),
         *((f"spool.{k}", v) for k, v in (snapshot.get("spool") or {}).items()),
         *((f"consumer.{k}", v) for k, v in (snapshot.get("consumer") or {}).items()),

@@ -88,6 +88,40 @@ def ensure_topic(
             raise
 
 
+class KafkaGroupBacklog:
+    """The consumer group's lag per partition, read from outside the group (the API's view).
+
+    A consumer with the group's id that never subscribes does not join the group: it only asks
+    the group coordinator for the committed offsets, and the leaders for the high watermarks.
+    """
+
+    def __init__(self, *, bootstrap: str, topic: str, group: str, timeout: float = 5.0) -> None:
+        self._topic = topic
+        self._timeout = timeout
+        self._consumer = Consumer(
+            {"bootstrap.servers": bootstrap, "group.id": group, "logger": log}
+        )
+
+    def _read(self) -> dict[str, int]:
+        metadata = self._consumer.list_topics(self._topic, timeout=self._timeout)
+        partitions = (
+            metadata.topics[self._topic].partitions if self._topic in metadata.topics else {}
+        )
+        wanted = [TopicPartition(self._topic, p) for p in sorted(partitions)]
+        lag = {}
+        for tp in self._consumer.committed(wanted, timeout=self._timeout):
+            low, high = self._consumer.get_watermark_offsets(tp, timeout=self._timeout)
+            committed = tp.offset if tp.offset >= 0 else low  # nothing committed: from the start
+            lag[str(tp.partition)] = max(high - committed, 0)
+        return lag
+
+    async def backlog(self) -> dict[str, int]:
+        return await _bounded(self._read, self._timeout * 2)
+
+    async def close(self) -> None:
+        await _bounded(self._consumer.close, self._timeout)
+
+
 class KafkaEventPublisher:
     def __init__(
         self,
@@ -132,6 +166,11 @@ class KafkaEventPublisher:
     @property
     def broker_down(self) -> bool:
         return self._broker_down
+
+    @property
+    def queue_depth(self) -> int:
+        """Messages in librdkafka's queue: produced, not yet acknowledged by the broker."""
+        return len(self._producer)
 
     def publish(self, key: str, payload: bytes) -> None:
         if self._broker_down:

@@ -66,6 +66,11 @@ class RedisStreamsEventPublisher:
     def broker_down(self) -> bool:
         return self._down
 
+    @property
+    def queue_depth(self) -> int:
+        """Events buffered for the flusher, and the batch whose XADD has not answered yet."""
+        return len(self._buffer) + len(self._inflight)
+
     def publish(self, key: str, payload: bytes) -> None:
         """Buffer the event for the flusher; call on the event loop."""
         if self._down or len(self._buffer) >= self._buffer_max:
