@@ -195,6 +195,8 @@ async def test_store_down_during_traffic_the_worker_waits_and_then_stores_everyt
     kafka_pipeline,
 ):
     kafka_pipeline.start_worker()
+    # A worker does not start against a store that is down (exit 3): let it start first.
+    await kafka_pipeline.wait_for_log(0, "worker consuming")
     async with api(kafka_pipeline) as (client, _):
         before, _ = await send(client, "before", 200)
         with service_down("ferretdb"):
