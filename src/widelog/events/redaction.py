@@ -38,12 +38,34 @@ VALUE_PATTERNS: Final = {
     "slack": r"\bxox[abposr]-[A-Za-z0-9-]{10,}",
     "google": r"\bAIza[0-9A-Za-z_-]{35}",
 }
+# Literals every match of a pattern holds, lower-cased: a string holding none of its patterns'
+# literals skips the regex, which is what makes scanning every string affordable (Python's regex
+# engine tries each alternative at each position; `in` is a C memchr-based search).
+_LITERALS: Final = {
+    "bearer": ("bearer",),
+    "jwt": ("eyj",),
+    "openai": ("sk-",),
+    "stripe": ("k_",),
+    "aws": ("akia", "asia"),
+    "github": ("gh",),
+    "slack": ("xox",),
+    "google": ("aiza",),
+    "email": ("@",),
+}
+# Top-level fields widelog fills itself from validated sources (ids it made, configuration,
+# W3C trace ids, the sampler's record): never scanned.
+_OWN_FIELDS: Final = frozenset(
+    {"event_id", "timestamp", "service", "env", "version", "instance", "trace_id", "span_id"}
+    | {"parent_span_id", "sampling", "duration_ms", "redacted"}
+)
 EMAIL_PATTERN: Final = r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}"
 # The shortest string any built-in pattern can match (`xoxb-` + 10; an e-mail `a@b.cd`): shorter
 # strings, most of an event, skip the regex.
 _MIN_TOKEN_CHARS: Final = 15
 _MIN_EMAIL_CHARS: Final = 6
 _MAX_CACHED_KEYS: Final = 4096  # key names repeat across events; a caller logging ids must not leak
+_MAX_CACHED_TEXTS: Final = 4096
+_MAX_CACHED_TEXT_CHARS: Final = 256
 _WORDS: Final = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+")
 _NAME: Final = r"^[a-z][a-z0-9_]*$"
 
@@ -126,7 +148,7 @@ class RedactionPolicy(BaseModel):
 class Redactor:
     """A `RedactionPolicy` compiled once; `redact(doc)` scrubs a finalized event in place."""
 
-    __slots__ = ("_headers", "_keys", "_min_chars", "_suffixes", "_values")
+    __slots__ = ("_headers", "_keys", "_literals", "_min_chars", "_suffixes", "_texts", "_values")
 
     def __init__(self, policy: RedactionPolicy) -> None:
         self._headers = {"-".join(_words(h)): f"[redacted:{h.lower()}]" for h in policy.headers}
@@ -135,6 +157,12 @@ class Redactor:
         alternatives += list(policy.patterns.items())
         if policy.emails:
             alternatives.append(("email", EMAIL_PATTERN))
+        # Your own patterns have no known literal: then every string long enough is scanned.
+        self._literals = (
+            None
+            if policy.patterns
+            else tuple({lit for kind, _ in alternatives for lit in _LITERALS[kind]})
+        )
         self._values = (
             re.compile("|".join(f"(?P<{kind}>{regex})" for kind, regex in alternatives))
             if alternatives
@@ -145,10 +173,12 @@ class Redactor:
             1 if policy.patterns else _MIN_EMAIL_CHARS if policy.emails else _MIN_TOKEN_CHARS
         )
         self._keys: dict[str, str | None] = {}  # key segment -> its marker, None if not secret
+        # Short strings that were clean: user agents, model names, routes repeat across events.
+        self._texts: set[str] = set()
 
     def redact(self, doc: dict[str, Any]) -> int:
         """Scrub `doc` in place, add what was scrubbed to its `redacted` count; return the count."""
-        count = self.scrub(doc)
+        count = self._scrub_dict(doc, skip=_OWN_FIELDS)
         if count:
             before = doc.get("redacted")
             doc["redacted"] = count + (before if type(before) is int else 0)
@@ -158,17 +188,32 @@ class Redactor:
         """Scrub a dict or list (and everything in it) in place; return how many secrets."""
         return self._scrub_dict(node) if isinstance(node, dict) else self._scrub_list(node)
 
-    def _scrub_dict(self, node: dict[str, Any]) -> int:
+    def _scrub_dict(self, node: dict[str, Any], skip: frozenset[str] = frozenset()) -> int:
+        # The hot loop of the scrub: exact-type checks and a cached verdict per key name, as
+        # every kept event walks it (`isinstance` with unions costs more than the rest here).
         count = 0
         renamed: list[tuple[str, str]] = []
+        verdicts, min_chars = self._keys, self._min_chars
         for key, value in node.items():
-            marker = self.key_marker(key)
+            marker = verdicts.get(key, _UNSEEN)
+            if marker is _UNSEEN:
+                marker = self.key_marker(key)
             if marker is None:
-                count += self._scrub_item(node, key, value)
+                kind = type(value)
+                if kind is int or kind is float or value is None or key in skip:
+                    pass
+                elif kind is str:
+                    if len(value) >= min_chars:
+                        scrubbed, found = self.scrub_text(value)
+                        if found:
+                            node[key] = scrubbed
+                            count += found
+                else:
+                    count += self._scrub_item(node, key, value)
             elif value is not None and not isinstance(value, bool) and value != marker:
                 node[key] = marker  # a value, not a key: the dict keeps its size while iterated
                 count += 1
-            if len(key) >= self._min_chars:  # a secret used as a key (a dict keyed by token)
+            if len(key) >= min_chars:  # a secret used as a key (a dict keyed by token)
                 scrubbed, found = self.scrub_text(key)
                 if found:
                     renamed.append((key, scrubbed))
@@ -198,7 +243,25 @@ class Redactor:
         """`text` with each token-shaped secret replaced by its marker, and how many there were."""
         if self._values is None or len(text) < self._min_chars:
             return text, 0
-        return self._values.subn(_marker, text)
+        if text in self._texts:
+            return text, 0
+        if self._literals is not None:
+            lowered = text.lower()
+            for literal in self._literals:  # a loop, not any(): no generator per string
+                if literal in lowered:
+                    return self._values.subn(_marker, text)
+            self._remember_clean(text)
+            return text, 0
+        scrubbed = self._values.subn(_marker, text)
+        if not scrubbed[1]:
+            self._remember_clean(text)
+        return scrubbed
+
+    def _remember_clean(self, text: str) -> None:
+        if len(text) <= _MAX_CACHED_TEXT_CHARS:
+            if len(self._texts) >= _MAX_CACHED_TEXTS:
+                self._texts.clear()
+            self._texts.add(text)
 
     def key_marker(self, key: str) -> str | None:
         """The marker replacing the value of a field named `key`, or None if it is no secret."""
@@ -217,6 +280,9 @@ class Redactor:
             self._keys.clear()
         self._keys[key] = marker
         return marker
+
+
+_UNSEEN: Final = object()
 
 
 def _marker(match: re.Match[str]) -> str:
