@@ -168,7 +168,9 @@ def init(
         settings, sampling=sampling, incident_rules=incident_rules, publisher=publisher
     )
     folder = log_bridge.install(
-        level=settings.log_bridge_level, max_records=settings.log_bridge_max_records
+        level=settings.log_bridge_level,
+        max_records=settings.log_bridge_max_records,
+        redactor=pipeline.logging.redactor,
     )
     _active = Widelog(pipeline, log_folder=folder)
     return _active

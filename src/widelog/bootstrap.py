@@ -21,6 +21,7 @@ from widelog.cache.circuit_breaker import CircuitBreaker
 from widelog.cache.fail_open import ChatCaches, FailOpenSemanticCache, FailOpenSessionCache
 from widelog.cache.memory import InMemorySemanticCache, InMemorySessionCache
 from widelog.events.logging_service import LoggingService
+from widelog.events.redaction import RedactionPolicy, Redactor
 from widelog.incidents.aggregator import IncidentAggregator, run_sweeper
 from widelog.incidents.rules import IncidentRules
 from widelog.incidents.sqlite_store import SQLiteIncidentStore
@@ -36,7 +37,7 @@ from widelog.pipeline.retention import run_retention
 from widelog.pipeline.spool import FileSpool
 from widelog.pipeline.sqlite_store import SQLiteEventStore
 from widelog.pipeline.stdout import StdoutEventPublisher
-from widelog.policies import load_incident_rules, load_sampling_policy
+from widelog.policies import load_incident_rules, load_redaction_policy, load_sampling_policy
 from widelog.sampling.policy import SamplingPolicy, TailSampler
 
 if TYPE_CHECKING:
@@ -369,6 +370,7 @@ def build_pipeline(
     sampling: SamplingPolicy | None = None,
     incident_rules: IncidentRules | None = None,
     publisher: EventPublisher | None = None,
+    redaction: RedactionPolicy | None = None,
 ) -> Pipeline:
     """Wire one instrumented process; policies come from the environment unless given.
 
@@ -377,6 +379,7 @@ def build_pipeline(
     A `publisher` replaces the configured transport (tests, or a transport of your own).
     """
     policy = sampling or load_sampling_policy()
+    secrets = redaction or load_redaction_policy()
     store = build_store(settings)
     incidents = build_incident_store(settings)
     queue = consumer = replayer = fallback = aggregator = None
@@ -403,6 +406,7 @@ def build_pipeline(
         instance=settings.instance,
         max_event_bytes=settings.max_event_bytes,
         sampler=TailSampler(policy),
+        redactor=Redactor(secrets) if secrets.enabled else None,
     )
     if consumer is not None or replayer is not None:
         logging_service.pipeline_started = False  # warns if an event comes before start()

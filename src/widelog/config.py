@@ -12,9 +12,14 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX: Final = "WIDELOG_"
-# Read by their own loaders (sampling policy, incident rules), which reject unknown names there,
-# and by scripts/services.sh (the local test services), which is not widelog itself.
-OTHER_PREFIXES: Final = ("WIDELOG_SAMPLING_", "WIDELOG_INCIDENTS_", "WIDELOG_SERVICES_")
+# Read by their own loaders (sampling policy, incident rules, redaction policy), which reject
+# unknown names there, and by scripts/services.sh (the local test services), not widelog itself.
+OTHER_PREFIXES: Final = (
+    "WIDELOG_SAMPLING_",
+    "WIDELOG_INCIDENTS_",
+    "WIDELOG_REDACTION_",
+    "WIDELOG_SERVICES_",
+)
 
 
 class SettingsError(ValueError):

@@ -1,4 +1,4 @@
-"""Loading the policies (sampling, incident rules): a TOML file plus `WIDELOG_<KIND>_*` on top.
+"""Loading the policies (sampling, incidents, redaction): a TOML file plus `WIDELOG_<KIND>_*`.
 
 The domain models only validate; this is the one place that reads files and the environment, so
 both policies fail a start the same way: naming the file or variable and the bad key.
@@ -15,6 +15,7 @@ from typing import Any, Final, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from widelog.events.redaction import RedactionPolicy, RedactionPolicyError
 from widelog.incidents.rules import IncidentRules, IncidentRulesError
 from widelog.sampling.policy import SamplingPolicy, SamplingPolicyError
 
@@ -66,6 +67,22 @@ INCIDENTS: Final = PolicyKind(
     },
     lists=frozenset({"WIDELOG_INCIDENTS_DISABLED_RULES"}),
 )
+REDACTION: Final = PolicyKind(
+    what="redaction policy",
+    model=RedactionPolicy,
+    error=RedactionPolicyError,
+    path_env="WIDELOG_REDACTION_POLICY",
+    overrides={
+        "WIDELOG_REDACTION_ENABLED": ("enabled",),
+        "WIDELOG_REDACTION_HEADERS": ("headers",),
+        "WIDELOG_REDACTION_FIELDS": ("fields",),
+        "WIDELOG_REDACTION_VALUES": ("values",),
+        "WIDELOG_REDACTION_EMAILS": ("emails",),
+    },
+    lists=frozenset(
+        {"WIDELOG_REDACTION_HEADERS", "WIDELOG_REDACTION_FIELDS", "WIDELOG_REDACTION_VALUES"}
+    ),
+)
 
 
 def load_sampling_policy(
@@ -80,6 +97,13 @@ def load_incident_rules(
 ) -> IncidentRules:
     """The file at `path` (else the one `WIDELOG_INCIDENTS_RULES` names, else defaults) + env."""
     return load_policy(INCIDENTS, path, environ)
+
+
+def load_redaction_policy(
+    path: Path | str | None = None, environ: Mapping[str, str] | None = None
+) -> RedactionPolicy:
+    """The file at `path` (else the one `WIDELOG_REDACTION_POLICY` names, else defaults) + env."""
+    return load_policy(REDACTION, path, environ)
 
 
 def load_policy(

@@ -104,8 +104,8 @@ def test_any_field_encodes_and_every_stored_key_is_safe(key, value):
     assert_storage_safe(doc)
 
 
-# Text where NUL is common, next to the characters that need escaping elsewhere. Without lone
-# surrogates: no JSON encoder takes them, and `finalize` counts such an event `finalize_failed`.
+# Text where NUL is common, next to the characters that need escaping elsewhere. Lone surrogates
+# are covered in test_sanitizing_properties.py (they become U+FFFD at `set()`).
 nul_text = st.text(
     alphabet=st.sampled_from("a\x00.$") | st.characters(codec="utf-8"),
     max_size=12,

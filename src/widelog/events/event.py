@@ -6,9 +6,12 @@ the shape MongoDB indexes and queries with dot paths. Everything is made storage
 
 - a key segment that starts with `$` gets a full-width `＄` instead (MongoDB reads `$` as an
   operator); inside values, a `.` in a key becomes `．` (a dot is a path separator there);
-- NUL characters are removed from keys and string values;
+- NUL characters are removed from keys and string values, and lone surrogates (half of a
+  UTF-16 pair, e.g. from `surrogateescape` or a bad slice) become U+FFFD: no UTF-8 encoder takes
+  them, and one would fail the whole event at `finalize()`;
 - values that JSON cannot carry are stringified; integers outside int64 (BSON's range) too;
-- nesting deeper than `MAX_DEPTH` is stringified, which also ends reference cycles.
+- nesting deeper than `MAX_DEPTH` is stringified, which also ends reference cycles; a dotted key
+  nests at most `MAX_DEPTH` levels, the rest of its dots become `．` in the last segment.
 
 Full-width replacements are what MongoDB's documentation suggested for user keys: reversible,
 readable, and never an operator.
@@ -28,34 +31,41 @@ MAX_DEPTH: Final = 8
 _INT64_MIN: Final = -(2**63)
 _INT64_MAX: Final = 2**63 - 1
 _MAX_MESSAGE_CHARS: Final = 2000
+_SURROGATES: Final = re.compile("[\ud800-\udfff]")
 _encoder = msgspec.json.Encoder(enc_hook=str)
 _decoder = msgspec.json.Decoder(dict[str, Any])
 
 
 def safe_key(key: object) -> str:
     """A key MongoDB stores as a plain field name (no operator, no path, no NUL)."""
-    text = key if isinstance(key, str) else str(key)
-    text = text.replace("\x00", "").replace(".", "\uff0e")
+    text = _clean(key if isinstance(key, str) else str(key)).replace(".", "\uff0e")
     if text.startswith("$"):
         text = "\uff04" + text[1:]
     return text or "_"
 
 
+def _clean(text: str) -> str:
+    """`text` without NUL and with each lone surrogate as U+FFFD: encodable as UTF-8 and BSON."""
+    if not text.isascii():
+        text = _SURROGATES.sub("\ufffd", text)
+    return text.replace("\x00", "")
+
+
 def _safe_segment(segment: str) -> str:
-    segment = segment.replace("\x00", "")
+    segment = _clean(segment)
     if segment.startswith("$"):
         segment = "\uff04" + segment[1:]
     return segment or "_"
 
 
 def safe_value(value: Any, depth: int = 0) -> Any:  # noqa: PLR0911 - one return per type
-    """A JSON- and BSON-safe copy of `value`, without NUL characters in any string; never raises.
+    """A JSON- and BSON-safe copy of `value`, NUL and lone surrogates out of strings; never raises.
 
     NUL ends a C string: BSON cannot carry it in keys, and in values it truncates what many
     tools downstream of the store display.
     """
     if isinstance(value, str):
-        return value.replace("\x00", "")
+        return _clean(value)
     if value is None or isinstance(value, bool | float):
         return value
     if isinstance(value, int):
@@ -73,7 +83,7 @@ def safe_value(value: Any, depth: int = 0) -> Any:  # noqa: PLR0911 - one return
 
 def _stringify(value: Any) -> str:
     try:
-        return str(value).replace("\x00", "")
+        return _clean(str(value))
     except Exception:  # noqa: BLE001 - a broken __str__ must not break the request
         return f"<unprintable {type(value).__name__}>"
 
@@ -108,7 +118,14 @@ class WideEvent:
 
     def set(self, key: str, value: Any) -> None:
         """Set a field; dots in `key` mean nesting (`"llm.model"`)."""
+        if not isinstance(key, str):
+            key = _stringify(key)
         *parents, leaf = key.split(".") if "." in key else (key,)
+        if len(parents) >= MAX_DEPTH:  # `a.a.a…` 100 levels deep would be refused by `decode`
+            parents, leaf = (
+                parents[: MAX_DEPTH - 1],
+                "\uff0e".join([*parents[MAX_DEPTH - 1 :], leaf]),
+            )
         node = self.doc
         for parent in parents:
             segment = _safe_segment(parent)
@@ -116,7 +133,11 @@ class WideEvent:
             if not isinstance(child, dict):
                 child = node[segment] = {}
             node = child
-        node[_safe_segment(leaf)] = safe_value(value)
+        try:
+            safe = safe_value(value)
+        except Exception:  # noqa: BLE001 - a container that fails to iterate must not fail the request
+            safe = f"<unstorable {type(value).__name__}>"
+        node[_safe_segment(leaf)] = safe
 
     def update(self, fields: Mapping[str, Any]) -> None:
         for key, value in fields.items():
@@ -134,14 +155,18 @@ class WideEvent:
         """Record why this request failed; `code` is what errors are grouped and sampled by."""
         self.set("error.code", code)
         if message is not None:
-            self.set("error.message", message[:_MAX_MESSAGE_CHARS])
+            self.set("error.message", _stringify(message)[:_MAX_MESSAGE_CHARS])
         if kind is not None:
             self.set("error.type", kind)
 
     def record_exception(self, exc: BaseException, *, code: str | None = None) -> None:
         """Record an exception, keeping an error code a handler set before it (the root cause)."""
         if self.get("error.code") is None:
-            self.set("error.code", code or getattr(exc, "code", None) or "UNHANDLED_EXCEPTION")
+            try:
+                code = code or getattr(exc, "code", None)
+            except Exception:  # noqa: BLE001 - a property that raises must not fail the request
+                code = None
+            self.set("error.code", code or "UNHANDLED_EXCEPTION")
         self.set("error.type", type(exc).__qualname__)
         self.set("error.message", _stringify(exc)[:_MAX_MESSAGE_CHARS])
         frames = traceback.extract_tb(exc.__traceback__)
@@ -157,8 +182,10 @@ class WideEvent:
 def encode(doc: Mapping[str, Any], *, max_bytes: int) -> bytes:
     """Serialize an event, shrinking it under `max_bytes` instead of failing.
 
-    Oversized events first lose the tails of long strings, then everything but their core fields;
-    either way `truncated: true` and `original_bytes` say so.
+    Oversized events first lose the tails of long strings (and keys), then everything but their
+    core fields, and last everything but the scalars that identify them; any way `truncated: true`
+    and `original_bytes` say so. The result is at most `max_bytes` for any `max_bytes` of 1 KiB
+    or more (`Settings` allows 4 KiB and up).
     """
     payload = _encoder.encode(doc)
     if len(payload) <= max_bytes:
@@ -171,7 +198,12 @@ def encode(doc: Mapping[str, Any], *, max_bytes: int) -> bytes:
             return payload
     core = {k: doc[k] for k in CORE_FIELDS if k in doc}
     shrunk = {**_truncate_strings(core, 64), "truncated": True, "original_bytes": original}
-    return _encoder.encode(shrunk)
+    payload = _encoder.encode(shrunk)
+    if len(payload) <= max_bytes:
+        return payload
+    # Core fields can be large too (an app's own keys under `http` or `error`): keep the ids.
+    ids = {k: v for k, v in shrunk.items() if k in _ID_FIELDS and not isinstance(v, dict | list)}
+    return _encoder.encode({**ids, "truncated": True, "original_bytes": original})
 
 
 CORE_FIELDS: Final = (
@@ -189,14 +221,21 @@ CORE_FIELDS: Final = (
 )
 
 
+_ID_FIELDS: Final = frozenset({"event_id", "request_id", "timestamp", "service", "duration_ms"})
+
+
 def _truncate_strings(value: Any, limit: int) -> Any:
     if isinstance(value, str):
         return value if len(value) <= limit else value[:limit] + "…"
     if isinstance(value, dict):
-        return {k: _truncate_strings(v, limit) for k, v in value.items()}
+        return {_cut(k, limit): _truncate_strings(v, limit) for k, v in value.items()}
     if isinstance(value, list):
         return [_truncate_strings(v, limit) for v in value[:limit]]
     return value
+
+
+def _cut(key: str, limit: int) -> str:
+    return key if len(key) <= limit else key[:limit] + "…"
 
 
 class UndecodableEventError(ValueError):
@@ -219,6 +258,10 @@ def decode(payload: bytes) -> dict[str, Any]:
     Nesting is checked before msgspec sees the payload: its recursion guard is the interpreter's
     recursion limit, which a process may raise far enough for a deep payload to overflow the C
     stack. The check never recurses, and costs two `bytes.count` calls for a normal event.
+
+    Another producer may not escape keys as `WideEvent.set` does: keys that start with `$` or
+    hold `.` or NUL are escaped the same way (`safe_key`) and counted in `keys_escaped`, so a
+    payload can never hand MongoDB an operator or a path.
     """
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise UndecodableEventError(
@@ -233,7 +276,24 @@ def decode(payload: bytes) -> dict[str, Any]:
     event_id = doc.get("event_id")
     if not isinstance(event_id, str) or not event_id:
         raise UndecodableEventError("no event_id")
+    if escaped := _escape_keys(doc):
+        doc["keys_escaped"] = escaped
     return doc
+
+
+def _escape_keys(node: dict[str, Any] | list[Any]) -> int:
+    """Escape unsafe keys in place (nesting is bounded by `MAX_NESTING`); how many there were."""
+    count = 0
+    children = node.values() if isinstance(node, dict) else node
+    for child in children:
+        if isinstance(child, dict | list):
+            count += _escape_keys(child)
+    if isinstance(node, dict):
+        unsafe = [k for k in node if k.startswith("$") or "." in k or "\x00" in k]
+        for key in unsafe:
+            node[safe_key(key)] = node.pop(key)
+        count += len(unsafe)
+    return count
 
 
 def _nested_too_deep(payload: bytes, limit: int) -> bool:

@@ -5,7 +5,8 @@
 - `EventLogFolder` folds records at or above its level into the current event's `logs` list, so
   a WARNING logged deep inside a handler is found in the request's event, in order, with the
   milliseconds since the event began. Bounded: `max_records` entries, then a `logs_dropped`
-  count; each message cut at `MAX_MESSAGE_CHARS`.
+  count; each message cut at `MAX_MESSAGE_CHARS`. With a `Redactor`, secrets in the message and
+  exception are scrubbed before the entry is folded (and counted in the event's `redacted`).
 
 Records of widelog's own loggers (`widelog`, `widelog.*`) are never folded: a warning about
 publishing an event must not grow the next one. Neither class ever raises into a logging call.
@@ -25,6 +26,7 @@ from widelog.events.logging_service import _current
 
 if TYPE_CHECKING:
     from widelog.events.event import WideEvent
+    from widelog.events.redaction import Redactor
 
 OUTSIDE_REQUEST: Final = "-"
 MAX_MESSAGE_CHARS: Final = 500
@@ -61,9 +63,15 @@ class EventLogFolder:
     """
 
     def __init__(
-        self, inner: Callable[..., logging.LogRecord], *, level: int | str, max_records: int
+        self,
+        inner: Callable[..., logging.LogRecord],
+        *,
+        level: int | str,
+        max_records: int,
+        redactor: Redactor | None = None,
     ) -> None:
         self.inner = inner
+        self.redactor = redactor
         self.level = logging.getLevelNamesMapping()[level] if isinstance(level, str) else level
         self.max_records = max_records
         self.enabled = True  # False once uninstalled: a factory wrapped after it still calls it
@@ -82,30 +90,47 @@ class EventLogFolder:
             event = _current.get()
             if event is None or event.finalized or _is_widelog(record.name):
                 return
-            # A scrubber for secrets goes here, between the entry and the fold (its own issue).
-            kept = entry(record, event)
+            kept, redacted = entry(record, event, redactor=self.redactor)
             with self._lock:
-                fold(event, kept, max_records=self.max_records)
+                fold(event, kept, max_records=self.max_records, redacted=redacted)
         except Exception:  # noqa: BLE001 - losing one entry is better than failing the app's call
             self.failures += 1
 
 
-def entry(record: logging.LogRecord, event: WideEvent) -> dict[str, Any]:
-    """What one record keeps: level, logger, the formatted message (cut), time since the start."""
+def entry(
+    record: logging.LogRecord, event: WideEvent, *, redactor: Redactor | None = None
+) -> tuple[dict[str, Any], int]:
+    """What one record keeps (level, logger, message, time since the start), and secrets scrubbed.
+
+    The scrubber runs before messages are cut: `finalize()` scrubs the event again, but a token
+    cut in half at 500 characters would no longer look like one there.
+    """
+    message = record.getMessage()
+    exception = None
+    if record.exc_info and record.exc_info[1] is not None:
+        exc = record.exc_info[1]
+        exception = f"{type(exc).__qualname__}: {exc}"
+    redacted = 0
+    if redactor is not None:
+        message, redacted = redactor.scrub_text(message)
+        if exception is not None:
+            exception, found = redactor.scrub_text(exception)
+            redacted += found
     kept = {
         "level": record.levelname,
         "logger": record.name,
-        "message": _cut(record.getMessage()),
+        "message": _cut(message),
         "at_ms": round((time.perf_counter_ns() - event.started_ns) / 1e6, 3),
     }
-    if record.exc_info and record.exc_info[1] is not None:
-        exc = record.exc_info[1]
-        kept["exception"] = _cut(f"{type(exc).__qualname__}: {exc}")
-    return kept
+    if exception is not None:
+        kept["exception"] = _cut(exception)
+    return kept, redacted
 
 
-def fold(event: WideEvent, entry: dict[str, Any], *, max_records: int) -> None:
+def fold(event: WideEvent, entry: dict[str, Any], *, max_records: int, redacted: int = 0) -> None:
     """Append `entry` to the event's `logs`, or count it in `logs_dropped` once the list is full.
+
+    `redacted` (secrets scrubbed from the entry) is added to the event's `redacted` count.
 
     The entry holds only strings and a float, already safe to store, so it is appended as is
     rather than through `event.set`, which would copy the whole list on each record.
@@ -116,6 +141,9 @@ def fold(event: WideEvent, entry: dict[str, Any], *, max_records: int) -> None:
         return  # the app set `logs` itself: its field, left alone
     if len(logs) < max_records:
         logs.append(entry)
+        if redacted:
+            before = doc.get("redacted")
+            doc["redacted"] = redacted + (before if type(before) is int else 0)
     else:
         doc["logs_dropped"] = doc.get("logs_dropped", 0) + 1
 
@@ -123,7 +151,9 @@ def fold(event: WideEvent, entry: dict[str, Any], *, max_records: int) -> None:
 _installed: EventLogFolder | None = None
 
 
-def install(*, level: str, max_records: int) -> EventLogFolder | None:
+def install(
+    *, level: str, max_records: int, redactor: Redactor | None = None
+) -> EventLogFolder | None:
     """Make an `EventLogFolder` the record factory, replacing an earlier one; None for `off`.
 
     Replacing rather than adding makes a second `widelog.init()` in a process fold each record
@@ -134,7 +164,10 @@ def install(*, level: str, max_records: int) -> EventLogFolder | None:
     if level.upper() == "OFF":
         return None
     _installed = EventLogFolder(
-        logging.getLogRecordFactory(), level=level.upper(), max_records=max_records
+        logging.getLogRecordFactory(),
+        level=level.upper(),
+        max_records=max_records,
+        redactor=redactor,
     )
     logging.setLogRecordFactory(_installed)
     return _installed

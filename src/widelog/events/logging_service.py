@@ -6,6 +6,7 @@ import contextvars
 import datetime as dt
 import logging
 import time
+import traceback
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -15,6 +16,7 @@ from widelog.events.otel import active_span_ids
 from widelog.histogram import Histogram
 
 if TYPE_CHECKING:
+    from widelog.events.redaction import Redactor
     from widelog.pipeline.ports import EventPublisher
     from widelog.sampling.policy import TailSampler
 
@@ -44,6 +46,9 @@ class LoggingService:
 
     `finalize()` is called at the end of every request, so it only encodes and enqueues: it never
     waits on I/O and never raises into the request (a failure is counted and logged instead).
+    A `redactor` scrubs secrets from each kept event before it is encoded, so no transport,
+    spool, dead letter or store ever holds them; dropped events are never published, so never
+    scrubbed.
     """
 
     def __init__(
@@ -56,9 +61,11 @@ class LoggingService:
         instance: str,
         max_event_bytes: int = 64 * 1024,
         sampler: TailSampler | None = None,
+        redactor: Redactor | None = None,
     ) -> None:
         self.publisher = publisher
         self.sampler = sampler
+        self.redactor = redactor
         # None: nobody manages a pipeline for this service (a test, a custom setup). False: the
         # pipeline was built but not started, so events may wait in a queue nobody drains.
         self.pipeline_started: bool | None = None
@@ -102,11 +109,13 @@ class LoggingService:
                     self.stats.sampled_out += 1
                     return
                 self.sampler.apply(doc, decision)
+            if self.redactor is not None:
+                self.redactor.redact(doc)
             payload = encode(doc, max_bytes=self._max_event_bytes)
-        except Exception:
+        except Exception as exc:  # noqa: BLE001 - logged with its stack by _log_finalize_failure
             # The request has its answer already; losing its log line must not cost it more.
             self.stats.finalize_failed += 1
-            log.exception("finalize failed for request %s", event.doc.get("request_id"))
+            self._log_finalize_failure(event, exc)
             return
         try:
             self.publisher.publish(event.request_id, payload)
@@ -115,6 +124,21 @@ class LoggingService:
             log.warning("publish failed for request %s: %r", event.request_id, exc)
         else:
             self.stats.published += 1
+
+    def _log_finalize_failure(self, event: WideEvent, exc: Exception) -> None:
+        """Log the failure with its stack but a scrubbed message: the message may quote a secret.
+
+        An exception's message often quotes the value it choked on (a `UnicodeEncodeError`
+        quotes the whole string), and the event may not be scrubbed yet. The stack holds only
+        file names and source lines.
+        """
+        request_id = str(event.doc.get("request_id"))
+        message = f"{type(exc).__qualname__}: {exc}"
+        if self.redactor is not None:
+            request_id = self.redactor.scrub_text(request_id)[0]
+            message = self.redactor.scrub_text(message)[0]
+        stack = "".join(traceback.format_tb(exc.__traceback__))
+        log.error("finalize failed for request %s: %s\n%s", request_id, message[:500], stack)
 
     def _warn_not_started(self) -> None:
         self.pipeline_started = None  # once
