@@ -13,6 +13,7 @@ librdkafka traps this module is written around:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
@@ -26,7 +27,7 @@ from confluent_kafka.cimpl import NewTopic
 from widelog.pipeline.ports import Message
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Sequence
+    from collections.abc import Callable, Collection, Sequence
 
     from confluent_kafka import Message as KafkaMessage
 
@@ -102,11 +103,12 @@ class KafkaGroupBacklog:
             {"bootstrap.servers": bootstrap, "group.id": group, "logger": log}
         )
 
-    def _read(self) -> dict[str, int]:
-        metadata = self._consumer.list_topics(self._topic, timeout=self._timeout)
-        partitions = (
-            metadata.topics[self._topic].partitions if self._topic in metadata.topics else {}
-        )
+    def read(self, partitions: Collection[int] | None = None) -> dict[str, int]:
+        """Lag per partition (all of the topic's unless `partitions`); blocks: call off the loop."""
+        if partitions is None:
+            metadata = self._consumer.list_topics(self._topic, timeout=self._timeout)
+            topic = metadata.topics.get(self._topic)
+            partitions = topic.partitions if topic is not None else ()
         wanted = [TopicPartition(self._topic, p) for p in sorted(partitions)]
         lag = {}
         for tp in self._consumer.committed(wanted, timeout=self._timeout):
@@ -116,7 +118,7 @@ class KafkaGroupBacklog:
         return lag
 
     async def backlog(self) -> dict[str, int]:
-        return await _bounded(self._read, self._timeout * 2)
+        return await _bounded(self.read, self._timeout * 2)
 
     async def close(self) -> None:
         await _bounded(self._consumer.close, self._timeout)
@@ -332,6 +334,12 @@ class KafkaEventSource:
         self._last_progress = time.monotonic()
         self.commit_failures = 0
         self.stalls = 0  # consumers the watchdog found stuck and replaced
+        # The watchdog asks through a client of its own: the member's own connection to the
+        # group coordinator is what gets stuck (seen: rejoining forever after a frozen broker).
+        self._lag = KafkaGroupBacklog(
+            bootstrap=bootstrap, topic=topic, group=group, timeout=close_timeout_s / 2
+        )
+        self._group_lag: int | None = None  # at the previous check, while this member had none
         self._consumer = self._join()
 
     def _join(self) -> Consumer:
@@ -413,13 +421,25 @@ class KafkaEventSource:
         self._last_progress = time.monotonic()
 
     async def _check_progress(self) -> None:
-        """Replace the consumer if the broker answers and says messages wait for this member."""
+        """Replace the consumer if the broker answers and says it should have made progress.
+
+        With partitions assigned: messages wait in them. With none (a member stuck rejoining the
+        group looks like this, and so does an idle spare member): the group's lag did not go down
+        since the previous check, so nobody is consuming it.
+        """
         self._last_progress = time.monotonic()  # check again only after another quiet period
+        mine = {p for (_, p) in self.assigned} or None
         try:
-            waiting = await _bounded(self._waiting, self._close_timeout)
+            lag = await _bounded(lambda: self._lag.read(mine), self._close_timeout)
         except Exception as exc:  # noqa: BLE001 - a broker that does not answer is not a stall
             log.info("kafka watchdog: no answer about the lag (%r); checking again later", exc)
             return
+        waiting = sum(lag.values())
+        if mine is None:
+            before, self._group_lag = self._group_lag, waiting
+            if before is None or waiting == 0 or waiting < before:
+                return
+        self._group_lag = None
         if not waiting:
             return
         self.stalls += 1
@@ -437,24 +457,10 @@ class KafkaEventSource:
         except Exception as exc:  # noqa: BLE001 - a stuck consumer is left behind, not waited for
             log.warning("the stuck Kafka consumer did not close (%r); left behind", exc)
 
-    def _waiting(self) -> int:
-        """Messages in this member's partitions past the group's committed offsets."""
-        return sum(self._lag_by_partition().values())
-
-    def _lag_by_partition(self) -> dict[str, int]:
-        consumer = self._consumer
-        assignment = consumer.assignment()
-        if not assignment:
-            return {}
-        lag = {}
-        for tp in consumer.committed(assignment, timeout=5):
-            _low, high = consumer.get_watermark_offsets(tp, timeout=5, cached=False)
-            lag[str(tp.partition)] = max(high - max(tp.offset, 0), 0)
-        return lag
-
     async def backlog(self) -> dict[str, int]:
         """Per assigned partition: the high watermark minus the group's committed offset."""
-        return await _bounded(self._lag_by_partition, self._close_timeout)
+        mine = {p for (_, p) in self.assigned}
+        return await _bounded(lambda: self._lag.read(mine), self._close_timeout) if mine else {}
 
     async def close(self) -> None:
         """Leave the group; a broker that does not answer in `close_timeout_s` is not waited for."""
@@ -464,6 +470,8 @@ class KafkaEventSource:
             log.warning(
                 "Kafka consumer did not close in %.0fs; exiting anyway", self._close_timeout
             )
+        with contextlib.suppress(TimeoutError):
+            await self._lag.close()
 
     def _convert(self, raw: Sequence[KafkaMessage]) -> list[Message]:
         messages = []
