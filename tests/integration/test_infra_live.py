@@ -20,10 +20,10 @@ pytestmark = [
 
 
 async def test_infra_says_spooling_while_kafka_is_down_then_healthy_with_lag_drained(
-    live_services, tmp_path
+    live_services, tmp_path, monkeypatch
 ):
     pipeline = Pipeline(tmp_path, "kafka")
-    pipeline.env["WIDELOG_SAMPLING_BASELINE_RATE"] = "1"
+    monkeypatch.setenv("WIDELOG_SAMPLING_BASELINE_RATE", "1")  # the in-process API keeps all
     try:
         pipeline.start_worker()
         await pipeline.wait_for_log(0, "worker consuming")

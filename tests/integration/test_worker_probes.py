@@ -30,10 +30,10 @@ def free_port() -> int:
 
 
 @pytest.fixture
-async def pipeline(live_services, tmp_path) -> AsyncIterator[Pipeline]:
+async def pipeline(live_services, tmp_path, monkeypatch) -> AsyncIterator[Pipeline]:
     pipeline = Pipeline(tmp_path, "kafka")
     pipeline.env["WIDELOG_WORKER_HTTP_PORT"] = str(free_port())
-    pipeline.env["WIDELOG_SAMPLING_BASELINE_RATE"] = "1"
+    monkeypatch.setenv("WIDELOG_SAMPLING_BASELINE_RATE", "1")  # the in-process API keeps all
     yield pipeline
     await pipeline.aclose()
 
@@ -95,3 +95,4 @@ async def test_the_worker_reports_what_it_stored_its_lag_and_its_readiness(pipel
             return (await probes.get("/readyz")).status_code == 200
 
         await until(ready_again)
+        await pipeline.wait_until_stored(sent)  # and nothing was lost or doubled meanwhile
