@@ -1,6 +1,6 @@
 """The reference chat API in the modes the latency benchmark compares; `uvicorn --factory`.
 
-`WIDELOG_BENCH_MODE`:
+`BENCH_APP_MODE`:
 - `none`: the same app without the wide-event middleware (no logging at all);
 - `sync`: the specification's "before": one event per request written by an awaited MongoDB
   `insert_one` before the response completes, as the old `LoggingService.finalize()` did through
@@ -98,7 +98,7 @@ def _text(value: bytes | None) -> str | None:
 
 
 def create() -> FastAPI:
-    mode = os.environ.get("WIDELOG_BENCH_MODE", "widelog")
+    mode = os.environ.get("BENCH_APP_MODE", "widelog")
     settings = Settings()
     container = build(settings)
     if mode == "widelog":
@@ -110,5 +110,5 @@ def create() -> FastAPI:
             SynchronousLoggingMiddleware, logging_service=container.pipeline.logging, port=port
         )
     elif mode != "none":
-        raise ValueError(f"WIDELOG_BENCH_MODE={mode!r}: none, sync or widelog")
+        raise ValueError(f"BENCH_APP_MODE={mode!r}: none, sync or widelog")
     return app

@@ -161,7 +161,7 @@ def _one_mode(
     transport = {"kafka": "kafka", "redis": "redis"}.get(mode, "memory")
     env = child_env(
         {
-            "WIDELOG_BENCH_MODE": {"none": "none", "sync": "sync"}.get(mode, "widelog"),
+            "BENCH_APP_MODE": {"none": "none", "sync": "sync"}.get(mode, "widelog"),
             "WIDELOG_TRANSPORT": transport,
             "WIDELOG_STORE": "mongo",
             "WIDELOG_MONGO_URL": services.mongo_url(db, port=proxy_port),
@@ -183,6 +183,8 @@ def _one_mode(
         from widelog.pipeline.kafka import ensure_topic  # noqa: PLC0415
 
         ensure_topic(services.kafka, f"bench-lat-{run_id}", partitions=6)
+    logs = services.state / "bench-logs"  # kept after the run, beside the services' own logs
+    logs.mkdir(parents=True, exist_ok=True)
     worker = None
     if transport != "memory":
         worker = subprocess.Popen(
@@ -199,7 +201,7 @@ def _one_mode(
             ],
             env=env,
             stdout=subprocess.DEVNULL,
-            stderr=(tmp / "worker.log").open("w"),
+            stderr=(logs / f"latency-{mode}-worker.log").open("w"),
         )
     port = free_port()
     api = subprocess.Popen(
@@ -226,7 +228,7 @@ def _one_mode(
         ],
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=(tmp / "api.log").open("w"),
+        stderr=(logs / f"latency-{mode}-api.log").open("w"),
     )
     rows = []
     sent = 0
