@@ -63,7 +63,13 @@ class ChatResponse(BaseModel):
     cached: bool = False  # served from the response cache
 
 
-def create_app(container: ChatContainer) -> FastAPI:
+def create_app(container: ChatContainer, *, instrument: bool = True) -> FastAPI:
+    """The chat API, instrumented with the wide-event middleware.
+
+    `instrument=False` leaves the middleware out: the benchmarks' no-logging baseline, the same
+    app and handlers, whose `event.set()` calls then go to a detached event.
+    """
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await container.start()
@@ -73,7 +79,8 @@ def create_app(container: ChatContainer) -> FastAPI:
             await container.aclose()
 
     app = FastAPI(title="widelog reference chat service", lifespan=lifespan)
-    Widelog(container.pipeline).attach(app)
+    if instrument:
+        Widelog(container.pipeline).attach(app)
     app.add_exception_handler(RequestValidationError, _validation_failed)
     app.include_router(admin_router(container.pipeline, caches=container.caches))
     llm = container.llm
