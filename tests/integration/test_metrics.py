@@ -31,6 +31,8 @@ async def test_metrics_count_requests_sampling_storage_and_cache_outcomes(tmp_pa
             body = {"session_id": f"s{i}", "message": message}
             assert 200 == (await client.post("/v1/chat", json=body)).status_code
         assert 422 == (await client.post("/v1/chat", json={"message": ""})).status_code
+        assert container.pipeline.queue is not None
+        container.pipeline.queue.queue.put_nowait(b"{not json")  # a poison message: a fault
         await container.drained()
         response = await client.get("/metrics")
     await container.aclose()
@@ -48,7 +50,7 @@ async def test_metrics_count_requests_sampling_storage_and_cache_outcomes(tmp_pa
         ("widelog_sampling_retention_ratio", (("reason", "error"),)): 0.25,
         ("widelog_events_stored_total", ()): 4,
         ("widelog_events_duplicates_total", ()): 0,
-        ("widelog_events_dead_lettered_total", ()): 0,
+        ("widelog_events_dead_lettered_total", ()): 1,
         ("widelog_queue_depth_events", ()): 0,
         ("widelog_cache_lookups_total", (("cache", "semantic"), ("result", "hit"))): 1,
         ("widelog_cache_lookups_total", (("cache", "semantic"), ("result", "miss"))): 2,
@@ -57,7 +59,7 @@ async def test_metrics_count_requests_sampling_storage_and_cache_outcomes(tmp_pa
     batches = values[("widelog_batches_total", ())]
     assert batches >= 1
     assert batches == values[("widelog_batch_size_events_count", ())]
-    assert 4 == values[("widelog_batch_size_events_sum", ())]  # every stored event, in batches
+    assert 5 == values[("widelog_batch_size_events_sum", ())]  # every message, in batches
     assert 4 == values[("widelog_request_duration_seconds_count", ())]
     assert 4 == values[("widelog_request_duration_seconds_bucket", (("le", "+Inf"),))]
     assert values[("widelog_batch_duration_seconds_sum", ())] > 0
