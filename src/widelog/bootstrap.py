@@ -163,7 +163,7 @@ def build_spool_fallback(settings: Settings) -> SpoolFallback:
         fsync=settings.spool_fsync,
         fsync_interval_s=settings.spool_fsync_interval_s,
     )
-    return SpoolFallback(spool)
+    return SpoolFallback(spool, max_bytes=settings.spool_max_bytes)
 
 
 def build_mq_publisher(settings: Settings, fallback: SpoolFallback) -> MQPublisher:

@@ -58,6 +58,8 @@ class Settings(BaseSettings):
     spool_dir: Path = Path(".widelog/spool")
     spool_fsync: Literal["always", "interval", "never"] = "interval"
     spool_fsync_interval_s: float = Field(1.0, gt=0)
+    # Past 90 % only errors are spooled, past 100 % nothing (each drop counted and logged).
+    spool_max_bytes: int = Field(1 << 30, ge=1 << 20)
     replay_interval_s: float = Field(5.0, gt=0)
 
     # MongoDB.
