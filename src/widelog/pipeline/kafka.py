@@ -199,7 +199,7 @@ class KafkaEventPublisher:
                 self._fatal_in_a_row += 1
                 self._replace_at = time.monotonic() + delay
                 log.error(
-                    "fatal Kafka producer error, spooling and replacing the producer in %.0fs: %s",
+                    "fatal Kafka producer error, spooling and replacing the producer in %.1fs: %s",
                     delay,
                     err,
                 )
