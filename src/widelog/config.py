@@ -108,8 +108,9 @@ class Settings(BaseSettings):
     # an hour of them kept in memory.
     dashboard_sample_s: float = Field(10.0, ge=0.1, le=600)
 
-    # Chat API.
+    # Chat API. The body limit applies before parsing (413, error.code BODY_TOO_LARGE).
     max_message_chars: int = Field(8000, ge=1)
+    max_body_bytes: int = Field(256 * 1024, ge=1024)
 
     # LLM.
     fake_llm_latency_ms: float = Field(20.0, ge=0)

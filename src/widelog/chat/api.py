@@ -16,6 +16,7 @@ from widelog._instrument import Widelog
 from widelog.admin.routes import admin_router
 from widelog.chat.llm import LLMError
 from widelog.chat.service import ChatQuery
+from widelog.events.body_limit import BodyLimitMiddleware
 from widelog.events.logging_service import event
 
 if TYPE_CHECKING:
@@ -73,6 +74,8 @@ def create_app(container: ChatContainer) -> FastAPI:
             await container.aclose()
 
     app = FastAPI(title="widelog reference chat service", lifespan=lifespan)
+    # Added first, so it runs inside the wide-event middleware: the event records the 413.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=container.settings.max_body_bytes)
     Widelog(container.pipeline).attach(app)
     app.add_exception_handler(RequestValidationError, _validation_failed)
     app.include_router(admin_router(container.pipeline, caches=container.caches))
