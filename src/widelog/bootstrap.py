@@ -180,6 +180,7 @@ def build_mq_publisher(settings: Settings, fallback: SpoolFallback) -> MQPublish
             retries=settings.publish_retries,
             message_timeout_ms=settings.kafka_message_timeout_ms,
             linger_ms=settings.kafka_linger_ms,
+            config=settings.kafka_client_config(),
         )
     if settings.transport == "redis":
         with extra("redis", needed_by="WIDELOG_TRANSPORT=redis"):
@@ -205,7 +206,10 @@ def build_source(settings: Settings) -> EventSource:
             from widelog.pipeline.kafka import KafkaEventSource, ensure_topic  # noqa: PLC0415
 
         ensure_topic(
-            settings.kafka_bootstrap, settings.kafka_topic, partitions=settings.kafka_partitions
+            settings.kafka_bootstrap,
+            settings.kafka_topic,
+            partitions=settings.kafka_partitions,
+            config=settings.kafka_client_config(),
         )
         return KafkaEventSource(
             bootstrap=settings.kafka_bootstrap,
@@ -214,6 +218,7 @@ def build_source(settings: Settings) -> EventSource:
             client_id=name,
             session_timeout_ms=settings.kafka_session_timeout_ms,
             max_poll_interval_ms=settings.kafka_max_poll_interval_ms,
+            config=settings.kafka_client_config(),
         )
     if settings.transport == "redis":
         with extra("redis", needed_by="WIDELOG_TRANSPORT=redis"):

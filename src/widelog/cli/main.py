@@ -116,8 +116,9 @@ def worker(log_level: LogLevel = "info") -> None:
             err=True,
         )
         raise typer.Exit(BAD_CONFIG)
-    # The broker may still be starting (the worker waits for it); the store must answer now.
-    asyncio.run(reachability.require(settings, "store"))
+    # The broker may still be starting (the worker waits for it); the store must answer now,
+    # and a broker that answers must not refuse the credentials.
+    asyncio.run(reachability.require(settings, "store", "credentials"))
     _configure_logging(log_level)
     asyncio.run(run_worker(settings))
 
