@@ -98,6 +98,11 @@ class PipelineCollector:
             for kind, count in sorted(fallback.dropped.items()):
                 dropped.add_metric([kind], count)
             yield dropped
+            replaced = getattr(pipeline.publisher, "recreated", None)  # Kafka's producer
+            if isinstance(replaced, int):
+                yield _counter(
+                    "kafka_producers_replaced", "Producers replaced after a fatal error.", replaced
+                )
             segments, size = pipeline.spool_usage()
             yield _gauge("spool_segments", "Spool files waiting for replay.", segments)
             yield _gauge("spool_bytes", "Bytes in the spool.", size)
