@@ -11,6 +11,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
+from widelog._extras import extra
 from widelog.bootstrap import build_store
 from widelog.cli.errors import Unreachable
 
@@ -62,8 +63,9 @@ async def _store(settings: Settings) -> None:
 
 
 async def _kafka(settings: Settings, *, down_is_fine: bool = False) -> None:
-    from confluent_kafka import KafkaError, KafkaException  # noqa: PLC0415 - Kafka users only
-    from confluent_kafka.admin import AdminClient  # noqa: PLC0415
+    with extra("kafka", needed_by="WIDELOG_TRANSPORT=kafka"):
+        from confluent_kafka import KafkaError, KafkaException  # noqa: PLC0415 - Kafka users only
+        from confluent_kafka.admin import AdminClient  # noqa: PLC0415
 
     refusals = {KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED, KafkaError._SSL}
     errors: list[KafkaError] = []
