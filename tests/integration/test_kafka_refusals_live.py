@@ -87,10 +87,10 @@ def test_events_too_large_for_the_topic_are_quarantined_then_delivered_after_the
     create_topic(topic, TOPIC_LIMIT)
     spool_dir = tmp_path / "spool"
     spool = FileSpool(spool_dir)
-    small = [f"small-{i}" for i in range(40)]
+    small = [f"small-{i}" for i in range(1000)]
     big = [f"big-{i}" for i in range(5)]
     # Random hex does not compress: each big event stays over the topic's limit after lz4.
-    for key in small[:20] + big[:3] + small[20:] + big[3:]:
+    for key in small[:500] + big[:3] + small[500:] + big[3:]:
         pad = os.urandom(6000).hex() if key.startswith("big") else ""
         spool.append(key, event(key, pad))
     spool.close()
