@@ -17,6 +17,9 @@
 #   WIDELOG_SERVICES_STATE   data, logs, pidfiles   (default: /tmp/widelog-services)
 #   WIDELOG_SERVICES_REDIS_PORT (6379)  WIDELOG_SERVICES_KAFKA_PORT (9092)  WIDELOG_SERVICES_KAFKA_CONTROLLER_PORT (9093)
 #   WIDELOG_SERVICES_MONGO_PORT (27017)
+#   WIDELOG_SERVICES_KAFKA_SASL_PORT   a second Kafka listener, SASL_PLAINTEXT with PLAIN, for the
+#                                      security-settings tests (default: none); its one user:
+#   WIDELOG_SERVICES_KAFKA_SASL_USER (widelog)  WIDELOG_SERVICES_KAFKA_SASL_PASSWORD (widelog-test-secret)
 #   WIDELOG_SERVICES_KAFKA_HEAP_OPTS  (default: -Xms128m -Xmx512m)
 #   WIDELOG_SERVICES_TIMEOUT seconds to wait for each service to answer (default: 90)
 # See docs/services.md.
@@ -31,6 +34,9 @@ REDIS_PORT="${WIDELOG_SERVICES_REDIS_PORT:-6379}"
 KAFKA_PORT="${WIDELOG_SERVICES_KAFKA_PORT:-9092}"
 KAFKA_CONTROLLER_PORT="${WIDELOG_SERVICES_KAFKA_CONTROLLER_PORT:-9093}"
 MONGO_PORT="${WIDELOG_SERVICES_MONGO_PORT:-27017}"
+KAFKA_SASL_PORT="${WIDELOG_SERVICES_KAFKA_SASL_PORT:-}"
+KAFKA_SASL_USER="${WIDELOG_SERVICES_KAFKA_SASL_USER:-widelog}"
+KAFKA_SASL_PASSWORD="${WIDELOG_SERVICES_KAFKA_SASL_PASSWORD:-widelog-test-secret}"
 KAFKA_HEAP_OPTS="${WIDELOG_SERVICES_KAFKA_HEAP_OPTS:--Xms128m -Xmx512m}"
 TIMEOUT="${WIDELOG_SERVICES_TIMEOUT:-90}"
 
@@ -247,17 +253,29 @@ kafka_ready() {
 }
 
 kafka_write_config() {
-  local d="$STATE/kafka"
+  local d="$STATE/kafka" listeners protocols sasl=""
+  listeners="PLAINTEXT://$HOST:$KAFKA_PORT,CONTROLLER://$HOST:$KAFKA_CONTROLLER_PORT"
+  protocols="CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"
+  if [ -n "$KAFKA_SASL_PORT" ]; then
+    # Brokers talk to each other on PLAINTEXT; clients may use this listener, which only PLAIN
+    # users get through (no authorizer: an authenticated user may do everything).
+    listeners="$listeners,SASL_PLAINTEXT://$HOST:$KAFKA_SASL_PORT"
+    protocols="$protocols,SASL_PLAINTEXT:SASL_PLAINTEXT"
+    sasl="sasl.enabled.mechanisms=PLAIN
+listener.name.sasl_plaintext.sasl.enabled.mechanisms=PLAIN
+listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$KAFKA_SASL_USER=\"$KAFKA_SASL_PASSWORD\";"
+  fi
   cat >"$d/server.properties" <<EOF
 # written by scripts/services.sh at each start
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=$HOST:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://$HOST:$KAFKA_PORT,CONTROLLER://$HOST:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://$HOST:$KAFKA_PORT,CONTROLLER://$HOST:$KAFKA_CONTROLLER_PORT
+listeners=$listeners
+advertised.listeners=$listeners
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+listener.security.protocol.map=$protocols
+$sasl
 log.dirs=$d/data
 num.partitions=4
 auto.create.topics.enable=true
@@ -303,6 +321,7 @@ kafka_start() {
   kafka_install
   check_port_free kafka "$KAFKA_PORT"
   check_port_free kafka "$KAFKA_CONTROLLER_PORT"
+  [ -z "$KAFKA_SASL_PORT" ] || check_port_free kafka "$KAFKA_SASL_PORT"
   kafka_write_config
   kafka_format
   # shellcheck disable=SC2086  # KAFKA_HEAP_OPTS is a list of flags

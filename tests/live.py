@@ -39,3 +39,10 @@ def unique(prefix: str) -> str:
 
 def mongo_url(database: str) -> str:
     return f"{MONGO}/{database}"
+
+
+# The optional SASL_PLAINTEXT listener (scripts/services.sh with WIDELOG_SERVICES_KAFKA_SASL_PORT).
+KAFKA_SASL_PORT = os.environ.get("WIDELOG_SERVICES_KAFKA_SASL_PORT")
+KAFKA_SASL = f"127.0.0.1:{KAFKA_SASL_PORT}" if KAFKA_SASL_PORT else None
+KAFKA_SASL_USER = os.environ.get("WIDELOG_SERVICES_KAFKA_SASL_USER", "widelog")
+KAFKA_SASL_PASSWORD = os.environ.get("WIDELOG_SERVICES_KAFKA_SASL_PASSWORD", "widelog-test-secret")

@@ -177,7 +177,7 @@ def build_spool_fallback(settings: Settings) -> SpoolFallback:
         fsync=settings.spool_fsync,
         fsync_interval_s=settings.spool_fsync_interval_s,
     )
-    return SpoolFallback(spool)
+    return SpoolFallback(spool, max_bytes=settings.spool_max_bytes)
 
 
 def build_mq_publisher(settings: Settings, fallback: SpoolFallback) -> MQPublisher:
@@ -194,6 +194,7 @@ def build_mq_publisher(settings: Settings, fallback: SpoolFallback) -> MQPublish
             retries=settings.publish_retries,
             message_timeout_ms=settings.kafka_message_timeout_ms,
             linger_ms=settings.kafka_linger_ms,
+            config=settings.kafka_client_config(),
         )
     if settings.transport == "redis":
         with extra("redis", needed_by="WIDELOG_TRANSPORT=redis"):
@@ -219,7 +220,10 @@ def build_source(settings: Settings) -> EventSource:
             from widelog.pipeline.kafka import KafkaEventSource, ensure_topic  # noqa: PLC0415
 
         ensure_topic(
-            settings.kafka_bootstrap, settings.kafka_topic, partitions=settings.kafka_partitions
+            settings.kafka_bootstrap,
+            settings.kafka_topic,
+            partitions=settings.kafka_partitions,
+            config=settings.kafka_client_config(),
         )
         return KafkaEventSource(
             bootstrap=settings.kafka_bootstrap,
@@ -228,6 +232,7 @@ def build_source(settings: Settings) -> EventSource:
             client_id=name,
             session_timeout_ms=settings.kafka_session_timeout_ms,
             max_poll_interval_ms=settings.kafka_max_poll_interval_ms,
+            config=settings.kafka_client_config(),
         )
     if settings.transport == "redis":
         with extra("redis", needed_by="WIDELOG_TRANSPORT=redis"):

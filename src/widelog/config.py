@@ -6,10 +6,11 @@ import difflib
 import os
 import socket
 from pathlib import Path
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import SettingsError as SourceError
 
 ENV_PREFIX: Final = "WIDELOG_"
 # Read by their own loaders (sampling policy, incident rules, redaction policy), which reject
@@ -19,6 +20,40 @@ OTHER_PREFIXES: Final = (
     "WIDELOG_INCIDENTS_",
     "WIDELOG_REDACTION_",
     "WIDELOG_SERVICES_",
+)
+# librdkafka properties widelog sets itself: its guarantees (idempotence, acks=all, commits only
+# after the store) depend on them, so WIDELOG_KAFKA_CONFIG may not change them.
+KAFKA_OWNED: Final = frozenset(
+    {
+        "bootstrap.servers",
+        "metadata.broker.list",
+        "acks",
+        "request.required.acks",
+        "enable.idempotence",
+        "enable.gapless.guarantee",
+        "transactional.id",
+        "message.send.max.retries",
+        "retries",
+        "message.timeout.ms",
+        "delivery.timeout.ms",
+        "linger.ms",
+        "queue.buffering.max.messages",
+        "compression.type",
+        "group.id",
+        "client.id",
+        "enable.auto.commit",
+        "enable.auto.offset.store",
+        "auto.offset.reset",
+        "session.timeout.ms",
+        "max.poll.interval.ms",
+        "error_cb",
+        "logger",
+        "on_commit",
+        "on_delivery",
+        "stats_cb",
+        "throttle_cb",
+        "oauth_cb",
+    }
 )
 
 
@@ -54,6 +89,10 @@ class Settings(BaseSettings):
     kafka_session_timeout_ms: int = Field(10_000, ge=1000)
     kafka_max_poll_interval_ms: int = Field(300_000, ge=1000)
     publish_retries: int = Field(3, ge=1)  # the idempotent producer requires at least 1
+    # Extra librdkafka properties for every Kafka client (producer, consumer, admin), as a JSON
+    # object: security settings mostly. The SASL password goes in its own variable, masked.
+    kafka_config: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    kafka_sasl_password: SecretStr | None = None
     redis_stream: str = "log-events"
     redis_group: str = "log-consumer-group"
     redis_stream_maxlen: int = Field(1_000_000, ge=1000)
@@ -63,6 +102,8 @@ class Settings(BaseSettings):
     spool_dir: Path = Path(".widelog/spool")
     spool_fsync: Literal["always", "interval", "never"] = "interval"
     spool_fsync_interval_s: float = Field(1.0, gt=0)
+    # Past 90 % only errors are spooled, past 100 % nothing (each drop counted and logged).
+    spool_max_bytes: int = Field(1 << 30, ge=1 << 20)
     replay_interval_s: float = Field(5.0, gt=0)
 
     # MongoDB.
@@ -111,8 +152,9 @@ class Settings(BaseSettings):
     # an hour of them kept in memory.
     dashboard_sample_s: float = Field(10.0, ge=0.1, le=600)
 
-    # Chat API.
+    # Chat API. The body limit applies before parsing (413, error.code BODY_TOO_LARGE).
     max_message_chars: int = Field(8000, ge=1)
+    max_body_bytes: int = Field(256 * 1024, ge=1024)
 
     # LLM.
     fake_llm_latency_ms: float = Field(20.0, ge=0)
@@ -129,6 +171,33 @@ class Settings(BaseSettings):
         if self.kafka_idempotence and self.kafka_acks != "all":
             raise ValueError("kafka_acks must be 'all' while kafka_idempotence is true")
         return self
+
+    @field_validator("kafka_config")
+    @classmethod
+    def _kafka_config_leaves_widelog_its_own(
+        cls, config: dict[str, str | int | float | bool]
+    ) -> dict[str, str | int | float | bool]:
+        """Refuse properties widelog owns, and secrets (this variable is shown unmasked)."""
+        owned = sorted(KAFKA_OWNED.intersection(config))
+        if owned:
+            raise ValueError(
+                f"sets {', '.join(owned)}, which widelog sets itself (use the WIDELOG_KAFKA_*"
+                " and WIDELOG_PUBLISH_RETRIES settings where there is one)"
+            )
+        secret = sorted(k for k in config if "password" in k or "secret" in k)
+        if secret:
+            raise ValueError(
+                f"holds {', '.join(secret)}: secrets do not go here (it is not masked); put"
+                " the SASL password in WIDELOG_KAFKA_SASL_PASSWORD"
+            )
+        return config
+
+    def kafka_client_config(self) -> dict[str, Any]:
+        """What every Kafka client gets on top of its own settings, the password included."""
+        config: dict[str, Any] = dict(self.kafka_config)
+        if self.kafka_sasl_password is not None:
+            config["sasl.password"] = self.kafka_sasl_password.get_secret_value()
+        return config
 
     @field_validator("log_bridge_level", mode="before")
     @classmethod
@@ -166,6 +235,8 @@ def load_settings() -> Settings:
         return Settings()
     except ValidationError as exc:
         raise SettingsError(describe(exc)) from None
+    except SourceError as exc:  # a value that is not JSON where JSON is expected
+        raise SettingsError(f"{exc}: it must be JSON (e.g. an object for a dict)") from None
 
 
 def describe(exc: ValidationError) -> str:

@@ -143,12 +143,15 @@ async def _connect(settings: Settings, stop: asyncio.Event) -> EventSource | Non
     return None
 
 
-async def replay(settings: Settings) -> int:
-    """Publish every spooled event to the message queue now; return how many were confirmed."""
+async def replay(settings: Settings, *, rejected: bool = False) -> int:
+    """Publish every spooled event to the message queue now; return how many were confirmed.
+
+    With `rejected`, the records the broker refused for good (once its configuration is fixed).
+    """
     fallback = build_spool_fallback(settings)
     publisher = build_mq_publisher(settings, fallback)
     try:
-        return await SpoolReplayer(fallback.spool, publisher).replay_once()
+        return await SpoolReplayer(fallback.spool, publisher).replay_once(rejected=rejected)
     finally:
         await publisher.close()
         fallback.spool.close()

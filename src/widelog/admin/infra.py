@@ -11,6 +11,7 @@ import asyncio
 from typing import TYPE_CHECKING, Any, Literal
 
 from widelog.incidents.queries import open_by_rule
+from widelog.pipeline.fallback import ERRORS_ONLY_FROM
 
 if TYPE_CHECKING:
     from widelog.bootstrap import Pipeline
@@ -39,8 +40,16 @@ async def infra_snapshot(pipeline: Pipeline, *, caches: ChatCaches | None = None
             "bytes": size,
             "spooled": pipeline.fallback.spooled,
             "lost": pipeline.fallback.lost,
+            "max_bytes": pipeline.fallback.max_bytes,
+            "dropped": dict(pipeline.fallback.dropped),
             "replayed": pipeline.replayer.stats.events if pipeline.replayer else 0,
+            "rejected": pipeline.replayer.stats.rejected if pipeline.replayer else 0,
+            "rejected_files": len(pipeline.fallback.spool.rejected()),
         }
+        used = pipeline.fallback.spool.bytes_used()
+        if used > pipeline.fallback.max_bytes * ERRORS_ONLY_FROM:
+            share = used / pipeline.fallback.max_bytes
+            problems.append(f"spool {share:.0%} full: only errors are spooled, others dropped")
         spooling = broker_down or bool(segments)
         if broker_down:
             problems.append(f"{settings.transport} unreachable: events go to the spool")

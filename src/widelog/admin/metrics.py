@@ -104,6 +104,19 @@ class PipelineCollector:
             yield _gauge("transport_spooling", "1 while every event goes to the spool.", spooling)
             yield _counter("events_spooled", "Events written to the spool.", fallback.spooled)
             yield _counter("spool_lost", "Events neither published nor spooled.", fallback.lost)
+            dropped = CounterMetricFamily(
+                "widelog_spool_dropped",
+                "Events the full spool refused (WIDELOG_SPOOL_MAX_BYTES), by kind: error or other.",
+                labels=["kind"],
+            )
+            for kind, count in sorted(fallback.dropped.items()):
+                dropped.add_metric([kind], count)
+            yield dropped
+            replaced = getattr(pipeline.publisher, "recreated", None)  # Kafka's producer
+            if isinstance(replaced, int):
+                yield _counter(
+                    "kafka_producers_replaced", "Producers replaced after a fatal error.", replaced
+                )
             segments, size = pipeline.spool_usage()
             yield _gauge("spool_segments", "Spool files waiting for replay.", segments)
             yield _gauge("spool_bytes", "Bytes in the spool.", size)
@@ -114,6 +127,11 @@ class PipelineCollector:
             )
             yield _counter(
                 "replay_failures", "Replays that left a segment in the spool.", replayed.failures
+            )
+            yield _counter(
+                "events_rejected",
+                "Spooled events the broker refused for good, kept in *.rejected files.",
+                replayed.rejected,
             )
 
     def _consumer(self) -> Iterator[Metric]:

@@ -16,6 +16,7 @@ from widelog._instrument import Widelog
 from widelog.admin.routes import admin_router
 from widelog.chat.llm import LLMError
 from widelog.chat.service import ChatQuery
+from widelog.events.body_limit import BodyLimitMiddleware
 from widelog.events.logging_service import event
 
 if TYPE_CHECKING:
@@ -79,10 +80,7 @@ def create_app(container: ChatContainer, *, instrument: bool = True) -> FastAPI:
             await container.aclose()
 
     app = FastAPI(title="widelog reference chat service", lifespan=lifespan)
-    if instrument:
-        Widelog(container.pipeline).attach(app)
-    app.add_exception_handler(RequestValidationError, _validation_failed)
-    app.include_router(admin_router(container.pipeline, caches=container.caches))
+    _wrap(app, container, instrument=instrument)
     llm = container.llm
     service = container.chat
     max_chars = container.settings.max_message_chars
@@ -158,6 +156,16 @@ def create_app(container: ChatContainer, *, instrument: bool = True) -> FastAPI:
         return JSONResponse({"ready": ready, "checks": report}, status_code=200 if ready else 503)
 
     return app
+
+
+def _wrap(app: FastAPI, container: ChatContainer, *, instrument: bool) -> None:
+    """Middleware, error handlers and the admin routes around the chat handlers."""
+    # Added first, so it runs inside the wide-event middleware: the event records the 413.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=container.settings.max_body_bytes)
+    if instrument:
+        Widelog(container.pipeline).attach(app)
+    app.add_exception_handler(RequestValidationError, _validation_failed)
+    app.include_router(admin_router(container.pipeline, caches=container.caches))
 
 
 def _cache_control(header: str) -> set[str]:

@@ -27,6 +27,7 @@ from widelog.cli.incidents import incidents_app
 from widelog.cli.infra import infra
 from widelog.cli.sampling import sampling_app
 from widelog.config import Settings, load_settings
+from widelog.pipeline.spool import FileSpool
 from widelog.policies import load_incident_rules, load_sampling_policy
 
 if TYPE_CHECKING:
@@ -115,14 +116,25 @@ def worker(log_level: LogLevel = "info") -> None:
             err=True,
         )
         raise typer.Exit(BAD_CONFIG)
-    # The broker may still be starting (the worker waits for it); the store must answer now.
-    asyncio.run(reachability.require(settings, "store"))
+    # The broker may still be starting (the worker waits for it); the store must answer now,
+    # and a broker that answers must not refuse the credentials.
+    asyncio.run(reachability.require(settings, "store", "credentials"))
     _configure_logging(log_level)
     asyncio.run(run_worker(settings))
 
 
 @app.command()
-def replay(log_level: LogLevel = "info") -> None:
+def replay(
+    log_level: LogLevel = "info",
+    *,
+    rejected: Annotated[
+        bool,
+        typer.Option(
+            "--rejected",
+            help="Publish the events the broker refused for good (*.rejected), after a fix.",
+        ),
+    ] = False,
+) -> None:
     """Publish the spooled events to the message queue now (the API also does it by itself)."""
     from widelog.worker import replay as replay_spool  # noqa: PLC0415
 
@@ -135,8 +147,15 @@ def replay(log_level: LogLevel = "info") -> None:
         raise typer.Exit(BAD_CONFIG)
     asyncio.run(reachability.require(settings, "transport"))
     _configure_logging(log_level)
-    confirmed = asyncio.run(replay_spool(settings))
-    err.print(f"replayed {confirmed} events from {settings.spool_dir}", markup=False)
+    confirmed = asyncio.run(replay_spool(settings, rejected=rejected))
+    what = "rejected events" if rejected else "events"
+    err.print(f"replayed {confirmed} {what} from {settings.spool_dir}", markup=False)
+    if left := len(FileSpool(settings.spool_dir, fsync="never").rejected()):
+        err.print(
+            f"{left} file(s) of events the broker refused for good remain in {settings.spool_dir}"
+            " (*.rejected): fix the topic or broker, then `widelog replay --rejected`",
+            markup=False,
+        )
 
 
 @app.command()

@@ -8,16 +8,19 @@ command uses, so it tests what the command would connect to, and closes it again
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
+from widelog._extras import extra
 from widelog.bootstrap import build_store
 from widelog.cli.errors import Unreachable
 
 if TYPE_CHECKING:
     from widelog.config import Settings
 
-Need = Literal["store", "transport", "cache"]
+# "credentials": the transport may still be starting (the worker waits for it), but if it answers
+# and refuses who we are, no waiting helps: say so and stop.
+Need = Literal["store", "transport", "cache", "credentials"]
 KAFKA_TIMEOUT_S = 5.0
 REDIS_TIMEOUT_S = 2.0
 
@@ -29,6 +32,8 @@ async def require(settings: Settings, *needs: Need) -> None:
             await _store(settings)
         elif need == "transport" and settings.transport == "kafka":
             await _kafka(settings)
+        elif need == "credentials" and settings.transport == "kafka":
+            await _kafka(settings, down_is_fine=True)
         elif (need == "transport" and settings.transport == "redis") or (
             need == "cache" and settings.cache == "redis"
         ):
@@ -57,15 +62,36 @@ async def _store(settings: Settings) -> None:
         await store.close()
 
 
-async def _kafka(settings: Settings) -> None:
-    from confluent_kafka import KafkaException  # noqa: PLC0415 - only Kafka users load it
-    from confluent_kafka.admin import AdminClient  # noqa: PLC0415
+async def _kafka(settings: Settings, *, down_is_fine: bool = False) -> None:
+    with extra("kafka", needed_by="WIDELOG_TRANSPORT=kafka"):
+        from confluent_kafka import KafkaError, KafkaException  # noqa: PLC0415 - Kafka users only
+        from confluent_kafka.admin import AdminClient  # noqa: PLC0415
 
-    # log_level 0: librdkafka would print every failed connection attempt to stderr itself.
-    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap, "log_level": 0})
+    refusals = {KafkaError._AUTHENTICATION, KafkaError.SASL_AUTHENTICATION_FAILED, KafkaError._SSL}
+    errors: list[KafkaError] = []
+    config: dict[str, Any] = {
+        **settings.kafka_client_config(),
+        "bootstrap.servers": settings.kafka_bootstrap,
+        # log_level 0: librdkafka would print every failed connection attempt to stderr.
+        "log_level": 0,
+        "error_cb": errors.append,
+    }
+    admin = AdminClient(config)
     try:
         await asyncio.to_thread(admin.list_topics, timeout=KAFKA_TIMEOUT_S)
     except KafkaException as exc:
+        await asyncio.to_thread(admin.poll, 0.5)  # serves the error callbacks: why it failed
+        refused = next((e for e in errors if e.code() in refusals), None)
+        if refused is not None:
+            raise Unreachable(
+                "Kafka",
+                settings.kafka_bootstrap,
+                reason=f"it refused the credentials: {refused.str()}",
+                hint="check security.protocol, sasl.mechanism and sasl.username in"
+                " WIDELOG_KAFKA_CONFIG, and WIDELOG_KAFKA_SASL_PASSWORD",
+            ) from exc
+        if down_is_fine:
+            return
         raise Unreachable(
             "Kafka",
             settings.kafka_bootstrap,

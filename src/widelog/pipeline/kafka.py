@@ -8,23 +8,30 @@ librdkafka traps this module is written around:
   librdkafka reports as all-down, until a replay gets through again.
 - Offsets are committed explicitly, only for messages whose batch the store has, and never with
   a call that can wait forever (see `KafkaEventSource`).
+- Some refusals are for good: a record larger than the topic's `max.message.bytes`, a topic this
+  client may not write to. Sent again, they fail again, so the replay quarantines them instead
+  of retrying the segment forever (`Delivery.refused`).
+- A fatal error (the idempotent producer cannot keep its guarantees) ends a producer for good:
+  it is replaced by a new one, after a backoff, while events go to the spool.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from widelog.pipeline.ports import Message
+from widelog.pipeline.replayer import Delivery
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Collection, Sequence
@@ -37,6 +44,23 @@ log = logging.getLogger("widelog.kafka")
 
 
 _T = TypeVar("_T")
+
+# The broker (or librdkafka, for its own size limit) refuses these records whatever the retry.
+_TOO_LARGE: Final = frozenset(
+    {
+        KafkaError.MSG_SIZE_TOO_LARGE,
+        KafkaError.RECORD_LIST_TOO_LARGE,
+    }
+)
+_REFUSED_FOR_GOOD: Final = _TOO_LARGE | {
+    KafkaError.TOPIC_AUTHORIZATION_FAILED,
+    KafkaError.INVALID_RECORD,
+    KafkaError.POLICY_VIOLATION,
+}
+# A producer ended by a fatal error is replaced after this backoff, doubling while the new ones
+# fail too (a misconfigured cluster must not make a tight loop of it), reset by a replay.
+RECREATE_BACKOFF_S: Final = 1.0
+RECREATE_BACKOFF_MAX_S: Final = 60.0
 
 
 async def _bounded(call: Callable[[], _T], timeout: float) -> _T:
@@ -70,14 +94,21 @@ def _settle(future: asyncio.Future[_T], result: _T | None, exc: BaseException | 
 
 
 def ensure_topic(
-    bootstrap: str, topic: str, *, partitions: int, replication: int = -1, timeout: float = 30.0
+    bootstrap: str,
+    topic: str,
+    *,
+    partitions: int,
+    replication: int = -1,
+    timeout: float = 30.0,
+    config: dict[str, Any] | None = None,
 ) -> None:
     """Create the topic if it does not exist (several partitions: several consumers can share).
 
     `replication=-1` takes the broker's `default.replication.factor`: with one replica, acks=all
     means one broker's page cache, so production clusters want 3 and `min.insync.replicas=2`.
     """
-    admin = AdminClient({"bootstrap.servers": bootstrap})
+    settings: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": log, **(config or {})}
+    admin = AdminClient(settings)
     futures = admin.create_topics(
         [NewTopic(topic, num_partitions=partitions, replication_factor=replication)],
         request_timeout=timeout,
@@ -139,27 +170,31 @@ class KafkaEventPublisher:
         linger_ms: int = 5,
         queue_max_messages: int = 100_000,
         config: dict[str, Any] | None = None,
+        recreate_backoff_s: float = RECREATE_BACKOFF_S,
     ) -> None:
         self.topic = topic
         self._fallback = fallback
         self._broker_down = False
-        self._producer = Producer(
-            {
-                "bootstrap.servers": bootstrap,
-                "acks": acks,
-                "enable.idempotence": idempotence,
-                "message.send.max.retries": retries,
-                "retry.backoff.ms": retry_backoff_ms,
-                "message.timeout.ms": message_timeout_ms,
-                "linger.ms": linger_ms,
-                "queue.buffering.max.messages": queue_max_messages,
-                "compression.type": "lz4",
-                "error_cb": self._on_error,
-                "logger": log,  # librdkafka's own lines go through logging, not stderr
-                **(config or {}),
-            }
-        )
+        self._config = {
+            "bootstrap.servers": bootstrap,
+            "acks": acks,
+            "enable.idempotence": idempotence,
+            "message.send.max.retries": retries,
+            "retry.backoff.ms": retry_backoff_ms,
+            "message.timeout.ms": message_timeout_ms,
+            "linger.ms": linger_ms,
+            "queue.buffering.max.messages": queue_max_messages,
+            "compression.type": "lz4",
+            "error_cb": self._on_error,
+            "logger": log,  # librdkafka's own lines go through logging, not stderr
+            **(config or {}),
+        }
+        self._producer = Producer(self._config)
         self.delivered = 0
+        self.recreated = 0  # producers replaced after a fatal error
+        self._recreate_backoff_s = recreate_backoff_s
+        self._fatal_in_a_row = 0
+        self._replace_at: float | None = None  # set by a fatal error, served by the poll thread
         self._closed = threading.Event()
         self._poller = threading.Thread(target=self._serve_callbacks, name="widelog-kafka-poll")
         self._poller.daemon = True
@@ -195,10 +230,20 @@ class KafkaEventPublisher:
 
     def _on_error(self, err: KafkaError) -> None:
         if err.fatal():
-            # The idempotent producer cannot go on (e.g. a sequence gap): every event from now
-            # on is spooled, and nothing is lost, but only a new producer publishes again.
-            log.error("fatal Kafka producer error, spooling everything until restart: %s", err)
+            # The idempotent producer cannot go on (e.g. a sequence gap): every event is spooled
+            # until a new producer, made by the poll thread after a backoff, gets a replay through.
             self._broker_down = True
+            if self._replace_at is None:
+                delay = min(
+                    self._recreate_backoff_s * 2**self._fatal_in_a_row, RECREATE_BACKOFF_MAX_S
+                )
+                self._fatal_in_a_row += 1
+                self._replace_at = time.monotonic() + delay
+                log.error(
+                    "fatal Kafka producer error, spooling and replacing the producer in %.1fs: %s",
+                    delay,
+                    err,
+                )
         elif err.code() == KafkaError._ALL_BROKERS_DOWN:
             if not self._broker_down:
                 log.warning("all Kafka brokers are down: spooling events until a replay succeeds")
@@ -208,56 +253,118 @@ class KafkaEventPublisher:
 
     def _serve_callbacks(self) -> None:
         while not self._closed.is_set():
+            if self._replace_at is not None and time.monotonic() >= self._replace_at:
+                self._replace_producer()
             try:
                 self._producer.poll(0.1)
             except Exception:  # a callback bug must not stop every later delivery report
                 log.exception("kafka delivery callback failed")
 
-    async def deliver(self, records: Sequence[tuple[str, bytes]], timeout: float) -> bool:
+    def _replace_producer(self) -> None:
+        """A new producer for one a fatal error ended; what the old one held is spooled."""
+        try:
+            new = Producer(self._config)
+        except KafkaException as exc:
+            log.error("a new Kafka producer could not be created: %s", exc)
+            self._replace_at = time.monotonic() + RECREATE_BACKOFF_MAX_S
+            return
+        old, self._producer = self._producer, new
+        self._replace_at = None
+        self.recreated += 1
+        # Its undelivered events fail with a delivery report that spools them.
+        old.purge(in_queue=True, in_flight=True, blocking=False)
+        old.flush(1.0)
+        log.warning(
+            "Kafka producer replaced after a fatal error (%d so far); the spool is replayed"
+            " through the new one",
+            self.recreated,
+        )
+
+    async def deliver(self, records: Sequence[tuple[str, bytes]], timeout: float) -> Delivery:
         """Publish and wait for every acknowledgement (the spool replay path)."""
         return await asyncio.to_thread(self._deliver, records, timeout)
 
-    def _deliver(self, records: Sequence[tuple[str, bytes]], timeout: float) -> bool:
-        """Produce `records` and wait for their own delivery reports.
+    def _deliver(self, records: Sequence[tuple[str, bytes]], timeout: float) -> Delivery:
+        """Produce `records`, wait for their own delivery reports, and sort out the refusals.
 
-        Not `flush()`: request traffic keeps the producer's queue non-empty, so under load a
-        flush would almost never come back empty and the replay would never succeed.
+        The topic's `max.message.bytes` applies to a whole batch: one record too large fails the
+        small ones batched with it (measured: all 41 records of a batch with one too large).
+        Records refused for their size are sent again in halves, down to single records, so
+        only those refused on their own are set aside: a few rounds, not one per record.
+        """
+        deadline = time.monotonic() + timeout
+        refused: dict[int, KafkaError] = {}
+        suspects = [list(range(len(records)))]
+        while suspects:
+            indexes = suspects.pop()
+            errors = self._produce_and_wait([records[i] for i in indexes], deadline)
+            if errors is None:
+                return Delivery(ok=False)
+            too_large = []
+            for position, err in errors.items():
+                if err.code() in _TOO_LARGE and len(indexes) > 1:
+                    too_large.append(indexes[position])
+                else:
+                    refused[indexes[position]] = err
+            if too_large:
+                half = (len(too_large) + 1) // 2
+                suspects += [part for part in (too_large[:half], too_large[half:]) if part]
+        if len(refused) < len(records):
+            if self._broker_down:
+                log.warning("Kafka accepts events again: publishing resumes")
+            self._broker_down = False
+            self._fatal_in_a_row = 0
+        return Delivery(ok=True, refused=[(i, err.name()) for i, err in sorted(refused.items())])
+
+    def _produce_and_wait(
+        self, records: Sequence[tuple[str, bytes]], deadline: float
+    ) -> dict[int, KafkaError] | None:
+        """Produce and wait for each record's own report; the refusals for good by index.
+
+        None when anything else failed or was not acknowledged by `deadline`. Not `flush()`:
+        request traffic keeps the producer's queue non-empty, so under load a flush would almost
+        never come back empty and the replay would never succeed.
         """
         pending = len(records)
-        failures: list[KafkaError] = []
+        errors: dict[int, KafkaError] = {}
         all_reported = threading.Event()
         lock = threading.Lock()
 
-        def on_delivery(err: KafkaError | None, _msg: KafkaMessage) -> None:
+        def report(index: int, err: KafkaError | None, _msg: object = None) -> None:
             nonlocal pending
             with lock:
                 if err is not None:
-                    failures.append(err)
+                    errors[index] = err
                 pending -= 1
                 if pending == 0:
                     all_reported.set()
 
-        deadline = time.monotonic() + timeout
-        for key, payload in records:
+        if not records:
+            return {}
+        producer = self._producer
+        for index, (key, payload) in enumerate(records):
             while True:
                 try:
-                    self._producer.produce(self.topic, payload, key, on_delivery=on_delivery)
+                    producer.produce(
+                        self.topic, payload, key, on_delivery=functools.partial(report, index)
+                    )
                     break
                 except BufferError:
                     if time.monotonic() >= deadline:
-                        return False
+                        return None
                     time.sleep(0.05)  # the poll thread serves reports and frees the queue
                 except KafkaException as exc:
-                    log.warning("replay produce failed: %s", exc)
-                    return False
+                    if exc.args[0].code() not in _REFUSED_FOR_GOOD:
+                        log.warning("replay produce failed: %s", exc)
+                        return None
+                    report(index, exc.args[0])
+                    break
         all_reported.wait(max(deadline - time.monotonic(), 0.0))
-        if not all_reported.is_set() or failures:
-            log.warning("replay not acknowledged: %d pending, %d failed", pending, len(failures))
-            return False
-        if self._broker_down:
-            log.warning("Kafka accepts events again: publishing resumes")
-        self._broker_down = False
-        return True
+        failed = [e for e in errors.values() if e.code() not in _REFUSED_FOR_GOOD]
+        if not all_reported.is_set() or failed:
+            log.warning("replay not acknowledged: %d pending, %d failed", pending, len(failed))
+            return None
+        return errors
 
     async def flush(self, timeout: float) -> int:
         return await asyncio.to_thread(self._producer.flush, timeout)

@@ -150,6 +150,19 @@ class EventStore(Protocol):
     async def close(self) -> None: ...
 
 
+class Quarantine(Protocol):
+    """Records refused for good during one replay; `commit` keeps them, `discard` forgets them."""
+
+    path: Path
+    count: int
+
+    def add(self, key: str, payload: bytes) -> None: ...
+
+    def commit(self) -> None: ...
+
+    def discard(self) -> None: ...
+
+
 class Spool(Protocol):
     """Durable local storage for events the message queue could not take, replayed later.
 
@@ -159,11 +172,23 @@ class Spool(Protocol):
 
     def append(self, key: str, payload: bytes) -> None: ...
 
+    def bytes_used(self) -> int:
+        """Bytes the spool holds, segments and quarantined records (may be a second old)."""
+        ...
+
     def rotate(self) -> None:
         """Seal the segment being written so a replayer can claim it."""
         ...
 
     def segments(self) -> list[Path]: ...
+
+    def rejected(self) -> list[Path]:
+        """Files of records the broker refused for good (replayed only on demand)."""
+        ...
+
+    def quarantine(self, of: Path) -> Quarantine:
+        """Where the records of `of` (a segment or a rejected file) that are refused go."""
+        ...
 
     def has_pending(self) -> bool: ...
 

@@ -6,21 +6,36 @@ import asyncio
 import contextlib
 import itertools
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
+    from pathlib import Path
 
-    from widelog.pipeline.ports import Spool
+    from widelog.pipeline.ports import Quarantine, Spool
 
 log = logging.getLogger("widelog.replay")
+
+
+@dataclass(slots=True)
+class Delivery:
+    """Every record acknowledged (`ok`), except those the broker refused for good.
+
+    `refused` holds (index in the records, reason): a record too large for the topic, or a topic
+    this client may not write to, will be refused however often it is sent again.
+    """
+
+    ok: bool
+    refused: list[tuple[int, str]] = field(default_factory=list)
 
 
 class ConfirmingPublisher(Protocol):
     """A publisher that can say for sure that events reached the message queue."""
 
-    async def deliver(self, records: Sequence[tuple[str, bytes]], timeout: float) -> bool:
+    async def deliver(
+        self, records: Sequence[tuple[str, bytes]], timeout: float
+    ) -> bool | Delivery:
         """Publish and wait for the broker's acknowledgement of every record."""
         ...
 
@@ -30,13 +45,14 @@ class ReplayStats:
     segments: int = 0
     events: int = 0
     failures: int = 0
+    rejected: int = 0  # records quarantined in `*.rejected` files
 
 
 class SpoolReplayer:
     """Replays the spool segment by segment, all or nothing.
 
-    A segment is deleted only after every event in it was acknowledged, so a failure or a crash
-    halfway means a replay again, never a loss.
+    A segment is deleted only after every event in it was acknowledged or, refused for good,
+    quarantined; a failure or a crash halfway means a replay again, never a loss.
     """
 
     def __init__(
@@ -53,33 +69,69 @@ class SpoolReplayer:
         self._timeout = timeout
         self.stats = ReplayStats()
 
-    async def replay_once(self) -> int:
-        """Replay every segment no live writer holds; return how many events were confirmed."""
-        if not self._spool.has_pending():
-            return 0
-        await asyncio.to_thread(self._spool.rotate)  # fsync and rename: off the event loop
+    async def replay_once(self, *, rejected: bool = False) -> int:
+        """Replay every segment no live writer holds; return how many events were confirmed.
+
+        With `rejected`, replay the quarantined records instead (after a configuration fix);
+        those refused again stay quarantined.
+        """
+        if rejected:
+            paths = self._spool.rejected()
+        else:
+            if not self._spool.has_pending():
+                return 0
+            await asyncio.to_thread(self._spool.rotate)  # fsync and rename: off the event loop
+            paths = self._spool.segments()
         confirmed = 0
-        for path in self._spool.segments():
+        for path in paths:
             with self._spool.claim(path) as records:
                 if records is None:
                     continue
-                count, ok = 0, True
-                while ok:
-                    chunk = await asyncio.to_thread(_take, records, self._chunk)
-                    if not chunk:
-                        break
-                    ok = await self._publisher.deliver(chunk, self._timeout)
-                    count += len(chunk)
-                if not ok:
+                quarantine = self._spool.quarantine(path)
+                reasons: dict[str, int] = {}
+                try:
+                    count = await self._replay(records, quarantine, reasons)
+                except BaseException:
+                    quarantine.discard()
+                    raise
+                if count is None:
+                    quarantine.discard()
                     self.stats.failures += 1
                     log.warning("replay of %s failed; it stays in the spool", path.name)
                     return confirmed
-                path.unlink()
-                self.stats.segments += 1
+                await asyncio.to_thread(quarantine.commit)  # replaces a rejected file: `path`
+                if not rejected:
+                    path.unlink()
+                    self.stats.segments += 1
+                    self.stats.rejected += quarantine.count
                 self.stats.events += count
                 confirmed += count
                 log.info("replayed %d spooled events from %s", count, path.name)
+                if quarantine.count:
+                    _report(quarantine, path, reasons)
         return confirmed
+
+    async def _replay(
+        self,
+        records: Iterator[tuple[str, bytes]],
+        quarantine: Quarantine,
+        reasons: dict[str, int],
+    ) -> int | None:
+        """Deliver every record; the refused ones go to `quarantine`. None: not all confirmed."""
+        count = 0
+        while True:
+            chunk = await asyncio.to_thread(_take, records, self._chunk)
+            if not chunk:
+                return count
+            result = await self._publisher.deliver(chunk, self._timeout)
+            delivery = result if isinstance(result, Delivery) else Delivery(ok=result)
+            if not delivery.ok:
+                return None
+            for index, reason in delivery.refused:
+                key, payload = chunk[index]
+                quarantine.add(key, payload)
+                reasons[reason] = reasons.get(reason, 0) + 1
+            count += len(chunk) - len(delivery.refused)
 
     async def run(self, stop: asyncio.Event, *, interval: float = 5.0) -> None:
         """Replay whenever there is something to replay, until `stop` is set."""
@@ -90,6 +142,17 @@ class SpoolReplayer:
                 log.exception("spool replay failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=interval)
+
+
+def _report(quarantine: Quarantine, path: Path, reasons: dict[str, int]) -> None:
+    log.error(
+        "the broker refused %d events from %s for good (%s): kept in %s, not retried;"
+        " fix the topic or broker configuration, then run `widelog replay --rejected`",
+        quarantine.count,
+        path.name,
+        ", ".join(f"{n} x {reason}" for reason, n in sorted(reasons.items())),
+        quarantine.path.name,
+    )
 
 
 def _take(records: Iterator[tuple[str, bytes]], count: int) -> list[tuple[str, bytes]]:

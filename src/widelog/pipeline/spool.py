@@ -14,6 +14,13 @@ lives. `rotate()` closes it as `*.ready`. The replayer takes any segment it can 
 and active ones whose process died — publishes it again, waits for confirmation, and only then
 deletes it. A crash halfway through a replay leaves the segment to be replayed again; the store's
 idempotency (`event_id` is the key) turns that into duplicates that are counted, not stored.
+
+Creating a segment also fsyncs the directory (unless `fsync="never"`): a file's data can be on
+disk while its name is not, and a power loss would then lose the whole segment.
+
+Records the broker refuses for good (too large for the topic, not authorized) are quarantined in
+`*.rejected` files beside the segments: the same line format, never replayed automatically, only
+by `widelog replay --rejected` once the broker's or topic's configuration is fixed.
 """
 
 from __future__ import annotations
@@ -28,11 +35,21 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import Callable, Iterator
 
 log = logging.getLogger("widelog.spool")
 
 FsyncPolicy = Literal["always", "interval", "never"]
+REJECTED = ".rejected"
+
+
+def sync_directory(directory: Path) -> None:
+    """Flush a directory to disk, so the names created or renamed in it survive a power loss."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class FileSpool:
@@ -43,17 +60,26 @@ class FileSpool:
         fsync: FsyncPolicy = "interval",
         fsync_interval_s: float = 1.0,
         max_segment_bytes: int = 64 * 1024 * 1024,
+        rescan_s: float = 1.0,
+        directory_sync: Callable[[Path], None] = sync_directory,
     ) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self._fsync = fsync
         self._max_segment_bytes = max_segment_bytes
+        self._sync_directory = directory_sync
         self._lock = threading.Lock()
         self._fd: int | None = None
         self._path: Path | None = None
         self._written = 0
         self._dirty = False
         self.appended = 0
+        # What the directory holds: scanned at most every `rescan_s` (other processes write and
+        # replay too), plus what this one appended since.
+        self._rescan_s = rescan_s
+        self._scanned_at = -float("inf")
+        self._scanned_bytes = 0
+        self._appended_bytes = 0
         self._closed = threading.Event()
         self._syncer: threading.Thread | None = None
         if fsync == "interval":
@@ -78,6 +104,7 @@ class FileSpool:
             fd = self._open()
             _write_all(fd, line)
             self._written += len(line)
+            self._appended_bytes += len(line)
             self.appended += 1
             if self._fsync == "always":
                 os.fsync(fd)
@@ -95,8 +122,29 @@ class FileSpool:
         if full is not None:
             _seal(*full)
 
+    def bytes_used(self) -> int:
+        """Bytes in the directory (segments, quarantined records), at most `rescan_s` old."""
+        with self._lock:
+            now = time.monotonic()
+            if now - self._scanned_at >= self._rescan_s:
+                self._scanned_bytes = _directory_bytes(self.directory)
+                self._appended_bytes = 0
+                self._scanned_at = now
+            return self._scanned_bytes + self._appended_bytes
+
     def segments(self) -> list[Path]:
         return sorted(self.directory.glob("*.spool*"))
+
+    def rejected(self) -> list[Path]:
+        """Files of records the broker refused for good, oldest first."""
+        return sorted(self.directory.glob(f"*{REJECTED}"))
+
+    def quarantine(self, of: Path) -> Quarantine:
+        """Where the refused records of segment (or rejected file) `of` go while it is replayed."""
+        return Quarantine(
+            self.directory / (of.name.split(".", 1)[0] + REJECTED),
+            sync=None if self._fsync == "never" else self._sync_directory,
+        )
 
     def has_pending(self) -> bool:
         return any(True for _ in self.directory.glob("*.spool*"))
@@ -141,6 +189,8 @@ class FileSpool:
             fd = os.open(creating, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
             fcntl.flock(fd, fcntl.LOCK_EX)
             self._path = creating.rename(self.directory / f"{stem}.spool.active")
+            if self._fsync != "never":
+                self._sync_directory(self.directory)
             self._fd = fd
             self._written = 0
         return self._fd
@@ -164,6 +214,59 @@ class FileSpool:
                 os.fsync(fd)
             finally:
                 os.close(fd)
+
+
+class Quarantine:
+    """The refused records of one replay, written beside the spool's segments.
+
+    Written to a `.partial` file first and renamed over `*.rejected` only by `commit()`, after
+    every other record of the segment was acknowledged: a replay that fails or crashes halfway
+    leaves the previous state, and replaying the segment again writes the same records again.
+    """
+
+    def __init__(self, path: Path, *, sync: Callable[[Path], None] | None) -> None:
+        self.path = path
+        self._partial = path.with_name(path.name + ".partial")
+        self._sync = sync
+        self._fd: int | None = None
+        self.count = 0
+
+    def add(self, key: str, payload: bytes) -> None:
+        if self._fd is None:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+            self._fd = os.open(self._partial, flags, 0o600)
+        _write_all(self._fd, key.encode() + b"\t" + payload + b"\n")
+        self.count += 1
+
+    def commit(self) -> None:
+        """Make the refused records the `*.rejected` file; with none, remove the old one."""
+        if self._fd is None:
+            self.path.unlink(missing_ok=True)
+            return
+        try:
+            if self._sync is not None:
+                os.fsync(self._fd)
+        finally:
+            os.close(self._fd)
+            self._fd = None
+        self._partial.rename(self.path)
+        if self._sync is not None:
+            self._sync(self.path.parent)
+
+    def discard(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+            self._partial.unlink(missing_ok=True)
+
+
+def _directory_bytes(directory: Path) -> int:
+    total = 0
+    with os.scandir(directory) as entries:
+        for entry in entries:
+            with contextlib.suppress(OSError):  # replayed and deleted since it was listed
+                total += entry.stat().st_size
+    return total
 
 
 def _write_all(fd: int, data: bytes) -> None:
