@@ -41,8 +41,9 @@ def mongo_url(database: str) -> str:
     return f"{MONGO}/{database}"
 
 
-# The optional SASL_PLAINTEXT listener (scripts/services.sh with WIDELOG_SERVICES_KAFKA_SASL_PORT).
-KAFKA_SASL_PORT = os.environ.get("WIDELOG_SERVICES_KAFKA_SASL_PORT")
+# The SASL_PLAINTEXT listener of scripts/services.sh (9094 unless WIDELOG_SERVICES_KAFKA_SASL_PORT
+# says otherwise; empty: none, and the SASL tests are skipped).
+KAFKA_SASL_PORT = os.environ.get("WIDELOG_SERVICES_KAFKA_SASL_PORT", "9094")
 KAFKA_SASL = f"127.0.0.1:{KAFKA_SASL_PORT}" if KAFKA_SASL_PORT else None
 KAFKA_SASL_USER = os.environ.get("WIDELOG_SERVICES_KAFKA_SASL_USER", "widelog")
 KAFKA_SASL_PASSWORD = os.environ.get("WIDELOG_SERVICES_KAFKA_SASL_PASSWORD", "widelog-test-secret")
