@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -31,6 +32,13 @@ def service_down(name: str) -> Iterator[None]:
         yield
     finally:
         services("start", name)
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now (for a server a test starts)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def unique(prefix: str) -> str:

@@ -10,7 +10,6 @@ import json
 import os
 import re
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -20,6 +19,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from tests.live import free_port
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 BLOCK = re.compile(r"```python\n# (?P<name>[\w.]+\.py)\n(?P<body>.*?)```", re.DOTALL)
@@ -36,12 +37,6 @@ def user_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("WIDELOG_")}
     env["WIDELOG_SAMPLING_BASELINE_RATE"] = "1"
     return env
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def stored(directory: Path) -> list[dict[str, Any]]:

@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from tests.fakes import KEEP_ALL
+from tests.live import free_port
 from widelog.chat.api import create_app
 from widelog.chat.bootstrap import ChatContainer, build
 from widelog.config import Settings
@@ -95,12 +96,6 @@ async def test_a_body_under_the_limit_is_answered_as_before(limited):
     assert 200 == response.status_code
     doc = await stored_event(container, response.headers["x-request-id"])
     assert "error" not in doc
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.mark.slow

@@ -12,7 +12,6 @@ import contextlib
 import gc
 import logging
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ import pytest
 from redis.asyncio import Redis
 
 from tests.apps import running_api
-from tests.live import REDIS_PORT, REDIS_URL, service_down, unique
+from tests.live import REDIS_PORT, REDIS_URL, free_port, service_down, unique
 from widelog.cache.ports import ChatTurn
 from widelog.chat.bootstrap import ChatContainer
 from widelog.chat.fake_llm import FakeLLM
@@ -84,13 +83,6 @@ async def model_answer(*turns: str) -> str:
 
 
 # --- two API processes sharing one Redis ----------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @contextlib.contextmanager

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 from collections.abc import AsyncIterator
 
@@ -12,7 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.test_pipeline_live import Pipeline, api, send
-from tests.live import service_down
+from tests.live import free_port, service_down
 
 pytestmark = [
     pytest.mark.slow,
@@ -21,12 +20,6 @@ pytestmark = [
     pytest.mark.faults,
     pytest.mark.timeout(240),
 ]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture
