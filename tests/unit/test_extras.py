@@ -36,8 +36,13 @@ ADAPTER_MODULES = (
 def without_drivers(monkeypatch: pytest.MonkeyPatch) -> None:
     """Kafka, Redis and MongoDB clients look uninstalled for the test (restored afterwards)."""
     drivers = ("confluent_kafka", "redis", "pymongo", "bson")
+    submodules = tuple(f"{module}." for module in ADAPTER_MODULES)  # a package's parts too
     for name in list(sys.modules):
-        if name in ADAPTER_MODULES or name.partition(".")[0] in drivers:
+        if (
+            name in ADAPTER_MODULES
+            or name.startswith(submodules)
+            or name.partition(".")[0] in drivers
+        ):
             monkeypatch.delitem(sys.modules, name)
     for package in drivers:
         monkeypatch.setitem(sys.modules, package, None)
