@@ -17,6 +17,7 @@ import pytest
 
 from tests.integration.test_hardening_live import frozen, wait_for_no_lag
 from tests.integration.test_pipeline_live import Pipeline, api, send
+from tests.live import unique
 from widelog.stats import percentile
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults, pytest.mark.mongo]
@@ -85,3 +86,33 @@ async def test_a_hung_store_delays_storage_only_and_the_worker_resumes(kafka_pip
     assert p99 < 250, p99  # the API never waits on the store
     worker.send_signal(signal.SIGTERM)
     assert 0 == worker.wait(30), kafka_pipeline.worker_log(0)
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(120)
+async def test_a_hung_redis_fails_the_caches_open_and_every_event_is_stored_once(redis_pipeline):
+    redis_pipeline.env["WIDELOG_CACHE"] = "redis"
+    redis_pipeline.env["WIDELOG_CACHE_NAMESPACE"] = unique("hung")
+    worker = redis_pipeline.start_worker()
+    await redis_pipeline.wait_for_log(0, "worker consuming")
+    async with api(redis_pipeline) as (client, container):
+        before, _ = await send(client, "before", 200)
+        await redis_pipeline.wait_until_stored(before)
+        with frozen("redis"):
+            during, latencies = await send_for(client, "during", 8)
+        after, _ = await send(client, "after", 200)
+        await redis_pipeline.wait_until_stored(before | during | after, timeout=60)
+        fallback = container.pipeline.fallback
+        assert fallback is not None
+        assert not fallback.spool.has_pending()
+    stored = await redis_pipeline.stored_request_ids()
+    assert len(before | during | after) == sum(stored.values())
+    assert worker.poll() is None, redis_pipeline.worker_log(0)
+    p99 = percentile(latencies, 99)
+    print(
+        f"hung redis: {len(during)} requests, p99 {p99:.2f} ms, max {max(latencies):.2f} ms,"
+        f" spooled {fallback.spooled}"
+    )
+    assert p99 < 1000, p99
+    worker.send_signal(signal.SIGTERM)
+    assert 0 == worker.wait(30), redis_pipeline.worker_log(0)
