@@ -8,7 +8,13 @@ the store, the group's lag and the worker's exit status.
 from __future__ import annotations
 
 import asyncio
+import collections
+import contextlib
+import itertools
+import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator
 
@@ -17,7 +23,7 @@ import pytest
 
 from tests.integration.test_hardening_live import frozen, wait_for_no_lag
 from tests.integration.test_pipeline_live import Pipeline, api, send
-from tests.live import unique
+from tests.live import free_port, unique
 from widelog.stats import percentile
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults, pytest.mark.mongo]
@@ -116,3 +122,140 @@ async def test_a_hung_redis_fails_the_caches_open_and_every_event_is_stored_once
     assert p99 < 1000, p99
     worker.send_signal(signal.SIGTERM)
     assert 0 == worker.wait(30), redis_pipeline.worker_log(0)
+
+
+# --- the API process stopped under load ---------------------------------------------------------
+
+
+class ApiProcess:
+    """`widelog serve` in its own process, with the pipeline's settings."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.port = free_port()
+        self.log = pipeline.logs / "api.log"
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "widelog", "serve", "--port", str(self.port)],
+                env={**os.environ, **pipeline.env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+
+    async def ready(self, client: httpx.AsyncClient, *, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.process.poll() is None, self.log.read_text()
+            with contextlib.suppress(httpx.TransportError):
+                if (await client.get("/healthz")).status_code == 200:
+                    return
+            assert time.monotonic() < deadline, self.log.read_text()
+            await asyncio.sleep(0.2)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+
+class Load:
+    """Chats over real HTTP with caller-chosen request ids until the server goes away."""
+
+    def __init__(self, client: httpx.AsyncClient, prefix: str) -> None:
+        self._client = client
+        self._prefix = prefix
+        self.attempted: set[str] = set()
+        self.answered: dict[str, int] = {}  # request id → status
+        self.failed: dict[str, str] = {}  # request id → the transport error
+
+    async def run(self, *, lanes: int = 16) -> None:
+        await asyncio.gather(*(self._lane(lane) for lane in range(lanes)))
+
+    async def _lane(self, lane: int) -> None:
+        for i in itertools.count():
+            request_id = f"{self._prefix}-{lane}-{i}"
+            self.attempted.add(request_id)
+            try:
+                response = await self._client.post(
+                    "/v1/chat",
+                    json={"session_id": f"s{lane}", "message": f"hello {request_id}"},
+                    headers={"x-request-id": request_id},
+                )
+            except httpx.TransportError as exc:
+                self.failed[request_id] = repr(exc)
+                if isinstance(exc, httpx.ConnectError):
+                    return  # the server is gone
+                continue
+            self.answered[request_id] = response.status_code
+
+
+async def stop_api_under_load(
+    pipeline: Pipeline, sig: signal.Signals
+) -> tuple[Load, collections.Counter[str]]:
+    """Load the API, send it `sig` mid-traffic, replay its spool, wait for the worker to drain."""
+    pipeline.env["WIDELOG_SAMPLING_BASELINE_RATE"] = "1"  # every event kept, so all can be counted
+    pipeline.start_worker()
+    await pipeline.wait_for_log(0, "assigned partitions")
+    server = ApiProcess(pipeline)
+    limits = httpx.Limits(max_connections=16)
+    try:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{server.port}", limits=limits, timeout=30
+        ) as client:
+            await server.ready(client)
+            load = Load(client, sig.name.lower())
+            traffic = asyncio.create_task(load.run())
+            await asyncio.sleep(3)
+            server.process.send_signal(sig)
+            await asyncio.wait_for(traffic, 60)
+        returncode = await asyncio.to_thread(server.process.wait, 30)
+    finally:
+        server.kill()
+    print(f"{sig.name}: api exit {returncode}")
+    assert -sig == returncode or (sig == signal.SIGTERM and 0 == returncode), server.log.read_text()
+    # What the API spooled (undelivered at exit, or a dead process's segment) goes out now.
+    replay = subprocess.run(
+        [sys.executable, "-m", "widelog", "replay"],
+        env={**os.environ, **pipeline.env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert 0 == replay.returncode, replay.stderr
+    print(f"{sig.name}: {replay.stderr.strip().splitlines()[-1:]}")
+    await wait_for_no_lag(pipeline)
+    await asyncio.sleep(2)  # the last batch
+    prefix = f"{sig.name.lower()}-"  # not the readiness probes' events
+    everything = await pipeline.stored_request_ids()
+    stored = collections.Counter({r: n for r, n in everything.items() if r.startswith(prefix)})
+    statuses = collections.Counter(load.answered.values())
+    print(
+        f"{sig.name}: {len(load.attempted)} sent, {len(load.answered)} answered {dict(statuses)},"
+        f" {len(load.failed)} transport errors"
+        f" {dict(collections.Counter(e.split('(')[0] for e in load.failed.values()))},"
+        f" of which {len(set(load.failed) & set(stored))} stored; {sum(stored.values())} stored"
+        f" ({len(set(stored))} request ids)"
+    )
+    return load, stored
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(150)
+async def test_sigterm_under_load_stores_every_answered_request_exactly_once(kafka_pipeline):
+    load, stored = await stop_api_under_load(kafka_pipeline, signal.SIGTERM)
+    assert len(load.answered) > 200
+    assert set(stored) <= load.attempted
+    assert {} == {rid: n for rid, n in stored.items() if n > 1}
+    assert set() == set(load.answered) - set(stored)
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(150)
+async def test_sigkill_under_load_never_stores_a_request_twice(kafka_pipeline):
+    load, stored = await stop_api_under_load(kafka_pipeline, signal.SIGKILL)
+    assert len(load.answered) > 200
+    assert set(stored) <= load.attempted
+    assert {} == {rid: n for rid, n in stored.items() if n > 1}
+    lost = set(load.answered) - set(stored)
+    print(f"SIGKILL: {len(lost)} answered requests lost (still in librdkafka's memory)")
