@@ -259,3 +259,24 @@ async def test_sigkill_under_load_never_stores_a_request_twice(kafka_pipeline):
     assert {} == {rid: n for rid, n in stored.items() if n > 1}
     lost = set(load.answered) - set(stored)
     print(f"SIGKILL: {len(lost)} answered requests lost (still in librdkafka's memory)")
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(120)
+async def test_a_store_hung_longer_than_max_poll_interval_causes_no_rebalance(kafka_pipeline):
+    kafka_pipeline.env["WIDELOG_KAFKA_MAX_POLL_INTERVAL_MS"] = "7000"
+    worker = kafka_pipeline.start_worker()
+    await kafka_pipeline.wait_for_log(0, "assigned partitions")
+    async with api(kafka_pipeline) as (client, _):
+        before, _ = await send(client, "before", 100)
+        await kafka_pipeline.wait_until_stored(before)
+        with frozen("ferretdb"):
+            during, _ = await send_for(client, "during", 20)
+        await kafka_pipeline.wait_until_stored(before | during, timeout=60)
+    await wait_for_no_lag(kafka_pipeline)
+    assert worker.poll() is None, kafka_pipeline.worker_log(0)
+    log = kafka_pipeline.worker_log(0)
+    assert "write_batch failed" in log
+    assert "revoked partitions" not in log, log
+    assert "lost partitions" not in log, log
+    assert 1 == log.count("assigned partitions"), log
