@@ -11,6 +11,7 @@ from tests.fakes import KEEP_ALL
 from widelog.chat.api import create_app
 from widelog.chat.bootstrap import ChatContainer, build
 from widelog.config import Settings
+from widelog.pipeline.ports import EventQuery
 from widelog.policies import load_sampling_policy
 
 
@@ -86,6 +87,23 @@ async def test_a_streamed_answer_is_one_event_after_the_last_chunk(container, cl
     doc = await stored(container, response)
     assert doc["chat"]["stream"] is True
     assert 1 == await container.pipeline.store.count_events()
+
+
+async def test_a_retry_with_the_same_request_id_is_a_second_event_with_its_own_event_id(
+    container, client
+):
+    """One event per HTTP request: the request id is the caller's, the event id is ours."""
+    headers = {"x-request-id": "retried-after-a-reset"}
+    for _ in range(2):
+        assert (
+            200 == (await client.post("/v1/chat", json=chat("again"), headers=headers)).status_code
+        )
+    await container.drained()
+    events = await container.pipeline.store.find_events(
+        EventQuery(request_id="retried-after-a-reset")
+    )
+    assert 2 == len(events)
+    assert 2 == len({e["event_id"] for e in events})
 
 
 async def test_health_and_readiness_report_each_dependency(client):

@@ -145,6 +145,29 @@ async def test_a_long_backoff_keeps_the_source_alive_every_second(sqlite_store):
     assert source.keepalives == len(steps) + 4
 
 
+async def test_a_write_that_hangs_keeps_the_source_alive_and_a_quick_one_never_pauses_it(
+    sqlite_store,
+):
+    slow_writes = [0.35]  # the first write hangs (a frozen store), the next answer at once
+    original_write = sqlite_store.write_batch
+
+    async def hanging_write(events):
+        if slow_writes:
+            await asyncio.sleep(slow_writes.pop())
+        return await original_write(events)
+
+    sqlite_store.write_batch = hanging_write
+    source = RecordingSource(payloads(150))
+    consumer = BatchConsumer(
+        source, sqlite_store, source_name="t", batch_size=100, keepalive_interval=0.05
+    )
+    await run_until_drained(consumer)
+    assert 150 == await sqlite_store.count_events()
+    assert list(range(150)) == source.committed
+    assert 5 <= source.keepalives <= 7  # every 0.05 s while the first write hung, not after
+    assert 0 == consumer.stats.write_failures
+
+
 async def test_at_shutdown_a_store_that_stays_down_leaves_the_batch_uncommitted(sqlite_store):
     store = FlakyStore(sqlite_store, failures=10**9)
     source = RecordingSource(payloads(3))

@@ -9,6 +9,7 @@ retried with capped exponential backoff for as long as it takes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -72,6 +73,7 @@ class BatchConsumer:
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         on_stored: Callable[[list[dict[str, Any]]], Awaitable[None]] | None = None,
         on_stored_attempts: int = 8,
+        keepalive_interval: float = 1.0,
     ) -> None:
         self._source = source
         self._store = store
@@ -87,6 +89,7 @@ class BatchConsumer:
         self._sleep = sleep
         self._on_stored = on_stored
         self._on_stored_attempts = on_stored_attempts
+        self._keepalive_interval = keepalive_interval
         self.stats = ConsumerStats()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -212,7 +215,7 @@ class BatchConsumer:
         give_up_at: float | None = None
         while True:
             try:
-                await call()
+                await self._keeping_alive(call)
             except Exception as exc:  # noqa: BLE001 - any store failure is retried, none is fatal
                 attempt += 1
                 self.stats.write_failures += 1
@@ -237,6 +240,25 @@ class BatchConsumer:
                 await self._wait_paused(delay)
             else:
                 return True
+
+    async def _keeping_alive(self, call: Callable[[], Awaitable[None]]) -> None:
+        """Await a store call; while it has not answered, keep the source alive every interval.
+
+        A hung store (a frozen server holds the connection open) can take the driver's socket
+        timeout to answer; a Kafka consumer that polled not once in the meantime exceeds
+        `max.poll.interval.ms`, is thrown out of its group and rebalances. A call that answers
+        within one interval (every healthy write) never pauses the source.
+        """
+        task = asyncio.ensure_future(call())
+        try:
+            while not (await asyncio.wait({task}, timeout=self._keepalive_interval))[0]:
+                await self._source.keepalive()
+            task.result()
+        finally:
+            if not task.done():  # cancelled (shutdown) or the keepalive raised
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
 
     async def _wait_paused(self, delay: float) -> None:
         """Back off without fetching, but keep the source alive at least once a second.

@@ -1,0 +1,282 @@
+"""Hung services (SIGSTOPped, not stopped: connections stay open and nothing answers) under traffic.
+
+The API runs in-process (`api()`), the worker as a `widelog worker` process; each test has its own
+topic, stream, group and database (see `test_pipeline_live.Pipeline`). Judged by request ids in
+the store, the group's lag and the worker's exit status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from tests.integration.test_hardening_live import frozen, wait_for_no_lag
+from tests.integration.test_pipeline_live import Pipeline, api, send
+from tests.live import free_port, unique
+from widelog.stats import percentile
+
+pytestmark = [pytest.mark.slow, pytest.mark.faults, pytest.mark.mongo]
+
+
+@pytest.fixture
+async def kafka_pipeline(live_services, tmp_path) -> AsyncIterator[Pipeline]:
+    pipeline = Pipeline(tmp_path, "kafka")
+    yield pipeline
+    await pipeline.aclose()
+
+
+@pytest.fixture
+async def redis_pipeline(live_services, tmp_path) -> AsyncIterator[Pipeline]:
+    pipeline = Pipeline(tmp_path, "redis")
+    yield pipeline
+    await pipeline.aclose()
+
+
+async def send_for(
+    client: httpx.AsyncClient, prefix: str, seconds: float, *, concurrency: int = 8
+) -> tuple[set[str], list[float]]:
+    """Chats with caller-chosen request ids for `seconds`, paced; every one must succeed."""
+    deadline = time.monotonic() + seconds
+    sent: set[str] = set()
+    latencies: list[float] = []
+
+    async def loop(lane: int) -> None:
+        i = 0
+        while time.monotonic() < deadline:
+            request_id = f"{prefix}-{lane}-{i}"
+            i += 1
+            started = time.perf_counter()
+            response = await client.post(
+                "/v1/chat",
+                json={"session_id": "s", "message": f"hello {request_id}"},
+                headers={"x-request-id": request_id},
+            )
+            latencies.append((time.perf_counter() - started) * 1000)
+            assert 200 == response.status_code, response.text
+            sent.add(request_id)
+            await asyncio.sleep(0.02)
+
+    await asyncio.gather(*(loop(lane) for lane in range(concurrency)))
+    return sent, latencies
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(120)
+async def test_a_hung_store_delays_storage_only_and_the_worker_resumes(kafka_pipeline):
+    worker = kafka_pipeline.start_worker()
+    await kafka_pipeline.wait_for_log(0, "assigned partitions")
+    async with api(kafka_pipeline) as (client, _):
+        before, _ = await send(client, "before", 200)
+        await kafka_pipeline.wait_until_stored(before)
+        with frozen("ferretdb"):
+            during, latencies = await send_for(client, "during", 10)
+        after, _ = await send(client, "after", 200)
+        await kafka_pipeline.wait_until_stored(before | during | after, timeout=60)
+    await wait_for_no_lag(kafka_pipeline)
+    stored = await kafka_pipeline.stored_request_ids()
+    assert len(before | during | after) == sum(stored.values())
+    assert worker.poll() is None, kafka_pipeline.worker_log(0)
+    p99 = percentile(latencies, 99)
+    print(f"hung store: {len(during)} requests, p99 {p99:.2f} ms, max {max(latencies):.2f} ms")
+    assert p99 < 250, p99  # the API never waits on the store
+    worker.send_signal(signal.SIGTERM)
+    assert 0 == worker.wait(30), kafka_pipeline.worker_log(0)
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(120)
+async def test_a_hung_redis_fails_the_caches_open_and_every_event_is_stored_once(redis_pipeline):
+    redis_pipeline.env["WIDELOG_CACHE"] = "redis"
+    redis_pipeline.env["WIDELOG_CACHE_NAMESPACE"] = unique("hung")
+    worker = redis_pipeline.start_worker()
+    await redis_pipeline.wait_for_log(0, "worker consuming")
+    async with api(redis_pipeline) as (client, container):
+        before, _ = await send(client, "before", 200)
+        await redis_pipeline.wait_until_stored(before)
+        with frozen("redis"):
+            during, latencies = await send_for(client, "during", 8)
+        after, _ = await send(client, "after", 200)
+        await redis_pipeline.wait_until_stored(before | during | after, timeout=60)
+        fallback = container.pipeline.fallback
+        assert fallback is not None
+        assert not fallback.spool.has_pending()
+    stored = await redis_pipeline.stored_request_ids()
+    assert len(before | during | after) == sum(stored.values())
+    assert worker.poll() is None, redis_pipeline.worker_log(0)
+    p99 = percentile(latencies, 99)
+    print(
+        f"hung redis: {len(during)} requests, p99 {p99:.2f} ms, max {max(latencies):.2f} ms,"
+        f" spooled {fallback.spooled}"
+    )
+    assert p99 < 1000, p99
+    worker.send_signal(signal.SIGTERM)
+    assert 0 == worker.wait(30), redis_pipeline.worker_log(0)
+
+
+# --- the API process stopped under load ---------------------------------------------------------
+
+
+class ApiProcess:
+    """`widelog serve` in its own process, with the pipeline's settings."""
+
+    def __init__(self, pipeline: Pipeline) -> None:
+        self.port = free_port()
+        self.log = pipeline.logs / "api.log"
+        with self.log.open("wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "widelog", "serve", "--port", str(self.port)],
+                env={**os.environ, **pipeline.env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+
+    async def ready(self, client: httpx.AsyncClient, *, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.process.poll() is None, self.log.read_text()
+            with contextlib.suppress(httpx.TransportError):
+                if (await client.get("/healthz")).status_code == 200:
+                    return
+            assert time.monotonic() < deadline, self.log.read_text()
+            await asyncio.sleep(0.2)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+
+class Load:
+    """Chats over real HTTP with caller-chosen request ids until the server goes away."""
+
+    def __init__(self, client: httpx.AsyncClient, prefix: str) -> None:
+        self._client = client
+        self._prefix = prefix
+        self.attempted: set[str] = set()
+        self.answered: dict[str, int] = {}  # request id → status
+        self.failed: dict[str, str] = {}  # request id → the transport error
+
+    async def run(self, *, lanes: int = 16) -> None:
+        await asyncio.gather(*(self._lane(lane) for lane in range(lanes)))
+
+    async def _lane(self, lane: int) -> None:
+        for i in itertools.count():
+            request_id = f"{self._prefix}-{lane}-{i}"
+            self.attempted.add(request_id)
+            try:
+                response = await self._client.post(
+                    "/v1/chat",
+                    json={"session_id": f"s{lane}", "message": f"hello {request_id}"},
+                    headers={"x-request-id": request_id},
+                )
+            except httpx.TransportError as exc:
+                self.failed[request_id] = repr(exc)
+                if isinstance(exc, httpx.ConnectError):
+                    return  # the server is gone
+                continue
+            self.answered[request_id] = response.status_code
+
+
+async def stop_api_under_load(
+    pipeline: Pipeline, sig: signal.Signals
+) -> tuple[Load, collections.Counter[str]]:
+    """Load the API, send it `sig` mid-traffic, replay its spool, wait for the worker to drain."""
+    pipeline.env["WIDELOG_SAMPLING_BASELINE_RATE"] = "1"  # every event kept, so all can be counted
+    pipeline.start_worker()
+    await pipeline.wait_for_log(0, "assigned partitions")
+    server = ApiProcess(pipeline)
+    limits = httpx.Limits(max_connections=16)
+    try:
+        async with httpx.AsyncClient(
+            base_url=f"http://127.0.0.1:{server.port}", limits=limits, timeout=30
+        ) as client:
+            await server.ready(client)
+            load = Load(client, sig.name.lower())
+            traffic = asyncio.create_task(load.run())
+            await asyncio.sleep(3)
+            server.process.send_signal(sig)
+            await asyncio.wait_for(traffic, 60)
+        returncode = await asyncio.to_thread(server.process.wait, 30)
+    finally:
+        server.kill()
+    print(f"{sig.name}: api exit {returncode}")
+    assert -sig == returncode or (sig == signal.SIGTERM and 0 == returncode), server.log.read_text()
+    # What the API spooled (undelivered at exit, or a dead process's segment) goes out now.
+    replay = subprocess.run(
+        [sys.executable, "-m", "widelog", "replay"],
+        env={**os.environ, **pipeline.env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert 0 == replay.returncode, replay.stderr
+    print(f"{sig.name}: {replay.stderr.strip().splitlines()[-1:]}")
+    await wait_for_no_lag(pipeline)
+    await asyncio.sleep(2)  # the last batch
+    prefix = f"{sig.name.lower()}-"  # not the readiness probes' events
+    everything = await pipeline.stored_request_ids()
+    stored = collections.Counter({r: n for r, n in everything.items() if r.startswith(prefix)})
+    statuses = collections.Counter(load.answered.values())
+    print(
+        f"{sig.name}: {len(load.attempted)} sent, {len(load.answered)} answered {dict(statuses)},"
+        f" {len(load.failed)} transport errors"
+        f" {dict(collections.Counter(e.split('(')[0] for e in load.failed.values()))},"
+        f" of which {len(set(load.failed) & set(stored))} stored; {sum(stored.values())} stored"
+        f" ({len(set(stored))} request ids)"
+    )
+    return load, stored
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(150)
+async def test_sigterm_under_load_stores_every_answered_request_exactly_once(kafka_pipeline):
+    load, stored = await stop_api_under_load(kafka_pipeline, signal.SIGTERM)
+    assert len(load.answered) > 200
+    assert set(stored) <= load.attempted
+    assert {} == {rid: n for rid, n in stored.items() if n > 1}
+    assert set() == set(load.answered) - set(stored)
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(150)
+async def test_sigkill_under_load_never_stores_a_request_twice(kafka_pipeline):
+    load, stored = await stop_api_under_load(kafka_pipeline, signal.SIGKILL)
+    assert len(load.answered) > 200
+    assert set(stored) <= load.attempted
+    assert {} == {rid: n for rid, n in stored.items() if n > 1}
+    lost = set(load.answered) - set(stored)
+    print(f"SIGKILL: {len(lost)} answered requests lost (still in librdkafka's memory)")
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(120)
+async def test_a_store_hung_longer_than_max_poll_interval_causes_no_rebalance(kafka_pipeline):
+    kafka_pipeline.env["WIDELOG_KAFKA_MAX_POLL_INTERVAL_MS"] = "7000"
+    worker = kafka_pipeline.start_worker()
+    await kafka_pipeline.wait_for_log(0, "assigned partitions")
+    async with api(kafka_pipeline) as (client, _):
+        before, _ = await send(client, "before", 100)
+        await kafka_pipeline.wait_until_stored(before)
+        with frozen("ferretdb"):
+            during, _ = await send_for(client, "during", 20)
+        await kafka_pipeline.wait_until_stored(before | during, timeout=60)
+    await wait_for_no_lag(kafka_pipeline)
+    assert worker.poll() is None, kafka_pipeline.worker_log(0)
+    log = kafka_pipeline.worker_log(0)
+    assert "write_batch failed" in log
+    assert "revoked partitions" not in log, log
+    assert "lost partitions" not in log, log
+    assert 1 == log.count("assigned partitions"), log
