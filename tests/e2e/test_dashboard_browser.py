@@ -12,9 +12,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.live import free_port
+from tests.apps import served_chat_api
 
 CHROMIUM = Path("/usr/bin/chromium")
 DOCS = Path(__file__).resolve().parents[2] / "docs"
@@ -62,33 +59,9 @@ def chat_service(tmp_path: Path) -> Iterator[str]:
             "WIDELOG_FAKE_LLM_ERROR_RATES": json.dumps({"LLM_TIMEOUT": 0.3}),
         }
     )
-    port = free_port()
-    command = [sys.executable, "-m", "uvicorn", "--factory", "widelog.chat.api:app_from_env"]
-    server = subprocess.Popen(
-        [*command, "--host", "127.0.0.1", "--port", str(port)],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(base + "/healthz", timeout=1)
-                break
-            except httpx.TransportError:
-                assert server.poll() is None, "the chat service exited at start"
-                assert time.monotonic() < deadline, "the chat service did not start"
-                time.sleep(0.2)
-        yield base
-    finally:
-        os.kill(server.pid, signal.SIGTERM)
-        output, _ = server.communicate(timeout=30)
-        assert TOKEN not in output  # neither the form post nor anything else logs the token
-    assert server.returncode in {0, -signal.SIGTERM}, output
+    with served_chat_api(tmp_path, env) as served:
+        yield served.base
+    assert TOKEN not in served.output  # neither the form post nor anything else logs the token
 
 
 def send_chat_traffic(base: str, requests: int) -> None:

@@ -1,4 +1,4 @@
-"""Fixtures for the chat API tests: the embedded pipeline with sampling off, and a client."""
+"""Fixtures: the embedded chat API with sampling off and a client; live Kafka/Redis pipelines."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from tests.fakes import KEEP_ALL
+from tests.pipelines import Pipeline
 from widelog.chat.api import create_app
 from widelog.chat.bootstrap import ChatContainer, build
 from widelog.config import Settings
@@ -30,3 +31,17 @@ async def client(container: ChatContainer) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=create_app(container))
     async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
         yield client
+
+
+@pytest.fixture
+async def kafka_pipeline(live_services, tmp_path) -> AsyncIterator[Pipeline]:
+    pipeline = Pipeline(tmp_path, "kafka")
+    yield pipeline
+    await pipeline.aclose()
+
+
+@pytest.fixture
+async def redis_pipeline(live_services, tmp_path) -> AsyncIterator[Pipeline]:
+    pipeline = Pipeline(tmp_path, "redis")
+    yield pipeline
+    await pipeline.aclose()

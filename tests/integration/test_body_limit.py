@@ -9,11 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import socket
-import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -21,8 +17,8 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.apps import served_chat_api
 from tests.fakes import KEEP_ALL
-from tests.live import free_port
 from widelog.chat.api import create_app
 from widelog.chat.bootstrap import ChatContainer, build
 from widelog.config import Settings
@@ -103,28 +99,9 @@ def test_uvicorn_answers_413_to_a_10_mb_body_long_before_it_is_sent(tmp_path: Pa
     env = {k: v for k, v in os.environ.items() if not k.startswith("WIDELOG_")}
     env["WIDELOG_SQLITE_PATH"] = str(tmp_path / "events.sqlite3")
     env["WIDELOG_FLUSH_INTERVAL_S"] = "0.1"
-    port = free_port()
-    command = [sys.executable, "-m", "uvicorn", "--factory", "widelog.chat.api:app_from_env"]
-    server = subprocess.Popen(
-        [*command, "--host", "127.0.0.1", "--port", str(port)],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1)
-                break
-            except httpx.TransportError:
-                assert server.poll() is None, "the chat service exited at start"
-                assert time.monotonic() < deadline, "the chat service did not start"
-                time.sleep(0.2)
+    with served_chat_api(tmp_path, env) as served:
         size = 10 * 1024 * 1024
-        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        with socket.create_connection(("127.0.0.1", served.port), timeout=10) as conn:
             conn.sendall(
                 b"POST /v1/chat HTTP/1.1\r\nhost: api\r\ncontent-type: application/json\r\n"
                 b"x-request-id: big-body-1\r\ncontent-length: " + str(size).encode() + b"\r\n\r\n"
@@ -135,10 +112,6 @@ def test_uvicorn_answers_413_to_a_10_mb_body_long_before_it_is_sent(tmp_path: Pa
                 answer += chunk.decode()
         assert answer.startswith("HTTP/1.1 413"), answer
         assert "BODY_TOO_LARGE" in answer
-    finally:
-        os.kill(server.pid, signal.SIGTERM)
-        output, _ = server.communicate(timeout=30)
-    assert server.returncode in {0, -signal.SIGTERM}, output
     store = SQLiteEventStore(tmp_path / "events.sqlite3")
     [doc] = asyncio.run(store.find_events(EventQuery(request_id="big-body-1")))
     asyncio.run(store.close())

@@ -14,7 +14,7 @@ import random
 import signal
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -24,20 +24,13 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from tests.contract.test_event_store import make_event
-from tests.integration.test_pipeline_live import Pipeline
 from tests.live import KAFKA
+from tests.pipelines import Pipeline
 from widelog.pipeline.kafka import KafkaEventSource, ensure_topic
 from widelog.pipeline.ports import Message
 
 pytestmark = [pytest.mark.slow, pytest.mark.kafka, pytest.mark.mongo, pytest.mark.timeout(300)]
 PARTITIONS = 4
-
-
-@pytest.fixture
-async def kafka_pipeline(live_services, tmp_path) -> AsyncIterator[Pipeline]:
-    pipeline = Pipeline(tmp_path, "kafka")
-    yield pipeline
-    await pipeline.aclose()
 
 
 def lag(pipeline: Pipeline) -> int:

@@ -16,31 +16,16 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
 from tests.integration.test_hardening_live import frozen, wait_for_no_lag
-from tests.integration.test_pipeline_live import Pipeline, api, send
 from tests.live import free_port, unique
+from tests.pipelines import Pipeline, api, send
 from widelog.stats import percentile
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults, pytest.mark.mongo]
-
-
-@pytest.fixture
-async def kafka_pipeline(live_services, tmp_path) -> AsyncIterator[Pipeline]:
-    pipeline = Pipeline(tmp_path, "kafka")
-    yield pipeline
-    await pipeline.aclose()
-
-
-@pytest.fixture
-async def redis_pipeline(live_services, tmp_path) -> AsyncIterator[Pipeline]:
-    pipeline = Pipeline(tmp_path, "redis")
-    yield pipeline
-    await pipeline.aclose()
 
 
 async def send_for(

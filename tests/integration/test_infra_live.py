@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from tests.integration.test_pipeline_live import Pipeline, api, send
 from tests.live import service_down
+from tests.pipelines import Pipeline, api, send
 
 pytestmark = [
     pytest.mark.slow,

@@ -10,8 +10,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.integration.test_pipeline_live import Pipeline, api, send
 from tests.live import free_port, service_down
+from tests.pipelines import Pipeline, api, send
 
 pytestmark = [
     pytest.mark.slow,
