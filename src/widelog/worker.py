@@ -9,7 +9,7 @@ import signal
 from typing import TYPE_CHECKING
 
 from widelog._extras import MissingExtraError, extra
-from widelog.admin.probe_server import ProbeServer
+from widelog.admin.probe_server import ProbeServer, outcome
 from widelog.bootstrap import (
     build_consumer,
     build_incident_store,
@@ -96,16 +96,13 @@ async def _start_probes(
     registry = registry_for(collector)
 
     async def ready() -> dict[str, str]:
-        checks = {}
-        for name, check in (("store", store.ping()), ("source", source.backlog())):
-            try:
-                result = await asyncio.wait_for(check, PROBE_TIMEOUT_S)
-            except Exception as exc:  # noqa: BLE001 - readiness reports every failure
-                checks[name] = f"error: {exc!r}"[:300]
-            else:
-                checks[name] = "ok"
-                if isinstance(result, dict):
-                    collector.backlog = result
+        async def read_backlog() -> None:
+            collector.backlog = await source.backlog()  # the metric stays fresh too
+
+        checks = {
+            "store": await outcome(store.ping(), timeout=PROBE_TIMEOUT_S),
+            "source": await outcome(read_backlog(), timeout=PROBE_TIMEOUT_S),
+        }
         if stop.is_set():
             checks["worker"] = "stopping"
         return checks

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any, Literal
 
+from widelog.admin.probe_server import outcome
 from widelog.incidents.queries import open_by_rule
 from widelog.pipeline.fallback import ERRORS_ONLY_FROM
 
@@ -63,8 +64,9 @@ async def infra_snapshot(pipeline: Pipeline, *, caches: ChatCaches | None = None
             "write_retries": stats.write_failures,
             "last_batch_ms": round(stats.last_batch_ms, 1),
         }
-        if error := await _failure(pipeline.store.ping()):
-            problems.append(f"store {settings.store} unreachable: {error}")
+        store = await outcome(pipeline.store.ping(), timeout=CHECK_TIMEOUT_S)
+        if store != "ok":
+            problems.append(f"store {settings.store} unreachable: {store.removeprefix('error: ')}")
     try:
         backlog = await asyncio.wait_for(pipeline.backlog(), CHECK_TIMEOUT_S)
         report["lag"] = {"total": sum(backlog.values()), "by_part": backlog}
@@ -100,11 +102,3 @@ def _events(pipeline: Pipeline) -> dict[str, Any]:
         events["retention"] = round(counters.kept / seen, 4) if seen else None
         events["kept_by_reason"] = {k: v for k, v in counters.kept_by_reason.items() if v}
     return events
-
-
-async def _failure(check: Any) -> str | None:
-    try:
-        await asyncio.wait_for(check, CHECK_TIMEOUT_S)
-    except Exception as exc:  # noqa: BLE001 - reported, not raised
-        return repr(exc)[:200]
-    return None

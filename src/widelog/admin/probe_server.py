@@ -22,6 +22,15 @@ READ_TIMEOUT_S = 5.0
 METRICS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
+async def outcome(check: Awaitable[object], *, timeout: float = 2.0) -> str:
+    """`ok`, or `error: <the exception>` (bounded in time and length): a readiness check's line."""
+    try:
+        await asyncio.wait_for(check, timeout)
+    except Exception as exc:  # noqa: BLE001 - readiness reports every failure, raises none
+        return f"error: {exc!r}"[:300]
+    return "ok"
+
+
 class ProbeServer:
     """Serves `metrics()` and `ready()` on a loopback (or given) address while the process runs."""
 

@@ -13,6 +13,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from widelog._instrument import Widelog
+from widelog.admin.probe_server import outcome
 from widelog.admin.routes import admin_router
 from widelog.chat.llm import LLMError
 from widelog.chat.service import ChatQuery
@@ -137,13 +138,7 @@ def create_app(container: ChatContainer, *, instrument: bool = True) -> FastAPI:
         checks = {"llm": llm.ping()}
         if container.pipeline.consumer is not None:
             checks["store"] = container.pipeline.store.ping()
-        report: dict[str, Any] = {}
-        for name, check in checks.items():
-            try:
-                await asyncio.wait_for(check, timeout=2.0)
-                report[name] = "ok"
-            except Exception as exc:  # noqa: BLE001 - readiness reports every failure, raises none
-                report[name] = f"error: {exc!r}"[:300]
+        report: dict[str, Any] = {name: await outcome(check) for name, check in checks.items()}
         ready = all(v == "ok" for v in report.values())
         if container.pipeline.queue is not None:
             report["queue_depth"] = container.pipeline.queue.depth
