@@ -1,4 +1,4 @@
-"""Contract for `NotificationOutbox`: every adapter runs these (subclass, provide `outbox`/`second`).
+"""Contract for `NotificationOutbox`: every adapter runs these (provide `outbox` and `second`).
 
 `second` is another client of the same storage (another worker process, in effect): a message
 enqueued by both is there once, an attempt claimed by both is claimed by exactly one.
@@ -60,9 +60,7 @@ class NotificationOutboxContract:
         self, outbox, second
     ):
         key = message().key
-        tries = [
-            (outbox if i % 2 else second).claim(claim(key, worker=f"w{i}")) for i in range(10)
-        ]
+        tries = [(outbox if i % 2 else second).claim(claim(key, worker=f"w{i}")) for i in range(10)]
         assert 1 == sum(await asyncio.gather(*tries))
         assert await second.claim(claim(key, 2))  # the next attempt is a claim of its own
 
