@@ -466,3 +466,31 @@ class BrokenOutbox:
 
     async def close(self) -> None:
         return None
+
+
+async def test_a_restarted_worker_enqueues_and_sends_nothing_twice(world):
+    await world.open_and_resolve()
+    await world.sender.run_once()
+    await world.sender.run_once()
+    restarted = world.new_sender("w1-restarted")  # a new process: no memory of what it sent
+
+    assert 0 == await restarted.reconcile()
+    await world.aggregator.sweep(T0 + 90 * MIN)  # nothing new to record either
+    assert not await restarted.run_once()
+    assert 2 == len(world.notifier.sent)
+
+
+async def test_a_claim_whose_owner_died_is_taken_over_when_its_lease_ends(world):
+    incident_id = await world.open_and_resolve()
+    key = f"{incident_id}:1:open"
+    now = world.clock.now
+    assert await world.outbox.claim(Attempt(key, 1, "dead-worker", now, now + 30 * SEC))
+
+    await world.sender.run_once()
+    assert [] == world.notifier.sent  # the dead worker's lease still holds
+    world.clock.now += 30 * SEC
+    await world.sender.run_once()
+
+    assert [key] == [k for k, _ in world.notifier.sent]
+    tries = (await world.outbox.attempts([key]))[key]
+    assert [("dead-worker", None), ("w1", "delivered")] == [(a.worker, a.outcome) for a in tries]

@@ -115,15 +115,22 @@ class OutboxSender:
     async def run(self, stop: asyncio.Event) -> None:
         """Deliver until `stop`; a failing pass (the store away) is logged and tried again."""
         log.info("notifications: delivering incident messages to %s", self.notifier.target)
+        failing = 0  # passes failed in a row: an outage is logged once, and its end
         while not stop.is_set():
+            self._wake.clear()  # an enqueue from now on wakes the wait below
             busy = False
             try:
                 busy = await self.run_once()
             except Exception:
-                log.exception("notifications: a delivery pass failed")
+                failing += 1
+                if failing == 1:
+                    log.exception("notifications: a delivery pass failed (retrying quietly)")
+            else:
+                if failing:
+                    log.warning("notifications: passes work again after %d failed", failing)
+                failing = 0
             if busy:
                 continue  # the next message of an incident may be due right away
-            self._wake.clear()
             waiters = [asyncio.ensure_future(e.wait()) for e in (stop, self._wake)]
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(
