@@ -16,10 +16,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from tests.apps import running_api
 from tests.incident_traffic import request, spread
+from tests.live import free_port
 from tests.pipelines import Pipeline
 from tests.webhook_receiver import Receiver, receiving
 from widelog.bootstrap import build_mq_publisher, build_spool_fallback
@@ -163,6 +165,8 @@ async def test_a_hanging_receiver_never_delays_storing_and_gets_the_message_once
 ):
     pipeline = redis_pipeline
     with receiving("hang") as receiver:
+        port = free_port()
+        pipeline.env["WIDELOG_WORKER_HTTP_PORT"] = str(port)
         _, open_key = await open_incident(pipeline, receiver, tmp_path, workers=1)
         await receiver.wait_for_attempts(1)
 
@@ -177,9 +181,16 @@ async def test_a_hanging_receiver_never_delays_storing_and_gets_the_message_once
         hung = len(receiver.requests)
         receiver.mode = "ok"
         await receiver.wait_for({open_key})
+        await asyncio.sleep(0.5)  # the sender's pass after the delivery updates `pending`
+        async with httpx.AsyncClient() as client:
+            metrics = (await client.get(f"http://127.0.0.1:{port}/metrics")).text
 
     assert hung >= 2, "the receiver was not retried while it hung"
     assert [open_key] == [r.key for r in receiver.delivered()]
+    assert "widelog_notifications_sent_total 1.0" in metrics
+    failed = len(receiver.requests) - 1  # every attempt is one request; the last one went
+    assert f"widelog_notifications_failed_total {failed}.0" in metrics
+    assert "widelog_notifications_pending 0.0" in metrics
     # Each wave includes wait_until_stored's 1 s check for duplicates; a consumer waiting on
     # the receiver would never finish a wave.
     assert all(t < 15 for t in took), took
