@@ -7,6 +7,7 @@ Time is injected (`now`, the sender's clock), so retries and repeat intervals ta
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import hashlib
 import hmac
@@ -20,8 +21,10 @@ from typing import Any
 import httpx
 import pytest
 from pydantic import SecretStr
+from typer.testing import CliRunner
 
 from tests.incident_traffic import T0, batches, burst
+from widelog.cli.incidents import incidents_app
 from widelog.config import Settings, load_settings
 from widelog.incidents.aggregator import IncidentAggregator
 from widelog.incidents.model import Incident
@@ -494,3 +497,31 @@ async def test_a_claim_whose_owner_died_is_taken_over_when_its_lease_ends(world)
     assert [key] == [k for k, _ in world.notifier.sent]
     tries = (await world.outbox.attempts([key]))[key]
     assert [("dead-worker", None), ("w1", "delivered")] == [(a.worker, a.outcome) for a in tries]
+
+
+async def test_the_cli_lists_the_outbox_with_each_messages_state(world, tmp_path):
+    world.clock.now = dt.datetime.now(dt.UTC)  # the CLI reads the last 24 h of wall time
+    incident_id = await world.open_and_resolve()
+    world.notifier.fail = [DeliveryError("HTTP 503")]
+    await world.sender.run_once()
+    env = {
+        "WIDELOG_SQLITE_PATH": str(tmp_path / "events.sqlite3"),
+        "WIDELOG_INCIDENTS_WEBHOOK_URL": "https://hooks.example.com/x",
+    }
+
+    shown = await asyncio.to_thread(
+        CliRunner().invoke, incidents_app, ["notifications", "--json"], env=env
+    )
+
+    assert 0 == shown.exit_code, shown.output
+    rows = {r["key"]: r for r in json.loads(shown.stdout)["messages"]}
+    assert {f"{incident_id}:1:open", f"{incident_id}:1:resolve"} == set(rows)
+    opened = rows[f"{incident_id}:1:open"]
+    assert ("pending", 1, "failed", "HTTP 503") == (
+        opened["state"],
+        opened["attempts"],
+        opened["last"]["outcome"],
+        opened["last"]["detail"],
+    )
+    off = CliRunner().invoke(incidents_app, ["notifications"], env={"WIDELOG_SQLITE_PATH": "x"})
+    assert (1, True) == (off.exit_code, "notifications are off" in off.output)

@@ -18,7 +18,7 @@ import logging
 import random
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Final
 
 from widelog.incidents.model import ordered, to_ms
 from widelog.incidents.notify.model import FINAL, Attempt, OutboxMessage, backoff, plan
@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from widelog.incidents.ports import IncidentStore
 
 log = logging.getLogger("widelog.incidents.notify")
+STATES: Final = ("pending", "in_flight", "delivered", "rejected", "skipped", "expired")
 Clock = Callable[[], dt.datetime]
 
 
@@ -310,16 +311,44 @@ class OutboxSender:
         await self.outbox.close()
 
 
+async def outbox_view(
+    outbox: NotificationOutbox, *, max_age: dt.timedelta, now: dt.datetime | None = None
+) -> list[dict[str, Any]]:
+    """Every message within `max_age`, oldest first: its state and its latest attempt."""
+    now = now or _utcnow()
+    messages = sorted(await outbox.messages(since=now - max_age), key=lambda m: (m.created, m.key))
+    attempts = await outbox.attempts([m.key for m in messages])
+    states = plan(messages, attempts, now, max_age).states
+    rows = []
+    for message in messages:
+        tries = attempts.get(message.key, [])
+        latest = tries[-1] if tries else None
+        rows.append(
+            {
+                "key": message.key,
+                "incident": message.incident_id,
+                "kind": message.kind,
+                "created": message.created.isoformat(timespec="milliseconds"),
+                "state": states[message.key],
+                "attempts": len(tries),
+                "last": None
+                if latest is None
+                else {
+                    "worker": latest.worker,
+                    "outcome": latest.outcome,
+                    "detail": latest.detail,
+                    "retry_at": None if latest.retry_at is None else latest.retry_at.isoformat(),
+                },
+            }
+        )
+    return rows
+
+
 async def outbox_counts(
     outbox: NotificationOutbox, *, max_age: dt.timedelta, now: dt.datetime | None = None
 ) -> Mapping[str, int]:
     """The whole outbox's messages within `max_age` by state (every worker's), for /v1/infra."""
-    now = now or _utcnow()
-    messages = await outbox.messages(since=now - max_age)
-    attempts = await outbox.attempts([m.key for m in messages])
-    counts = dict.fromkeys(
-        ("pending", "in_flight", "delivered", "rejected", "skipped", "expired"), 0
-    )
-    for state in plan(messages, attempts, now, max_age).states.values():
-        counts[state] += 1
+    counts = dict.fromkeys(STATES, 0)
+    for row in await outbox_view(outbox, max_age=max_age, now=now):
+        counts[row["state"]] += 1
     return counts
