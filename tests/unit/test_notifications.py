@@ -525,3 +525,34 @@ async def test_the_cli_lists_the_outbox_with_each_messages_state(world, tmp_path
     )
     off = CliRunner().invoke(incidents_app, ["notifications"], env={"WIDELOG_SQLITE_PATH": "x"})
     assert (1, True) == (off.exit_code, "notifications are off" in off.output)
+
+
+async def test_a_reopened_incident_is_announced_as_a_regression_after_its_resolve(world):
+    incident_id = await world.open_and_resolve()
+    await world.feed(burst(T0 + 90 * MIN, errors={"LLM_TIMEOUT": 40}))
+
+    for _ in range(4):
+        await world.sender.run_once()
+
+    assert [
+        (f"{incident_id}:1:open", "open"),
+        (f"{incident_id}:1:resolve", "open"),
+        (f"{incident_id}:2:regression", "open"),
+    ] == world.notifier.sent
+
+
+async def test_the_widelog_format_carries_the_key_and_the_whole_summary(world):
+    incident = await incident_for(world)
+    notifier = WebhookNotifier("http://receiver/hook", payload_format="widelog")
+    message = OutboxMessage.opening(incident.id, 1, T0)
+
+    payload = json.loads(notifier.body(message, incident))
+
+    assert (message.key, "open", 1) == (
+        payload["idempotencyKey"],
+        payload["kind"],
+        payload["episode"],
+    )
+    assert incident.id == payload["incident"]["id"]
+    assert payload["incident"]["text"].startswith("OPEN since")
+    await notifier.close()
