@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from tests.live import serving
 
 # What the stub answers, chosen by the last user message.
 SCRIPT: dict[str, tuple[int, Any]] = {
@@ -60,14 +59,5 @@ async def completions(request: Request) -> Response:
 def stub_server() -> Iterator[tuple[str, Starlette]]:
     app = Starlette(routes=[Route("/v1/chat/completions", completions, methods=["POST"])])
     app.state.seen = []
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    while not server.started:
-        threading.Event().wait(0.01)
-    yield f"http://127.0.0.1:{sock.getsockname()[1]}/v1", app
-    server.should_exit = True
-    thread.join(timeout=5)
-    sock.close()
+    with serving(app) as base:
+        yield f"{base}/v1", app

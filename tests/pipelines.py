@@ -53,7 +53,10 @@ class Pipeline:
 
     def settings(self) -> Settings:
         keys = {k.removeprefix("WIDELOG_").lower(): v for k, v in self.env.items()}
-        return Settings.model_validate(keys)
+        # Policy variables (WIDELOG_INCIDENTS_RULES, ...) are their loaders', not settings.
+        return Settings.model_validate(
+            {k: v for k, v in keys.items() if k in Settings.model_fields}
+        )
 
     def start_worker(self) -> subprocess.Popen[bytes]:
         with (self.logs / f"worker-{len(self.workers)}.log").open("wb") as log:

@@ -23,6 +23,8 @@ from widelog.cache.memory import InMemorySemanticCache, InMemorySessionCache
 from widelog.events.logging_service import LoggingService
 from widelog.events.redaction import RedactionPolicy, Redactor
 from widelog.incidents.aggregator import IncidentAggregator, run_sweeper
+from widelog.incidents.notify.sender import OutboxSender
+from widelog.incidents.notify.sqlite_outbox import SQLiteNotificationOutbox
 from widelog.incidents.rules import IncidentRules
 from widelog.incidents.sqlite_store import SQLiteIncidentStore
 from widelog.pipeline.consumer import BatchConsumer
@@ -46,6 +48,7 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from widelog.config import Settings
+    from widelog.incidents.notify.ports import NotificationOutbox
     from widelog.incidents.ports import IncidentStore
     from widelog.pipeline.kafka import KafkaEventPublisher
     from widelog.pipeline.ports import EventPublisher, EventSource, EventStore
@@ -66,6 +69,8 @@ class Pipeline:
     store: EventStore
     incidents: IncidentStore
     aggregator: IncidentAggregator | None = None  # beside the in-process consumer
+    sender: OutboxSender | None = None  # incident notifications, beside the aggregator
+    outbox: NotificationOutbox | None = None  # read by /v1/infra wherever a webhook is set
     queue: InProcessQueue | None = None  # the embedded transport, when it is the one in use
     consumer: BatchConsumer | None = None  # runs in this process (embedded transport)
     replayer: SpoolReplayer | None = None  # drains the spool (message-queue transports)
@@ -88,6 +93,8 @@ class Pipeline:
             self._spawn(run_retention(self.store, self._stop))
         if self.aggregator is not None:
             self._spawn(run_sweeper(self.aggregator, self._stop))
+        if self.sender is not None:
+            self._spawn(self.sender.run(self._stop))
         if self.replayer is not None:
             self._spawn(self.replayer.run(self._stop, interval=self.settings.replay_interval_s))
 
@@ -144,6 +151,10 @@ class Pipeline:
         if self.fallback is not None:
             self.fallback.spool.close()
         closers = [self.store.close, self.incidents.close]
+        if self.sender is not None:
+            closers.append(self.sender.close)  # closes the outbox too
+        elif self.outbox is not None:
+            closers.append(self.outbox.close)
         if self.backlog_reader is not None:
             closers.append(self.backlog_reader.close)
         for closer in closers:
@@ -309,6 +320,53 @@ def build_incident_store(settings: Settings) -> IncidentStore:
     return SQLiteIncidentStore(settings.sqlite_path)
 
 
+def build_outbox(settings: Settings) -> NotificationOutbox | None:
+    """The notifications' outbox beside the incident store; None without a webhook."""
+    if settings.incidents_webhook_url is None:
+        return None
+    if settings.store == "mongo":
+        with extra("mongo", needed_by="WIDELOG_STORE=mongo"):
+            from widelog.incidents.notify.mongo_outbox import (  # noqa: PLC0415
+                MongoNotificationOutbox,
+            )
+
+        return MongoNotificationOutbox(settings.mongo_url, timeout_ms=settings.mongo_timeout_ms)
+    return SQLiteNotificationOutbox(settings.sqlite_path)
+
+
+def build_sender(settings: Settings, incidents: IncidentStore) -> OutboxSender | None:
+    """The webhook notifier and its background sender; None without `..._WEBHOOK_URL`."""
+    outbox = build_outbox(settings)
+    if outbox is None or settings.incidents_webhook_url is None:
+        return None
+    with extra("server", needed_by="WIDELOG_INCIDENTS_WEBHOOK_URL (httpx)"):
+        from widelog.incidents.notify.webhook import WebhookNotifier  # noqa: PLC0415
+
+    notifier = WebhookNotifier(
+        settings.incidents_webhook_url,
+        secret=settings.incidents_webhook_secret,
+        timeout_s=settings.incidents_webhook_timeout_s,
+        payload_format=settings.incidents_webhook_format,
+        service=settings.service_name,
+        admin_url=settings.admin_base_url,
+    )
+    repeat = settings.incidents_repeat_interval
+    return OutboxSender(
+        outbox,
+        notifier,
+        incidents,
+        worker=f"{settings.instance}-{os.getpid()}",
+        repeat_interval_s=repeat,
+        max_age_s=settings.incidents_notify_max_age,
+        # Longer than two sends, so a claim never lapses while its owner is still sending.
+        lease_s=max(30.0, 3 * settings.incidents_webhook_timeout_s),
+        backoff_base_s=settings.incidents_webhook_backoff_s,
+        backoff_cap_s=settings.incidents_webhook_backoff_max_s,
+        poll_s=settings.incidents_notify_poll_s,
+        reconcile_s=min(30.0, repeat / 4) if repeat else 30.0,
+    )
+
+
 def build_caches(settings: Settings) -> ChatCaches:
     """In-process caches, or Redis ones behind one breaker with an in-process session fallback."""
     memory_sessions = InMemorySessionCache(
@@ -387,18 +445,26 @@ def build_pipeline(
     secrets = redaction or load_redaction_policy()
     store = build_store(settings)
     incidents = build_incident_store(settings)
-    queue = consumer = replayer = fallback = aggregator = None
+    queue = consumer = replayer = fallback = aggregator = sender = None
+    outbox: NotificationOutbox | None = None
     backlog_reader: BacklogReader | None = None
     if publisher is None and settings.transport == "memory":
         queue = InProcessQueue(max_events=settings.queue_max_events)
         publisher = InProcessEventPublisher(queue)
-        aggregator = IncidentAggregator(incidents, incident_rules or load_incident_rules())
+        sender = build_sender(settings, incidents)
+        outbox = sender.outbox if sender is not None else None
+        aggregator = IncidentAggregator(
+            incidents,
+            incident_rules or load_incident_rules(),
+            on_recorded=sender.on_recorded if sender is not None else None,
+        )
         source = InProcessEventSource(queue)
         backlog_reader = source
         consumer = build_consumer(settings, source, store, aggregator=aggregator)
     elif publisher is None and settings.transport == "stdout":
         publisher = StdoutEventPublisher()  # prints each kept event; no consumer, nothing stored
     elif publisher is None:
+        outbox = build_outbox(settings)  # the workers deliver; this process reports
         fallback = build_spool_fallback(settings)
         mq_publisher = build_mq_publisher(settings, fallback)
         replayer = SpoolReplayer(fallback.spool, mq_publisher)
@@ -422,6 +488,8 @@ def build_pipeline(
         store=store,
         incidents=incidents,
         aggregator=aggregator,
+        sender=sender,
+        outbox=outbox,
         queue=queue,
         consumer=consumer,
         replayer=replayer,

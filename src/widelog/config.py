@@ -12,6 +12,8 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from pydantic_settings import SettingsError as SourceError
 
+from widelog.incidents.rules import Seconds
+
 ENV_PREFIX: Final = "WIDELOG_"
 # Read by their own loaders (sampling policy, incident rules, redaction policy), which reject
 # unknown names there, and by scripts/services.sh (the local test services), not widelog itself.
@@ -148,6 +150,23 @@ class Settings(BaseSettings):
 
     # Admin routes (events, incidents, infra, metrics, dashboard): bearer token when set.
     admin_token: SecretStr | None = None
+    # Where operators reach those routes (https://widelog.example.com): links in notifications.
+    admin_base_url: str | None = None
+
+    # Incident notifications (docs/incidents.md, "Notifications"): every consuming process
+    # delivers the outbox's messages to this webhook. Named with the feature's prefix; the
+    # incident-rules loader leaves these variables to Settings (`incident_settings()`).
+    incidents_webhook_url: str | None = None
+    incidents_webhook_secret: SecretStr | None = None  # HMAC-SHA256 key of the signature header
+    incidents_webhook_format: Literal["alertmanager", "widelog"] = "alertmanager"
+    incidents_webhook_timeout_s: float = Field(5.0, gt=0, le=60)
+    incidents_webhook_backoff_s: float = Field(1.0, gt=0, le=3600)  # first retry, then doubling
+    incidents_webhook_backoff_max_s: float = Field(300.0, gt=0, le=86_400)
+    # An open incident is announced again ("update") this often; 0: never. As Alertmanager's.
+    incidents_repeat_interval: Seconds = Field(4 * 3600, ge=0)
+    # A message not delivered by this age is given up (an hours-late "open" misleads).
+    incidents_notify_max_age: Seconds = Field(24 * 3600, ge=60)
+    incidents_notify_poll_s: float = Field(2.0, gt=0, le=600)
     # The dashboard's charts: one sample of this process's counters every this many seconds,
     # an hour of them kept in memory.
     dashboard_sample_s: float = Field(10.0, ge=0.1, le=600)
@@ -205,6 +224,13 @@ class Settings(BaseSettings):
         """`warning` and `off` are what people type; logging's names are upper case."""
         return level.upper() if isinstance(level, str) else level
 
+    @field_validator("incidents_webhook_url", "admin_base_url")
+    @classmethod
+    def _http_url(cls, url: str | None) -> str | None:
+        if url is not None and not url.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return url
+
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, url: str) -> str:
@@ -212,6 +238,12 @@ class Settings(BaseSettings):
         if not url.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return url
+
+
+def incident_settings() -> frozenset[str]:
+    """The `WIDELOG_INCIDENTS_*` variables that are settings, not incident-rule overrides."""
+    names = (ENV_PREFIX + name.upper() for name in Settings.model_fields)
+    return frozenset(name for name in names if name.startswith("WIDELOG_INCIDENTS_"))
 
 
 def load_settings() -> Settings:

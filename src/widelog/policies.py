@@ -15,6 +15,7 @@ from typing import Any, Final, Generic, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
+from widelog.config import incident_settings
 from widelog.events.redaction import RedactionPolicy, RedactionPolicyError
 from widelog.incidents.rules import IncidentRules, IncidentRulesError
 from widelog.sampling.policy import SamplingPolicy, SamplingPolicyError
@@ -32,6 +33,7 @@ class PolicyKind(Generic[M]):
     path_env: str  # names the TOML file
     overrides: Mapping[str, tuple[str, ...]]  # variable -> key path in the policy
     lists: frozenset[str]  # variables whose value is a comma-separated list
+    elsewhere: frozenset[str] = frozenset()  # variables with the prefix that `Settings` reads
 
     @property
     def prefix(self) -> str:
@@ -66,6 +68,7 @@ INCIDENTS: Final = PolicyKind(
         "WIDELOG_INCIDENTS_DISABLED_RULES": ("disabled_rules",),
     },
     lists=frozenset({"WIDELOG_INCIDENTS_DISABLED_RULES"}),
+    elsewhere=incident_settings(),  # the notifications' webhook and its options
 )
 REDACTION: Final = PolicyKind(
     what="redaction policy",
@@ -148,11 +151,11 @@ def _apply_overrides(
     """Write `kind`'s variables into `raw`; return which policy key each one set."""
     applied: dict[tuple[str, ...], str] = {}
     for name, value in environ.items():
-        if not name.startswith(kind.prefix) or name == kind.path_env:
+        if not name.startswith(kind.prefix) or name == kind.path_env or name in kind.elsewhere:
             continue
         keys = kind.overrides.get(name)
         if keys is None:
-            known = ", ".join([kind.path_env, *kind.overrides])
+            known = ", ".join([kind.path_env, *kind.overrides, *sorted(kind.elsewhere)])
             raise kind.error(f"unknown setting {name} for the {kind.what} (known: {known})")
         node = raw
         for key in keys[:-1]:

@@ -14,6 +14,7 @@ from widelog.bootstrap import (
     build_consumer,
     build_incident_store,
     build_mq_publisher,
+    build_sender,
     build_source,
     build_spool_fallback,
     build_store,
@@ -26,6 +27,7 @@ from widelog.policies import load_incident_rules
 
 if TYPE_CHECKING:
     from widelog.config import Settings
+    from widelog.incidents.notify.sender import OutboxSender
     from widelog.pipeline.ports import EventSource, EventStore
 
 log = logging.getLogger("widelog.worker")
@@ -51,12 +53,19 @@ async def run_worker(
         if source is None:
             return ConsumerStats()
         incidents = build_incident_store(settings)
-        aggregator = IncidentAggregator(incidents, load_incident_rules())
+        sender = build_sender(settings, incidents)
+        aggregator = IncidentAggregator(
+            incidents,
+            load_incident_rules(),
+            on_recorded=sender.on_recorded if sender is not None else None,
+        )
         consumer = build_consumer(settings, source, store, aggregator=aggregator)
         retention = asyncio.create_task(run_retention(store, stop))
         # Every worker sweeps: each resolution is recorded once, whoever finds it first.
         sweeper = asyncio.create_task(run_sweeper(aggregator, stop))
-        probes = await _start_probes(settings, consumer.stats, source, store, stop)
+        # Every worker delivers notifications too, in a task of its own (never the consumer's).
+        notifying = asyncio.create_task(sender.run(stop)) if sender is not None else None
+        probes = await _start_probes(settings, consumer.stats, source, store, stop, sender=sender)
         log.info("worker consuming %s into %s", settings.transport, settings.store)
         try:
             await consumer.run(stop)
@@ -64,6 +73,9 @@ async def run_worker(
             stop.set()
             await retention
             await sweeper
+            if notifying is not None and sender is not None:
+                await notifying
+                await sender.close()
             if probes is not None:
                 server, refresher = probes
                 await refresher  # ends with `stop`
@@ -84,6 +96,8 @@ async def _start_probes(
     source: EventSource,
     store: EventStore,
     stop: asyncio.Event,
+    *,
+    sender: OutboxSender | None = None,
 ) -> tuple[ProbeServer, asyncio.Task[None]] | None:
     """`WIDELOG_WORKER_HTTP_PORT`: metrics and probes; ready while store and broker answer."""
     if settings.worker_http_port is None:
@@ -92,7 +106,7 @@ async def _start_probes(
         from prometheus_client import generate_latest  # noqa: PLC0415
 
         from widelog.admin.metrics import WorkerCollector, registry_for  # noqa: PLC0415
-    collector = WorkerCollector(stats)
+    collector = WorkerCollector(stats, notifications=sender.stats if sender else None)
     registry = registry_for(collector)
 
     async def ready() -> dict[str, str]:

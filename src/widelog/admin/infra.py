@@ -8,9 +8,11 @@ failing (the store of the embedded consumer, the cache circuit), and `healthy` o
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from typing import TYPE_CHECKING, Any, Literal
 
 from widelog.admin.probe_server import outcome
+from widelog.incidents.notify.sender import outbox_counts
 from widelog.incidents.queries import open_by_rule
 from widelog.pipeline.fallback import ERRORS_ONLY_FROM
 
@@ -83,6 +85,8 @@ async def infra_snapshot(pipeline: Pipeline, *, caches: ChatCaches | None = None
     except Exception as exc:  # noqa: BLE001 - the snapshot reports a failing store, never raises
         report["open_incidents"] = None
         problems.append(f"incident store unreachable: {exc!r}"[:200])
+    if pipeline.outbox is not None:
+        report["notifications"] = await _notifications(pipeline, problems)
     state: State = "spooling" if spooling else "degraded" if problems else "healthy"
     return {"state": state, "problems": problems, **report}
 
@@ -102,3 +106,26 @@ def _events(pipeline: Pipeline) -> dict[str, Any]:
         events["retention"] = round(counters.kept / seen, 4) if seen else None
         events["kept_by_reason"] = {k: v for k, v in counters.kept_by_reason.items() if v}
     return events
+
+
+async def _notifications(pipeline: Pipeline, problems: list[str]) -> dict[str, Any]:
+    """The outbox by state (every worker's), and what this process sent, if it sends."""
+    settings = pipeline.settings
+    report: dict[str, Any] = {"format": settings.incidents_webhook_format}
+    if pipeline.sender is not None:
+        report["target"] = pipeline.sender.notifier.target
+        report["this_process"] = pipeline.sender.stats.as_dict()
+    outbox = pipeline.outbox
+    if outbox is None:
+        return report
+    max_age = dt.timedelta(seconds=settings.incidents_notify_max_age)
+    try:
+        counts = await asyncio.wait_for(outbox_counts(outbox, max_age=max_age), CHECK_TIMEOUT_S)
+    except Exception as exc:  # noqa: BLE001 - reported as a problem, never raised
+        report["outbox"] = None
+        problems.append(f"notification outbox unreachable: {exc!r}"[:200])
+        return report
+    report["outbox"] = dict(counts)
+    if counts["rejected"]:
+        problems.append(f"{counts['rejected']} incident notifications rejected by the webhook")
+    return report

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from widelog.bootstrap import Pipeline
     from widelog.cache.fail_open import ChatCaches
     from widelog.histogram import Histogram
+    from widelog.incidents.notify.sender import SenderStats
     from widelog.pipeline.consumer import ConsumerStats
 
 CIRCUIT_STATES = ("closed", "open", "half_open")
@@ -55,6 +56,8 @@ class PipelineCollector:
             incidents.add_metric([rule], count)
         yield incidents
         yield backlog_metric(self.backlog)
+        if self._pipeline.sender is not None:
+            yield from notification_metrics(self._pipeline.sender.stats)
 
     def _events(self) -> Iterator[Metric]:
         stats = self._pipeline.logging.stats
@@ -198,8 +201,9 @@ def consumer_metrics(stats: ConsumerStats) -> Iterator[Metric]:
 class WorkerCollector:
     """A worker's consumer counters, and its backlog as last read from the broker."""
 
-    def __init__(self, stats: ConsumerStats) -> None:
+    def __init__(self, stats: ConsumerStats, *, notifications: SenderStats | None = None) -> None:
         self._stats = stats
+        self._notifications = notifications
         self.backlog: dict[str, int] = {}  # refreshed by the worker, never read on a scrape
 
     def describe(self) -> list[Metric]:
@@ -208,6 +212,27 @@ class WorkerCollector:
     def collect(self) -> Iterator[Metric]:
         yield from consumer_metrics(self._stats)
         yield backlog_metric(self.backlog)
+        if self._notifications is not None:
+            yield from notification_metrics(self._notifications)
+
+
+def notification_metrics(stats: SenderStats) -> Iterator[Metric]:
+    """The incident notifications this process sent; pending: the whole outbox's."""
+    yield _counter("notifications_sent", "Incident messages the webhook took (2xx).", stats.sent)
+    yield _counter(
+        "notifications_failed", "Delivery attempts that failed and are retried.", stats.failed
+    )
+    yield _counter(
+        "notifications_rejected", "Messages the receiver refused for good (4xx).", stats.rejected
+    )
+    yield _gauge(
+        "notifications_pending",
+        "Messages not delivered yet (every worker's), as of this process's last pass.",
+        stats.pending,
+    )
+    yield _gauge(
+        "notifications_expired", "Messages given up: older than the maximum age.", stats.expired
+    )
 
 
 def backlog_metric(backlog: dict[str, int]) -> GaugeMetricFamily:

@@ -130,6 +130,41 @@ def show(
         console.print(f"why it opened: {summary['reason']}", markup=False)
 
 
+@incidents_app.command()
+def notifications(*, as_json: JsonOption = False) -> None:
+    """The notification outbox: each message of the last WIDELOG_INCIDENTS_NOTIFY_MAX_AGE."""
+    from widelog.bootstrap import build_outbox  # noqa: PLC0415
+    from widelog.incidents.notify.sender import outbox_view  # noqa: PLC0415
+
+    settings = _settings()
+    outbox = build_outbox(settings)
+    if outbox is None:
+        err.print("notifications are off: WIDELOG_INCIDENTS_WEBHOOK_URL is not set")
+        raise typer.Exit(FAILED)
+    max_age = dt.timedelta(seconds=settings.incidents_notify_max_age)
+
+    async def read(_: IncidentStore) -> list[dict[str, Any]]:
+        try:
+            return await outbox_view(outbox, max_age=max_age)
+        finally:
+            await outbox.close()
+
+    rows = _with_store(settings, read)
+    if as_json:
+        _write_json({"messages": rows})
+        return
+    table = Table(title=f"{len(rows)} message(s)")
+    for name in ("key", "state", "attempts", "last outcome", "created"):
+        table.add_column(name, no_wrap=name == "key")
+    for row in rows:
+        last = row["last"] or {}
+        outcome = f"{last.get('outcome') or 'claimed'} {last.get('detail', '')}" if last else ""
+        table.add_row(
+            row["key"], row["state"], str(row["attempts"]), escape(outcome), row["created"]
+        )
+    Console().print(table)
+
+
 def parse_since(text: str, *, now: dt.datetime) -> dt.datetime:
     """`24h`, `90m`, `7d` (ago), an ISO date/time, or `all`."""
     if text.strip().lower() == "all":

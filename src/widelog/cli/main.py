@@ -77,6 +77,9 @@ def _configure_logging(level: str) -> None:
     logging.basicConfig(
         level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # httpx logs each request's full URL at INFO; a webhook's path can be its credential.
+    httpx_log = logging.getLogger("httpx")
+    httpx_log.setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
 @app.command()

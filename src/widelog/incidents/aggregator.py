@@ -19,7 +19,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import logging
-from collections.abc import AsyncIterable, Iterable, Mapping
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -92,8 +92,17 @@ class RebuildResult:
 class IncidentAggregator:
     """Groups stored events into incidents by rules; all state in an `IncidentStore`."""
 
-    def __init__(self, store: IncidentStore, rules: IncidentRules) -> None:
+    def __init__(
+        self,
+        store: IncidentStore,
+        rules: IncidentRules,
+        *,
+        on_recorded: Callable[[Transition], Awaitable[None]] | None = None,
+    ) -> None:
         self._store = store
+        # Called with each step this aggregator recorded (first), after its log line: the
+        # notifications' outbox insert. It must not raise (the consumer would retry the batch).
+        self._on_recorded = on_recorded
         self.rules = rules
         self._compiled = [CompiledRule(rule) for rule in rules.active]
         self._scope_fields = sorted({c.scope_fields for c in self._compiled})
@@ -241,6 +250,8 @@ class IncidentAggregator:
                 break
             recorded += 1
             _log_step(step)
+            if self._on_recorded is not None:
+                await self._on_recorded(step)
         return recorded
 
     async def sweep(
