@@ -164,7 +164,9 @@ async def test_a_write_that_hangs_keeps_the_source_alive_and_a_quick_one_never_p
     await run_until_drained(consumer)
     assert 150 == await sqlite_store.count_events()
     assert list(range(150)) == source.committed
-    assert 5 <= source.keepalives <= 7  # every 0.05 s while the first write hung, not after
+    # Every 0.05 s while the first write hung (7 at most), none for the quick ones; a loaded
+    # machine wakes the loop late, so fewer than the ideal 6 prove nothing wrong.
+    assert 2 <= source.keepalives <= 7
     assert 0 == consumer.stats.write_failures
 
 
