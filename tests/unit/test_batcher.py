@@ -148,25 +148,38 @@ async def test_a_long_backoff_keeps_the_source_alive_every_second(sqlite_store):
 async def test_a_write_that_hangs_keeps_the_source_alive_and_a_quick_one_never_pauses_it(
     sqlite_store,
 ):
-    slow_writes = [0.35]  # the first write hangs (a frozen store), the next answer at once
+    slow_writes = [1.6]  # the first write hangs (a frozen store), the next answer at once
     original_write = sqlite_store.write_batch
+    hanging = False
 
     async def hanging_write(events):
+        nonlocal hanging
         if slow_writes:
+            hanging = True
             await asyncio.sleep(slow_writes.pop())
+            hanging = False
         return await original_write(events)
 
     sqlite_store.write_batch = hanging_write
     source = RecordingSource(payloads(150))
+    during_hang: list[bool] = []
+    count_keepalive = source.keepalive
+
+    async def keepalive():
+        during_hang.append(hanging)
+        await count_keepalive()
+
+    source.keepalive = keepalive
     consumer = BatchConsumer(
-        source, sqlite_store, source_name="t", batch_size=100, keepalive_interval=0.05
+        source, sqlite_store, source_name="t", batch_size=100, keepalive_interval=0.5
     )
     await run_until_drained(consumer)
     assert 150 == await sqlite_store.count_events()
     assert list(range(150)) == source.committed
-    # Every 0.05 s while the first write hung (7 at most), none for the quick ones; a loaded
-    # machine wakes the loop late, so fewer than the ideal 6 prove nothing wrong.
-    assert 2 <= source.keepalives <= 7
+    # About every 0.5 s while the first write hung (a loaded machine wakes the loop late), and
+    # never for the quick writes, which answer well within one interval.
+    assert 2 <= during_hang.count(True) <= 4
+    assert 0 == during_hang.count(False)
     assert 0 == consumer.stats.write_failures
 
 
