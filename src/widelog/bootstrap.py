@@ -23,6 +23,7 @@ from widelog.cache.memory import InMemorySemanticCache, InMemorySessionCache
 from widelog.events.logging_service import LoggingService
 from widelog.events.redaction import RedactionPolicy, Redactor
 from widelog.incidents.aggregator import IncidentAggregator, run_sweeper
+from widelog.incidents.request_totals import RequestTotals, StoredRequestTotals
 from widelog.incidents.rules import IncidentRules
 from widelog.incidents.sqlite_store import SQLiteIncidentStore
 from widelog.pipeline.consumer import BatchConsumer
@@ -48,7 +49,13 @@ if TYPE_CHECKING:
     from widelog.config import Settings
     from widelog.incidents.ports import IncidentStore
     from widelog.pipeline.kafka import KafkaEventPublisher
-    from widelog.pipeline.ports import EventPublisher, EventSource, EventStore
+    from widelog.pipeline.ports import (
+        CountingEventStore,
+        EventPublisher,
+        EventSource,
+        EventStore,
+        RequestCountStore,
+    )
     from widelog.pipeline.redis_streams import RedisStreamsEventPublisher
 
     MQPublisher = KafkaEventPublisher | RedisStreamsEventPublisher
@@ -66,6 +73,7 @@ class Pipeline:
     store: EventStore
     incidents: IncidentStore
     aggregator: IncidentAggregator | None = None  # beside the in-process consumer
+    totals: RequestTotals | None = None  # exact-or-estimated requests for incident rates
     queue: InProcessQueue | None = None  # the embedded transport, when it is the one in use
     consumer: BatchConsumer | None = None  # runs in this process (embedded transport)
     replayer: SpoolReplayer | None = None  # drains the spool (message-queue transports)
@@ -90,6 +98,8 @@ class Pipeline:
             self._spawn(run_sweeper(self.aggregator, self._stop))
         if self.replayer is not None:
             self._spawn(self.replayer.run(self._stop, interval=self.settings.replay_interval_s))
+        if self.logging.counter is not None:
+            self._spawn(run_count_publisher(self.logging, self._stop))
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         self._tasks.append(asyncio.create_task(work))
@@ -137,6 +147,9 @@ class Pipeline:
         if self._closed:
             return
         self._closed = True
+        # The last counts first: while the consumer still drains and the publisher still sends.
+        if self.started:
+            self.logging.publish_counts(final=True)
         self._stop.set()
         for task in self._tasks:
             await logged(task)
@@ -158,7 +171,20 @@ async def logged(step: Awaitable[object]) -> None:
         log.exception("shutdown step failed")
 
 
-def build_store(settings: Settings) -> EventStore:
+async def run_count_publisher(
+    service: LoggingService, stop: asyncio.Event, *, interval: float = 5.0
+) -> None:
+    """Publish the service's due count records every `interval` s until `stop`."""
+    while not stop.is_set():
+        try:
+            service.publish_counts()
+        except Exception:
+            log.exception("publishing request counts failed")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)
+
+
+def build_store(settings: Settings) -> CountingEventStore:
     if settings.store == "mongo":
         with extra("mongo", needed_by="WIDELOG_STORE=mongo"):
             from widelog.pipeline.mongo_store import MongoEventStore  # noqa: PLC0415 - optional
@@ -254,11 +280,16 @@ def build_consumer(
     store: EventStore,
     *,
     aggregator: IncidentAggregator | None = None,
+    counts: RequestCountStore | None = None,
 ) -> BatchConsumer:
-    """The consumer; with an aggregator, every newly stored batch also feeds the incidents."""
+    """The consumer; with an aggregator, every newly stored batch also feeds the incidents.
+
+    `counts` stores the count records (`widelog.sampling.counts`) that come with the events.
+    """
     return BatchConsumer(
         source,
         store,
+        counts=counts,
         source_name=settings.transport,
         batch_size=settings.batch_size,
         flush_interval=settings.flush_interval_s,
@@ -385,17 +416,21 @@ def build_pipeline(
     """
     policy = sampling or load_sampling_policy()
     secrets = redaction or load_redaction_policy()
+    count_requests = publisher is None and settings.transport != "stdout"
     store = build_store(settings)
     incidents = build_incident_store(settings)
+    totals = StoredRequestTotals(store)
     queue = consumer = replayer = fallback = aggregator = None
     backlog_reader: BacklogReader | None = None
     if publisher is None and settings.transport == "memory":
         queue = InProcessQueue(max_events=settings.queue_max_events)
         publisher = InProcessEventPublisher(queue)
-        aggregator = IncidentAggregator(incidents, incident_rules or load_incident_rules())
+        aggregator = IncidentAggregator(
+            incidents, incident_rules or load_incident_rules(), totals=totals
+        )
         source = InProcessEventSource(queue)
         backlog_reader = source
-        consumer = build_consumer(settings, source, store, aggregator=aggregator)
+        consumer = build_consumer(settings, source, store, aggregator=aggregator, counts=store)
     elif publisher is None and settings.transport == "stdout":
         publisher = StdoutEventPublisher()  # prints each kept event; no consumer, nothing stored
     elif publisher is None:
@@ -412,6 +447,9 @@ def build_pipeline(
         max_event_bytes=settings.max_event_bytes,
         sampler=TailSampler(policy),
         redactor=Redactor(secrets) if secrets.enabled else None,
+        # Count records only through the transports widelog consumes: stdout stores nothing,
+        # and a publisher of your own may not know them (`LoggingService.publish_counts`).
+        count_requests=count_requests,
     )
     if consumer is not None or replayer is not None:
         logging_service.pipeline_started = False  # warns if an event comes before start()
@@ -422,6 +460,7 @@ def build_pipeline(
         store=store,
         incidents=incidents,
         aggregator=aggregator,
+        totals=totals,
         queue=queue,
         consumer=consumer,
         replayer=replayer,

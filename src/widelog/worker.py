@@ -19,6 +19,7 @@ from widelog.bootstrap import (
     build_store,
 )
 from widelog.incidents.aggregator import IncidentAggregator, run_sweeper
+from widelog.incidents.request_totals import StoredRequestTotals
 from widelog.pipeline.consumer import ConsumerStats
 from widelog.pipeline.replayer import SpoolReplayer
 from widelog.pipeline.retention import run_retention
@@ -51,8 +52,10 @@ async def run_worker(
         if source is None:
             return ConsumerStats()
         incidents = build_incident_store(settings)
-        aggregator = IncidentAggregator(incidents, load_incident_rules())
-        consumer = build_consumer(settings, source, store, aggregator=aggregator)
+        aggregator = IncidentAggregator(
+            incidents, load_incident_rules(), totals=StoredRequestTotals(store)
+        )
+        consumer = build_consumer(settings, source, store, aggregator=aggregator, counts=store)
         retention = asyncio.create_task(run_retention(store, stop))
         # Every worker sweeps: each resolution is recorded once, whoever finds it first.
         sweeper = asyncio.create_task(run_sweeper(aggregator, stop))

@@ -145,7 +145,9 @@ async def run_demo(
             report["pipeline"]["drained"] = drained
             report["traffic"] = dict(Counter(kind for kind, _ in traffic))
             report["cache"]["cached_answers_by_kind"] = dict(cached)
-            report["incidents"] = await incident_summaries(container.pipeline.incidents)
+            report["incidents"] = await incident_summaries(
+                container.pipeline.incidents, totals=container.pipeline.totals
+            )
             return report
         finally:
             if worker:
