@@ -109,10 +109,19 @@ def list_(
             escape(s["rule"]["id"]),
             escape(", ".join(f"{k}={v}" for k, v in s["group"].items())),  # routes, error codes
             f"{s['events']:,}",
-            f"{window.get('rate', 0):.2%}",
+            _rate_cell(window),
             s["last_seen"] or "",
         )
     Console().print(table)
+
+
+def _rate_cell(window: dict[str, Any]) -> str:
+    """`2.00%` when the requests were counted exactly; `~1.35% (1.01-1.79%)` when estimated."""
+    rate = f"{window.get('rate', 0):.2%}"
+    if not window.get("requests_estimated", True):
+        return rate
+    low, high = window.get("rate_interval95") or (None, None)
+    return f"~{rate}" if low is None else f"~{rate} ({low:.2%}-{high:.2%})"
 
 
 @incidents_app.command()
