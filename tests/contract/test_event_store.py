@@ -222,6 +222,19 @@ class EventStoreContract:
         by_provider = await store.sampled_weights({"llm.provider": "p"}, since=MINUTE)
         assert 1 == len(by_provider)
 
+    async def test_sampled_weights_leave_out_the_emitter_minutes_that_have_a_record(self, store):
+        await store.write_batch(
+            [
+                make_event(timestamp="2026-11-27T10:01:30Z", emitter="a"),
+                make_event(timestamp="2026-11-27T10:02:30Z", emitter="a"),
+                make_event(timestamp="2026-11-27T10:01:40Z", emitter="b"),
+                make_event(timestamp="2026-11-27T10:01:50Z"),  # no emitter: never recorded
+            ]
+        )
+        rows = await store.sampled_weights({}, since=MINUTE, exclude=[("a", MINUTE)])
+        at = {(emitter, moment.strftime("%H:%M:%S")) for emitter, moment, _ in rows}
+        assert {("a", "10:02:30"), ("b", "10:01:40"), (None, "10:01:50")} == at
+
 
 class TestSQLiteEventStore(EventStoreContract):
     @pytest.fixture

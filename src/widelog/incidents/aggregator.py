@@ -225,8 +225,10 @@ class IncidentAggregator:
             exact = None
             if self._totals is not None:
                 pairs = tuple((f, v) for f, v in group.key if f in group.rule.rate_scope)
-                exact = await self._totals.scope_totals(pairs, start - self._max_window, end)
-                scope = as_floats(exact)
+                # The windows ending at the batch's minutes; other minutes keep the scope counts.
+                first = min(group.minutes) - dt.timedelta(seconds=group.rule.window) + MINUTE
+                exact = await self._totals.scope_totals(pairs, first, max(group.minutes))
+                scope = {**scope, **as_floats(exact)}
             view = GroupView(
                 rule=group.rule,
                 incident_id=iid,

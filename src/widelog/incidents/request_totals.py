@@ -66,7 +66,7 @@ class StoredRequestTotals:
                 exact = Total.exact(record.requests(route))
                 totals[record.minute] = totals.get(record.minute, Total()) + exact
         for emitter, moment, weight in await self._store.sampled_weights(
-            fields, since=start, until=until
+            fields, since=start, until=until, exclude=recorded
         ):
             if moment is None:
                 continue

@@ -34,6 +34,7 @@ DUPLICATE_KEY = 11000
 NOT_IMPLEMENTED = 238
 MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
 _IDS_PER_QUERY = 1000
+_MINUTE = dt.timedelta(minutes=1)
 _UNENCODABLE = (
     InvalidDocument,
     DocumentTooLarge,
@@ -268,11 +269,17 @@ class MongoEventStore:
         *,
         since: dt.datetime | None = None,
         until: dt.datetime | None = None,
+        exclude: Collection[tuple[str, dt.datetime]] = (),
     ) -> list[tuple[str | None, dt.datetime | None, float]]:
         where: dict[str, Any] = dict(scope)
         stamp = {"$gte": since, "$lt": until}
         if any(v is not None for v in stamp.values()):
             where["timestamp"] = {k: v for k, v in stamp.items() if v is not None}
+        if exclude:
+            where["$nor"] = [
+                {"emitter": emitter, "timestamp": {"$gte": minute, "$lt": minute + _MINUTE}}
+                for emitter, minute in exclude
+            ]
         projection = {"_id": 0, "emitter": 1, "timestamp": 1, "sampling": 1}
         rows = []
         async for doc in self._events.find(where, projection):

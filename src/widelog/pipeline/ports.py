@@ -174,11 +174,13 @@ class RequestCountStore(Protocol):
         *,
         since: dt.datetime | None = None,
         until: dt.datetime | None = None,
+        exclude: Collection[tuple[str, dt.datetime]] = (),
     ) -> list[tuple[str | None, dt.datetime | None, float]]:
         """(emitter, timestamp, weight) of each stored event in [since, until) in `scope`.
 
         `scope` maps dot paths to values (None: missing). Estimates stand on these where a
-        count record is missing.
+        count record is missing; events of the (emitter, minute)s in `exclude` (those with a
+        record) are left out by the store, so it sends only what is needed.
         """
         ...
 

@@ -71,6 +71,7 @@ _UPSERT_COUNTS = (
 )
 _encoder = msgspec.json.Encoder(enc_hook=str)
 _IDS_PER_QUERY = 500
+_MINUTE = dt.timedelta(minutes=1)
 
 
 def _section(doc: Mapping[str, Any], name: str) -> Mapping[str, Any]:
@@ -230,12 +231,18 @@ class SQLiteEventStore:
         *,
         since: dt.datetime | None = None,
         until: dt.datetime | None = None,
+        exclude: Collection[tuple[str, dt.datetime]] = (),
     ) -> list[tuple[str | None, dt.datetime | None, float]]:
         clauses = ["timestamp >= ?", "timestamp < ?"]
         params: list[Any] = [
             _sortable(since) if since is not None else "",
             _sortable(until) if until is not None else "\uffff",
         ]
+        for emitter, minute in exclude:
+            clauses.append(
+                "NOT (json_extract(doc, '$.emitter') IS ? AND timestamp >= ? AND timestamp < ?)"
+            )
+            params += [emitter, _sortable(minute), _sortable(minute + _MINUTE)]
         for path, value in scope.items():
             column = "route" if path == "http.route" else "json_extract(doc, ?)"
             if column != "route":
