@@ -25,6 +25,7 @@ from widelog.worker import run_worker
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from widelog.bootstrap import Pipeline
     from widelog.chat.bootstrap import ChatContainer
     from widelog.config import Settings
     from widelog.pipeline.consumer import ConsumerStats
@@ -132,6 +133,8 @@ async def run_demo(
             async with httpx.AsyncClient(transport=transport, base_url="http://demo") as client:
                 await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
             traffic_s = time.perf_counter() - started
+            # The traffic's request counts now, not at shutdown: the report's rates are exact.
+            container.pipeline.logging.publish_counts(final=True)
             drained = await _drain(container, worker, request_ids, timeout=drain_timeout_s)
             report = await _report(
                 container,
@@ -183,10 +186,20 @@ async def _drain(
     await pipeline.publisher.flush(timeout)  # acknowledged by the broker, or spooled
     while not worker.failed and time.monotonic() < deadline:
         stored = await pipeline.store.count_events(request_ids=request_ids)
-        if stored >= pipeline.logging.stats.published:
+        if stored >= pipeline.logging.stats.published and await _counted(pipeline):
             return True
         await asyncio.sleep(0.2)
     return False
+
+
+async def _counted(pipeline: Pipeline) -> bool:
+    """Whether the store holds this API's count records for every request it finalized."""
+    read = getattr(pipeline.store, "request_counts", None)
+    if read is None or pipeline.logging.counter is None:
+        return True
+    emitter = pipeline.logging.emitter
+    records = [r for r in await read() if r.emitter == emitter]
+    return bool(sum(r.requests() for r in records) >= pipeline.logging.stats.finalized)
 
 
 def _in_process(container: ChatContainer) -> ConsumerStats:
