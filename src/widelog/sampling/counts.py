@@ -189,10 +189,11 @@ class RequestCounter:
         self.service = service
         self.grace = grace  # after a minute ends, wait this long for its stragglers before sending
         self.keep_minutes = keep_minutes
-        self._minutes: dict[dt.datetime, dict[tuple[str, int], int]] = {}
+        # minute -> {route (2xx) or (route, class): requests}
+        self._minutes: dict[dt.datetime, dict[str | tuple[str, int], int]] = {}
         self._sent: dict[dt.datetime, int] = {}  # minute -> version last handed out
         self._start = self._end = dt.datetime.min.replace(tzinfo=dt.UTC)
-        self._current: dict[tuple[str, int], int] = {}
+        self._current: dict[str | tuple[str, int], int] = {}
         self.late_dropped = 0
         self.published = 0
 
@@ -213,10 +214,11 @@ class RequestCounter:
         except TypeError:  # no timestamp, or not an aware datetime
             self._roll(dt.datetime.now(dt.UTC))
         counts = self._current
-        key = (route, klass)
+        # Most requests are 2xx: the route itself is their key (no tuple to build and hash).
+        key: str | tuple[str, int] = route if klass == 2 else (route, klass)
         n = counts.get(key)
         if n is None and len(counts) >= _MAX_KEYS:  # raw paths logged as routes: cap the memory
-            key = (OTHER_ROUTES, klass)
+            key = OTHER_ROUTES if klass == 2 else (OTHER_ROUTES, klass)
             n = counts.get(key)
         counts[key] = (n or 0) + 1
 
@@ -255,6 +257,11 @@ class RequestCounter:
         self.published += len(records)
         return records
 
-    def _record(self, minute: dt.datetime, counts: Mapping[tuple[str, int], int]) -> CountRecord:
-        rows = {(route, _CLASSES[klass]): n for (route, klass), n in counts.items()}
+    def _record(
+        self, minute: dt.datetime, counts: Mapping[str | tuple[str, int], int]
+    ) -> CountRecord:
+        rows: dict[tuple[str, str], int] = {}
+        for key, n in counts.items():
+            route, klass = (key, 2) if isinstance(key, str) else key
+            rows[(route, _CLASSES[klass])] = n
         return CountRecord(self.emitter, minute, rows, self.instance, self.service)
