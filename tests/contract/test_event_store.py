@@ -222,6 +222,16 @@ class EventStoreContract:
         by_provider = await store.sampled_weights({"llm.provider": "p"}, since=MINUTE)
         assert 1 == len(by_provider)
 
+    async def test_expire_deletes_count_records_past_retention_too(self, store_keeping_days):
+        store = store_keeping_days(30)
+        try:
+            old = count_record("a", dt.datetime(2001, 1, 1, tzinfo=dt.UTC))
+            await store.write_request_counts([old, count_record("b")])
+            await store.expire(now=MINUTE)
+            assert ["b"] == [r.emitter for r in await store.request_counts()]
+        finally:
+            await store.close()
+
     async def test_sampled_weights_leave_out_the_emitter_minutes_that_have_a_record(self, store):
         await store.write_batch(
             [

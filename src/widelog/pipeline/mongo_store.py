@@ -153,10 +153,16 @@ class MongoEventStore:
         self._indexed = True
 
     async def expire(self, *, now: dt.datetime | None = None) -> int:
-        """Delete events past retention (where no TTL index does it); returns how many."""
-        if not self._retention_days or self.ttl_index:
+        """Delete events past retention (where no TTL index does it); returns how many.
+
+        Count records of those minutes go too (whatever the TTL index does for the events).
+        """
+        if not self._retention_days:
             return 0
         cutoff = (now or dt.datetime.now(dt.UTC)) - dt.timedelta(days=self._retention_days)
+        await self._counts.delete_many({"minute": {"$lt": cutoff}})
+        if self.ttl_index:
+            return 0
         result = await self._events.delete_many({"timestamp": {"$lt": cutoff}})
         return result.deleted_count
 

@@ -162,6 +162,7 @@ class SQLiteEventStore:
                 deleted: int = db.execute(
                     "DELETE FROM events WHERE timestamp < ?", (_sortable(cutoff),)
                 ).rowcount
+                db.execute("DELETE FROM request_counts WHERE minute < ?", (_sortable(cutoff),))
                 return deleted
 
         return await self._run(delete)
