@@ -25,6 +25,7 @@ from widelog.events.redaction import RedactionPolicy, Redactor
 from widelog.incidents.aggregator import IncidentAggregator, run_sweeper
 from widelog.incidents.notify.sender import OutboxSender
 from widelog.incidents.notify.sqlite_outbox import SQLiteNotificationOutbox
+from widelog.incidents.request_totals import RequestTotals, StoredRequestTotals
 from widelog.incidents.rules import IncidentRules
 from widelog.incidents.sqlite_store import SQLiteIncidentStore
 from widelog.pipeline.consumer import BatchConsumer
@@ -51,7 +52,13 @@ if TYPE_CHECKING:
     from widelog.incidents.notify.ports import NotificationOutbox
     from widelog.incidents.ports import IncidentStore
     from widelog.pipeline.kafka import KafkaEventPublisher
-    from widelog.pipeline.ports import EventPublisher, EventSource, EventStore
+    from widelog.pipeline.ports import (
+        CountingEventStore,
+        EventPublisher,
+        EventSource,
+        EventStore,
+        RequestCountStore,
+    )
     from widelog.pipeline.redis_streams import RedisStreamsEventPublisher
 
     MQPublisher = KafkaEventPublisher | RedisStreamsEventPublisher
@@ -71,6 +78,7 @@ class Pipeline:
     aggregator: IncidentAggregator | None = None  # beside the in-process consumer
     sender: OutboxSender | None = None  # incident notifications, beside the aggregator
     outbox: NotificationOutbox | None = None  # read by /v1/infra wherever a webhook is set
+    totals: RequestTotals | None = None  # exact-or-estimated requests for incident rates
     queue: InProcessQueue | None = None  # the embedded transport, when it is the one in use
     consumer: BatchConsumer | None = None  # runs in this process (embedded transport)
     replayer: SpoolReplayer | None = None  # drains the spool (message-queue transports)
@@ -97,6 +105,8 @@ class Pipeline:
             self._spawn(self.sender.run(self._stop))
         if self.replayer is not None:
             self._spawn(self.replayer.run(self._stop, interval=self.settings.replay_interval_s))
+        if self.logging.counter is not None:
+            self._spawn(run_count_publisher(self.logging, self._stop))
 
     def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
         self._tasks.append(asyncio.create_task(work))
@@ -144,6 +154,9 @@ class Pipeline:
         if self._closed:
             return
         self._closed = True
+        # The last counts first: while the consumer still drains and the publisher still sends.
+        if self.started:
+            self.logging.publish_counts(final=True)
         self._stop.set()
         for task in self._tasks:
             await logged(task)
@@ -169,7 +182,20 @@ async def logged(step: Awaitable[object]) -> None:
         log.exception("shutdown step failed")
 
 
-def build_store(settings: Settings) -> EventStore:
+async def run_count_publisher(
+    service: LoggingService, stop: asyncio.Event, *, interval: float = 5.0
+) -> None:
+    """Publish the service's due count records every `interval` s until `stop`."""
+    while not stop.is_set():
+        try:
+            service.publish_counts()
+        except Exception:
+            log.exception("publishing request counts failed")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval)
+
+
+def build_store(settings: Settings) -> CountingEventStore:
     if settings.store == "mongo":
         with extra("mongo", needed_by="WIDELOG_STORE=mongo"):
             from widelog.pipeline.mongo_store import MongoEventStore  # noqa: PLC0415 - optional
@@ -265,11 +291,16 @@ def build_consumer(
     store: EventStore,
     *,
     aggregator: IncidentAggregator | None = None,
+    counts: RequestCountStore | None = None,
 ) -> BatchConsumer:
-    """The consumer; with an aggregator, every newly stored batch also feeds the incidents."""
+    """The consumer; with an aggregator, every newly stored batch also feeds the incidents.
+
+    `counts` stores the count records (`widelog.sampling.counts`) that come with the events.
+    """
     return BatchConsumer(
         source,
         store,
+        counts=counts,
         source_name=settings.transport,
         batch_size=settings.batch_size,
         flush_interval=settings.flush_interval_s,
@@ -443,8 +474,10 @@ def build_pipeline(
     """
     policy = sampling or load_sampling_policy()
     secrets = redaction or load_redaction_policy()
+    count_requests = publisher is None and settings.transport != "stdout"
     store = build_store(settings)
     incidents = build_incident_store(settings)
+    totals = StoredRequestTotals(store)
     queue = consumer = replayer = fallback = aggregator = sender = None
     outbox: NotificationOutbox | None = None
     backlog_reader: BacklogReader | None = None
@@ -457,10 +490,11 @@ def build_pipeline(
             incidents,
             incident_rules or load_incident_rules(),
             on_recorded=sender.on_recorded if sender is not None else None,
+            totals=totals,
         )
         source = InProcessEventSource(queue)
         backlog_reader = source
-        consumer = build_consumer(settings, source, store, aggregator=aggregator)
+        consumer = build_consumer(settings, source, store, aggregator=aggregator, counts=store)
     elif publisher is None and settings.transport == "stdout":
         publisher = StdoutEventPublisher()  # prints each kept event; no consumer, nothing stored
     elif publisher is None:
@@ -478,6 +512,9 @@ def build_pipeline(
         max_event_bytes=settings.max_event_bytes,
         sampler=TailSampler(policy),
         redactor=Redactor(secrets) if secrets.enabled else None,
+        # Count records only through the transports widelog consumes: stdout stores nothing,
+        # and a publisher of your own may not know them (`LoggingService.publish_counts`).
+        count_requests=count_requests,
     )
     if consumer is not None or replayer is not None:
         logging_service.pipeline_started = False  # warns if an event comes before start()
@@ -490,6 +527,7 @@ def build_pipeline(
         aggregator=aggregator,
         sender=sender,
         outbox=outbox,
+        totals=totals,
         queue=queue,
         consumer=consumer,
         replayer=replayer,

@@ -20,6 +20,7 @@ from widelog.bootstrap import (
     build_store,
 )
 from widelog.incidents.aggregator import IncidentAggregator, run_sweeper
+from widelog.incidents.request_totals import StoredRequestTotals
 from widelog.pipeline.consumer import ConsumerStats
 from widelog.pipeline.replayer import SpoolReplayer
 from widelog.pipeline.retention import run_retention
@@ -58,8 +59,9 @@ async def run_worker(
             incidents,
             load_incident_rules(),
             on_recorded=sender.on_recorded if sender is not None else None,
+            totals=StoredRequestTotals(store),
         )
-        consumer = build_consumer(settings, source, store, aggregator=aggregator)
+        consumer = build_consumer(settings, source, store, aggregator=aggregator, counts=store)
         retention = asyncio.create_task(run_retention(store, stop))
         # Every worker sweeps: each resolution is recorded once, whoever finds it first.
         sweeper = asyncio.create_task(run_sweeper(aggregator, stop))

@@ -10,6 +10,15 @@ import pytest
 
 from widelog.events.ids import new_event_id
 from widelog.pipeline.ports import DeadLetter, EventQuery, EventStore
+from widelog.sampling.counts import CountRecord
+
+MINUTE = dt.datetime(2026, 11, 27, 10, 1, tzinfo=dt.UTC)
+
+
+def count_record(emitter: str = "api-1/7-abc", minute: dt.datetime = MINUTE, **routes: int):
+    """A count record; `chat=5` is 5 requests of /v1/chat with status class 2xx."""
+    counts = {(f"/v1/{r}", "2xx"): n for r, n in (routes or {"chat": 5}).items()}
+    return CountRecord(emitter, minute, counts, instance="api-1", service="chat")
 
 
 def make_event(**fields: Any) -> dict[str, Any]:
@@ -168,6 +177,73 @@ class EventStoreContract:
         await store.write_batch([old])
         assert 0 == await store.expire()
         assert 1 == await store.count_events()
+
+    async def test_a_count_record_reads_back_in_its_own_place_not_as_an_event(self, store):
+        record = count_record(chat=7, health=2)
+        await store.write_request_counts([record])
+        [stored] = await store.request_counts()
+        assert (record.id, record.counts, 9) == (stored.id, stored.counts, stored.version)
+        assert (MINUTE, "api-1", "chat") == (stored.minute, stored.instance, stored.service)
+        assert 0 == await store.count_events()
+
+    async def test_a_resent_count_record_replaces_and_never_adds(self, store):
+        first, later = count_record(chat=5), count_record(chat=8)
+        await store.write_request_counts([first, first])  # duplicated delivery
+        await store.write_request_counts([later])  # the minute re-sent after a late request
+        await store.write_request_counts([first])  # the old copy again (replay, re-delivery)
+        assert [later.counts] == [r.counts for r in await store.request_counts()]
+
+    async def test_count_records_are_read_by_minute_range_and_kept_per_emitter(self, store):
+        later = MINUTE + dt.timedelta(minutes=1)
+        records = [count_record("a"), count_record("b"), count_record("a", later)]
+        await store.write_request_counts(records)
+        in_first = await store.request_counts(since=MINUTE, until=later)
+        assert ["a", "b"] == sorted(r.emitter for r in in_first)
+        assert 3 == len(await store.request_counts(since=MINUTE))
+
+    async def test_sampled_weights_are_those_of_the_events_in_scope_and_time(self, store):
+        sampled = {"rate": 0.02, "weight": 50.0, "reason": "baseline"}
+        at = "2026-11-27T10:01:30Z"
+        await store.write_batch(
+            [
+                make_event(timestamp=at, emitter="a", sampling=sampled),
+                make_event(timestamp=at, emitter="a", error={"code": "X"}),  # weight 1
+                make_event(timestamp=at, http={"route": "/v1/other", "status": 200}),
+                make_event(timestamp="2026-11-27T10:05:00Z", emitter="a"),
+                make_event(timestamp=at, llm={"provider": "p"}),
+            ]
+        )
+        until = MINUTE + dt.timedelta(minutes=1)
+        chat = await store.sampled_weights({"http.route": "/v1/chat"}, since=MINUTE, until=until)
+        assert [("a", 1.0), ("a", 50.0), (None, 1.0)] == sorted(
+            ((e, w) for e, _, w in chat), key=str
+        )
+        assert {MINUTE + dt.timedelta(seconds=30)} == {t for _, t, _ in chat}
+        by_provider = await store.sampled_weights({"llm.provider": "p"}, since=MINUTE)
+        assert 1 == len(by_provider)
+
+    async def test_expire_deletes_count_records_past_retention_too(self, store_keeping_days):
+        store = store_keeping_days(30)
+        try:
+            old = count_record("a", dt.datetime(2001, 1, 1, tzinfo=dt.UTC))
+            await store.write_request_counts([old, count_record("b")])
+            await store.expire(now=MINUTE)
+            assert ["b"] == [r.emitter for r in await store.request_counts()]
+        finally:
+            await store.close()
+
+    async def test_sampled_weights_leave_out_the_emitter_minutes_that_have_a_record(self, store):
+        await store.write_batch(
+            [
+                make_event(timestamp="2026-11-27T10:01:30Z", emitter="a"),
+                make_event(timestamp="2026-11-27T10:02:30Z", emitter="a"),
+                make_event(timestamp="2026-11-27T10:01:40Z", emitter="b"),
+                make_event(timestamp="2026-11-27T10:01:50Z"),  # no emitter: never recorded
+            ]
+        )
+        rows = await store.sampled_weights({}, since=MINUTE, exclude=[("a", MINUTE)])
+        at = {(emitter, moment.strftime("%H:%M:%S")) for emitter, moment, _ in rows}
+        assert {("a", "10:02:30"), ("b", "10:01:40"), (None, "10:01:50")} == at
 
 
 class TestSQLiteEventStore(EventStoreContract):

@@ -169,7 +169,7 @@ async def test_a_write_that_hangs_keeps_the_source_alive_and_a_quick_one_never_p
         during_hang.append(hanging)
         await count_keepalive()
 
-    source.keepalive = keepalive
+    source.keepalive = keepalive  # type: ignore[method-assign]
     consumer = BatchConsumer(
         source, sqlite_store, source_name="t", batch_size=100, keepalive_interval=0.5
     )

@@ -73,7 +73,10 @@ def dashboard_router(pipeline: Pipeline, *, caches: ChatCaches | None = None) ->
             return _html(login_page(base, failed=False), status=401)
         try:
             incidents = await asyncio.wait_for(
-                incident_summaries(pipeline.incidents, limit=INCIDENTS_SHOWN), timeout=2.0
+                incident_summaries(
+                    pipeline.incidents, limit=INCIDENTS_SHOWN, totals=pipeline.totals
+                ),
+                timeout=2.0,
             )
             problem = None
         except Exception as exc:  # noqa: BLE001 - the page says the store is down, and renders

@@ -96,6 +96,7 @@ def _events(pipeline: Pipeline) -> dict[str, Any]:
     events: dict[str, Any] = {
         "finalized": stats.finalized,
         "published": stats.published,
+        "count_records": stats.count_records,
         "sampled_out": stats.sampled_out,
         "publish_failed": stats.publish_failed,
     }

@@ -33,7 +33,7 @@ def admin_router(pipeline: Pipeline, *, caches: ChatCaches | None = None) -> API
     guard = Depends(bearer_token_check(pipeline.settings.admin_token))
     router = APIRouter(dependencies=[guard])
     router.include_router(events_router(pipeline.store))
-    router.include_router(incidents_router(pipeline.incidents))
+    router.include_router(incidents_router(pipeline.incidents, totals=pipeline.totals))
     collector = PipelineCollector(pipeline, caches=caches)
     registry = registry_for(collector)
 

@@ -25,6 +25,7 @@ from widelog.worker import run_worker
 if TYPE_CHECKING:
     from collections.abc import Callable
 
+    from widelog.bootstrap import Pipeline
     from widelog.chat.bootstrap import ChatContainer
     from widelog.config import Settings
     from widelog.pipeline.consumer import ConsumerStats
@@ -132,6 +133,8 @@ async def run_demo(
             async with httpx.AsyncClient(transport=transport, base_url="http://demo") as client:
                 await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
             traffic_s = time.perf_counter() - started
+            # The traffic's request counts now, not at shutdown: the report's rates are exact.
+            container.pipeline.logging.publish_counts(final=True)
             drained = await _drain(container, worker, request_ids, timeout=drain_timeout_s)
             report = await _report(
                 container,
@@ -145,7 +148,9 @@ async def run_demo(
             report["pipeline"]["drained"] = drained
             report["traffic"] = dict(Counter(kind for kind, _ in traffic))
             report["cache"]["cached_answers_by_kind"] = dict(cached)
-            report["incidents"] = await incident_summaries(container.pipeline.incidents)
+            report["incidents"] = await incident_summaries(
+                container.pipeline.incidents, totals=container.pipeline.totals
+            )
             return report
         finally:
             if worker:
@@ -181,10 +186,20 @@ async def _drain(
     await pipeline.publisher.flush(timeout)  # acknowledged by the broker, or spooled
     while not worker.failed and time.monotonic() < deadline:
         stored = await pipeline.store.count_events(request_ids=request_ids)
-        if stored >= pipeline.logging.stats.published:
+        if stored >= pipeline.logging.stats.published and await _counted(pipeline):
             return True
         await asyncio.sleep(0.2)
     return False
+
+
+async def _counted(pipeline: Pipeline) -> bool:
+    """Whether the store holds this API's count records for every request it finalized."""
+    read = getattr(pipeline.store, "request_counts", None)
+    if read is None or pipeline.logging.counter is None:
+        return True
+    emitter = pipeline.logging.emitter
+    records = [r for r in await read() if r.emitter == emitter]
+    return bool(sum(r.requests() for r in records) >= pipeline.logging.stats.finalized)
 
 
 def _in_process(container: ChatContainer) -> ConsumerStats:
@@ -216,6 +231,7 @@ async def _report(
         "events": {
             "finalized": logging_stats.finalized,
             "published": logging_stats.published,
+            "count_records": logging_stats.count_records,  # published beside the events
             "publish_failed": logging_stats.publish_failed,
             "finalize_failed": logging_stats.finalize_failed,
             "sampled_out": logging_stats.sampled_out,

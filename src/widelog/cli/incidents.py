@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 
     from widelog.config import Settings
     from widelog.incidents.ports import IncidentStore
+    from widelog.incidents.request_totals import RequestTotals
 
 incidents_app = typer.Typer(
     help="Incidents: rule-based groups of failing or slow requests.", no_args_is_help=True
@@ -48,17 +49,25 @@ def _rules(path: Path | None = None) -> IncidentRules:
     return load_incident_rules(path)  # errors: `cli/errors.py`
 
 
-def _with_store(settings: Settings, use: Callable[[IncidentStore], Awaitable[T]]) -> T:
-    """Run `use` on the incident store, once the store answers (exit 3 naming it otherwise)."""
-    from widelog.bootstrap import build_incident_store  # noqa: PLC0415
+def _with_store(
+    settings: Settings, use: Callable[[IncidentStore, RequestTotals], Awaitable[T]]
+) -> T:
+    """Run `use` on the incident store and the request totals, once the store answers.
+
+    The totals read the event store's count records; exit 3 naming the store if it is away.
+    """
+    from widelog.bootstrap import build_incident_store, build_store  # noqa: PLC0415
     from widelog.cli.reachability import require  # noqa: PLC0415
+    from widelog.incidents.request_totals import StoredRequestTotals  # noqa: PLC0415
 
     async def run() -> T:
         await require(settings, "store")
         store = build_incident_store(settings)
+        events = build_store(settings)
         try:
-            return await use(store)
+            return await use(store, StoredRequestTotals(events))
         finally:
+            await events.close()
             await store.close()
 
     return asyncio.run(run())
@@ -79,7 +88,8 @@ def list_(
     from widelog.incidents.queries import incident_summaries  # noqa: PLC0415
 
     summaries = _with_store(
-        _settings(), lambda store: incident_summaries(store, status=status, limit=limit)
+        _settings(),
+        lambda store, totals: incident_summaries(store, status=status, limit=limit, totals=totals),
     )
     if as_json:
         _write_json({"incidents": summaries})
@@ -99,10 +109,19 @@ def list_(
             escape(s["rule"]["id"]),
             escape(", ".join(f"{k}={v}" for k, v in s["group"].items())),  # routes, error codes
             f"{s['events']:,}",
-            f"{window.get('rate', 0):.2%}",
+            _rate_cell(window),
             s["last_seen"] or "",
         )
     Console().print(table)
+
+
+def _rate_cell(window: dict[str, Any]) -> str:
+    """`2.00%` when the requests were counted exactly; `~1.35% (1.01-1.79%)` when estimated."""
+    rate = f"{window.get('rate', 0):.2%}"
+    if not window.get("requests_estimated", True):
+        return rate
+    low, high = window.get("rate_interval95") or (None, None)
+    return f"~{rate}" if low is None else f"~{rate} ({low:.2%}-{high:.2%})"
 
 
 @incidents_app.command()
@@ -115,7 +134,9 @@ def show(
     from widelog.incidents.queries import get_incident  # noqa: PLC0415
     from widelog.incidents.summary import summarize  # noqa: PLC0415
 
-    incident = _with_store(_settings(), lambda store: get_incident(store, incident_id))
+    incident = _with_store(
+        _settings(), lambda store, totals: get_incident(store, incident_id, totals=totals)
+    )
     if incident is None:
         err.print(f"no incident {incident_id}", markup=False, highlight=False)
         raise typer.Exit(FAILED)
@@ -143,7 +164,7 @@ def notifications(*, as_json: JsonOption = False) -> None:
         raise typer.Exit(FAILED)
     max_age = dt.timedelta(seconds=settings.incidents_notify_max_age)
 
-    async def read(_: IncidentStore) -> list[dict[str, Any]]:
+    async def read(_: IncidentStore, __: RequestTotals) -> list[dict[str, Any]]:
         try:
             return await outbox_view(outbox, max_age=max_age)
         finally:
@@ -197,10 +218,10 @@ def rebuild(
     now = dt.datetime.now(dt.UTC)
     start = parse_since(since, now=now)
 
-    async def run(store: IncidentStore) -> dict[str, Any]:
+    async def run(store: IncidentStore, totals: RequestTotals) -> dict[str, Any]:
         events = build_store(settings)
         try:
-            result = await IncidentAggregator(store, rules).rebuild(
+            result = await IncidentAggregator(store, rules, totals=totals).rebuild(
                 events.scan_events(), start, now=now
             )
         finally:

@@ -101,7 +101,11 @@ def estimate(
     batch_size: Annotated[int, typer.Option(min=1, help="Events read per page.")] = 1000,
     as_json: JsonOption = False,
 ) -> None:
-    """Estimate requests and error rates per route from the stored (sampled) events."""
+    """Requests and error rates per route: exact from count records, else estimated.
+
+    Where the store holds an emitter's count record for a minute, its requests are exact; the
+    rest are re-weighted from the stored (sampled) events, with a 95% interval.
+    """
     from widelog.bootstrap import build_store  # noqa: PLC0415 - keeps `--help` fast
     from widelog.cli.reachability import require  # noqa: PLC0415
     from widelog.config import load_settings  # noqa: PLC0415
@@ -125,16 +129,22 @@ def estimate(
 
 
 def _print_estimate(result: Estimate) -> None:
-    table = Table(title=f"estimated traffic from {result.total.sampled} stored events")
-    for name in ("route", "stored", "requests", "± 1σ", "errors", "error rate"):
+    title = (
+        f"traffic from {result.total.sampled} stored events"
+        f" and {result.count_records} count records"
+    )
+    table = Table(title=title)
+    for name in ("route", "stored", "requests", "95% interval", "errors", "error rate"):
         table.add_column(name, justify="left" if name == "route" else "right")
-    rows = sorted(result.routes.values(), key=lambda r: (-r.requests, r.route))
+    rows = sorted(result.routes.values(), key=lambda r: (-r.total.value, r.route))
     for row in [*rows, result.total]:
+        total = row.total
+        low, high = total.interval()
         table.add_row(
             "total" if row is result.total else escape(row.route),
             str(row.sampled),
-            f"{row.requests:,.0f}",
-            f"{row.requests_stderr:,.0f}",
+            f"~{total.value:,.0f} (estimated)" if total.estimated else f"{total.value:,.0f}",
+            f"{low:,.0f}-{high:,.0f}" if total.estimated else "exact",
             f"{row.errors:,.0f}",
             f"{row.error_rate:.2%}",
             end_section=row is not result.total and row is rows[-1],

@@ -275,6 +275,8 @@ def decode(payload: bytes) -> dict[str, Any]:
         raise UndecodableEventError(f"not a JSON object: {exc}") from exc
     event_id = doc.get("event_id")
     if not isinstance(event_id, str) or not event_id:
+        if isinstance(doc.get("record"), str) and "event_id" not in doc:
+            return doc  # not an event but a record the consumer routes (e.g. request counts)
         raise UndecodableEventError("no event_id")
     if escaped := _escape_keys(doc):
         doc["keys_escaped"] = escaped

@@ -14,6 +14,7 @@ from widelog.events.event import WideEvent, encode, is_error
 from widelog.events.ids import new_event_id
 from widelog.events.otel import active_span_ids
 from widelog.histogram import Histogram
+from widelog.sampling.counts import MAX_RECORD_BYTES, RequestCounter, new_emitter_id
 
 if TYPE_CHECKING:
     from widelog.events.redaction import Redactor
@@ -37,6 +38,7 @@ class LoggingStats:
     sampled_out: int = 0
     publish_failed: int = 0
     finalize_failed: int = 0
+    count_records: int = 0  # count records handed to the publisher (re-sends included)
 
 
 class LoggingService:
@@ -62,6 +64,7 @@ class LoggingService:
         max_event_bytes: int = 64 * 1024,
         sampler: TailSampler | None = None,
         redactor: Redactor | None = None,
+        count_requests: bool = True,
     ) -> None:
         self.publisher = publisher
         self.sampler = sampler
@@ -69,7 +72,22 @@ class LoggingService:
         # None: nobody manages a pipeline for this service (a test, a custom setup). False: the
         # pipeline was built but not started, so events may wait in a queue nobody drains.
         self.pipeline_started: bool | None = None
-        self._static = {"service": service, "env": env, "version": version, "instance": instance}
+        # `emitter` names this process (and start) in its events and its count records: exact
+        # totals are used per emitter-minute only where that emitter's record was received.
+        self.emitter = new_emitter_id(instance)
+        self._static = {
+            "service": service,
+            "env": env,
+            "version": version,
+            "instance": instance,
+            "emitter": self.emitter,
+        }
+        # Every request, before sampling, per (route, status class, minute): `publish_counts`.
+        self.counter = (
+            RequestCounter(emitter=self.emitter, instance=instance, service=service)
+            if count_requests
+            else None
+        )
         self._max_event_bytes = max_event_bytes
         self.stats = LoggingStats()
         self.durations = Histogram()  # every finalized event's, before sampling
@@ -101,6 +119,8 @@ class LoggingService:
             self.durations.observe(doc["duration_ms"])
             if is_error(doc):
                 self.stats.errors += 1
+            if self.counter is not None:
+                self.counter.count(doc)
             if self.sampler is not None:
                 sampling = doc.get("sampling")
                 forced = isinstance(sampling, dict) and sampling.get("forced") is True
@@ -124,6 +144,28 @@ class LoggingService:
             log.warning("publish failed for request %s: %r", event.request_id, exc)
         else:
             self.stats.published += 1
+
+    def publish_counts(self, now: dt.datetime | None = None, *, final: bool = False) -> int:
+        """Publish the count records that are due (`final`: all changed ones, at shutdown).
+
+        Through the same publisher as the events, so the same spool and replay; a record that
+        fails to publish is counted in `stats.publish_failed` and re-sent with the next change
+        of its minute (a lost record makes readers estimate that minute, never miscount it).
+        """
+        if self.counter is None:
+            return 0
+        sent = 0
+        for record in self.counter.due(now or dt.datetime.now(dt.UTC), final=final):
+            try:
+                payload = encode(record.to_doc(), max_bytes=MAX_RECORD_BYTES)
+                self.publisher.publish(record.id, payload)
+            except Exception as exc:  # noqa: BLE001 - like an event: counted, never raised
+                self.stats.publish_failed += 1
+                log.warning("publish failed for count record %s: %r", record.id, exc)
+            else:
+                sent += 1
+        self.stats.count_records += sent
+        return sent
 
     def _log_finalize_failure(self, event: WideEvent, exc: Exception) -> None:
         """Log the failure with its stack but a scrubbed message: the message may quote a secret.

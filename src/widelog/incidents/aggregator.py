@@ -20,7 +20,7 @@ import datetime as dt
 import hashlib
 import logging
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from widelog.incidents.model import (
@@ -37,6 +37,7 @@ from widelog.incidents.model import (
     plan,
     window_at,
 )
+from widelog.incidents.request_totals import annotate, as_floats
 from widelog.incidents.rules import (
     CompiledRule,
     Key,
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from widelog.incidents.ports import IncidentStore
+    from widelog.incidents.request_totals import RequestTotals
     from widelog.incidents.rules import IncidentRules, Rule
 
 log = logging.getLogger("widelog.incidents")
@@ -98,11 +100,14 @@ class IncidentAggregator:
         rules: IncidentRules,
         *,
         on_recorded: Callable[[Transition], Awaitable[None]] | None = None,
+        totals: RequestTotals | None = None,
     ) -> None:
         self._store = store
         # Called with each step this aggregator recorded (first), after its log line: the
         # notifications' outbox insert. It must not raise (the consumer would retry the batch).
         self._on_recorded = on_recorded
+        # Exact-or-estimated scope requests (count records); None: the scope counts' estimates.
+        self._totals = totals
         self.rules = rules
         self._compiled = [CompiledRule(rule) for rule in rules.active]
         self._scope_fields = sorted({c.scope_fields for c in self._compiled})
@@ -224,6 +229,14 @@ class IncidentAggregator:
                 first = min(group.minutes)
                 if not any(m < first for m in group_series):
                     earlier = await self._store.last_event_before(iid, first)
+            scope = scopes.get(group.scope_id, {})
+            exact = None
+            if self._totals is not None:
+                pairs = tuple((f, v) for f, v in group.key if f in group.rule.rate_scope)
+                # The windows ending at the batch's minutes; other minutes keep the scope counts.
+                first = min(group.minutes) - dt.timedelta(seconds=group.rule.window) + MINUTE
+                exact = await self._totals.scope_totals(pairs, first, max(group.minutes))
+                scope = {**scope, **as_floats(exact)}
             view = GroupView(
                 rule=group.rule,
                 incident_id=iid,
@@ -231,7 +244,7 @@ class IncidentAggregator:
                 scope_id=group.scope_id,
                 transitions=steps,
                 series=series.get(iid, {}),
-                scope=scopes.get(group.scope_id, {}),
+                scope=scope,
                 earlier_last=earlier,
             )
             try:
@@ -239,6 +252,13 @@ class IncidentAggregator:
             except Exception as exc:  # noqa: BLE001 - pure code: only the data can make it fail
                 self._skip(f"a group this code cannot judge ({type(exc).__name__})", exc_info=True)
                 continue
+            if exact is not None:
+                planned = [
+                    step
+                    if step.window is None
+                    else replace(step, window=annotate(step.window, exact))
+                    for step in planned
+                ]
             recorded += await self._record(planned)
         return recorded
 
@@ -284,7 +304,14 @@ class IncidentAggregator:
             scope = (await self._store.scope_series([latest.scope_id], start, end)).get(
                 latest.scope_id, {}
             )
+            exact = None
+            if self._totals is not None:
+                pairs = tuple((f, v) for f, v in latest.key if f in latest.rule.get("scope", []))
+                exact = await self._totals.scope_totals(pairs, start, end)
+                scope = as_floats(exact)
             window = window_at(window_s, end, series, scope)
+            if exact is not None:
+                window = annotate(window, exact)
             step = Transition(
                 iid,
                 latest.episode,

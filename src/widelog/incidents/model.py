@@ -28,6 +28,7 @@ from typing import Any, Final, Literal
 
 from widelog.incidents.masking import MASKING_VERSION, mask, message_key
 from widelog.incidents.rules import Key, Rule, field_value
+from widelog.sampling.totals import Total
 
 MINUTE: Final = dt.timedelta(minutes=1)
 EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -306,6 +307,13 @@ class WindowStats:
     events: int  # matching events stored
     matched: float  # re-weighted matching requests
     requests: float  # re-weighted requests in the group's scope
+    # The same requests as exact-or-estimated, with what the interval needs, when a
+    # `RequestTotals` provider gave them (`incidents/request_totals.py`); None: re-weighted only.
+    requests_total: Total | None = None
+
+    @property
+    def requests_estimated(self) -> bool:
+        return self.requests_total is None or self.requests_total.estimated
 
     @property
     def start(self) -> dt.datetime:
@@ -327,7 +335,23 @@ class WindowStats:
             "events": self.events,
             "matched": round(self.matched, 3),
             "requests": round(self.requests, 3),
+            "requests_estimated": self.requests_estimated,
             "rate": round(self.rate, 6),
+            **self._intervals(),
+        }
+
+    def _intervals(self) -> dict[str, list[float]]:
+        """95% intervals of an estimated denominator and of the rate; none when exact."""
+        total = self.requests_total
+        if total is None or not total.estimated:
+            return {}
+        low, high = total.interval()
+        return {
+            "requests_interval95": [round(low, 1), round(high, 1)],
+            "rate_interval95": [
+                round(self.matched / high, 6) if high else 0.0,
+                round(min(self.matched / low, 1.0), 6) if low else 1.0,
+            ],
         }
 
     def to_doc(self) -> dict[str, Any]:
@@ -337,6 +361,7 @@ class WindowStats:
             "events": self.events,
             "matched": self.matched,
             "requests": self.requests,
+            "requests_total": None if (t := self.requests_total) is None else _total_doc(t),
         }
 
     @classmethod
@@ -346,7 +371,35 @@ class WindowStats:
         end = parse_time(doc["end_minute"])
         if end is None:
             return None
-        return cls(end, int(doc["window_s"]), int(doc["events"]), doc["matched"], doc["requests"])
+        total = doc.get("requests_total")
+        return cls(
+            end,
+            int(doc["window_s"]),
+            int(doc["events"]),
+            doc["matched"],
+            doc["requests"],
+            None if not isinstance(total, Mapping) else _total_from(total),
+        )
+
+
+def _total_doc(total: Total) -> dict[str, Any]:
+    return {
+        "value": total.value,
+        "variance": total.variance,
+        "certain": total.certain,
+        "sampled": total.sampled,
+        "estimated": total.estimated,
+    }
+
+
+def _total_from(doc: Mapping[str, Any]) -> Total:
+    return Total(
+        float(doc["value"]),
+        float(doc["variance"]),
+        float(doc["certain"]),
+        int(doc["sampled"]),
+        estimated=bool(doc["estimated"]),
+    )
 
 
 @dataclass(slots=True, frozen=True)

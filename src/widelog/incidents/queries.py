@@ -6,16 +6,21 @@ import datetime as dt
 from typing import TYPE_CHECKING, Any, Literal
 
 from widelog.incidents.model import MINUTE, Incident, assemble, life_start, minute_of, ordered
+from widelog.incidents.request_totals import annotate, as_floats
 from widelog.incidents.summary import summarize
 
 if TYPE_CHECKING:
     from widelog.incidents.model import Transition
     from widelog.incidents.ports import IncidentStore
+    from widelog.incidents.request_totals import RequestTotals
+    from widelog.sampling.totals import Total
 
 StatusFilter = Literal["open", "resolved"] | None
 
 
-async def _load(store: IncidentStore, steps: list[Transition]) -> Incident | None:
+async def _load(
+    store: IncidentStore, steps: list[Transition], totals: RequestTotals | None = None
+) -> Incident | None:
     start = life_start(steps)
     if start is None:
         return None
@@ -23,6 +28,8 @@ async def _load(store: IncidentStore, steps: list[Transition]) -> Incident | Non
     parts = await store.contributions(incident_id, start)
     members = await store.member_counts(incident_id, start)
     scope: dict[dt.datetime, float] = {}
+    exact: dict[dt.datetime, Total] | None = None
+    end = None
     lasts = [p.last for p in parts if p.last is not None]
     if lasts:
         opening = [s for s in ordered(steps) if s.kind == "open"][-1]
@@ -31,23 +38,42 @@ async def _load(store: IncidentStore, steps: list[Transition]) -> Incident | Non
         begin = end + MINUTE - dt.timedelta(seconds=window_s)
         series = await store.scope_series([opening.scope_id], begin, end)
         scope = series.get(opening.scope_id, {})
-    return assemble(
+        if totals is not None:
+            pairs = tuple((f, v) for f, v in opening.key if f in opening.rule.get("scope", []))
+            exact = await totals.scope_totals(pairs, begin, end)
+            scope = as_floats(exact)
+    incident = assemble(
         steps,
         parts,
         users=members.get("user", 0),
         sessions=members.get("session", 0),
         scope=scope,
     )
+    window = None if incident is None else incident.window
+    current = window is not None and window.end_minute == end  # the window read just now
+    if incident is not None and window is not None and exact is not None and current:
+        incident.window = annotate(window, exact)
+    return incident
 
 
-async def get_incident(store: IncidentStore, incident_id: str) -> Incident | None:
-    """The incident, or None if there is none with this id (or its group never opened)."""
+async def get_incident(
+    store: IncidentStore, incident_id: str, *, totals: RequestTotals | None = None
+) -> Incident | None:
+    """The incident, or None if there is none with this id (or its group never opened).
+
+    With `totals`, its window's requests are exact where count records allow, else estimated
+    with an interval.
+    """
     steps = (await store.transitions([incident_id])).get(incident_id)
-    return await _load(store, steps) if steps else None
+    return await _load(store, steps, totals) if steps else None
 
 
 async def list_incidents(
-    store: IncidentStore, *, status: StatusFilter = None, limit: int = 100
+    store: IncidentStore,
+    *,
+    status: StatusFilter = None,
+    limit: int = 100,
+    totals: RequestTotals | None = None,
 ) -> list[Incident]:
     """Open incidents first, then resolved ones; most recent activity first within each.
 
@@ -61,16 +87,23 @@ async def list_incidents(
         if status is None or (steps[-1].kind == "open") == (status == "open")
     ]
     chosen.sort(key=lambda s: (s[-1].kind != "open", -s[-1].at.timestamp(), s[-1].incident_id))
-    incidents = [i for steps in chosen[:limit] if (i := await _load(store, steps)) is not None]
+    incidents = [
+        i for steps in chosen[:limit] if (i := await _load(store, steps, totals)) is not None
+    ]
     incidents.sort(key=lambda i: (i.status != "open", -i.last_seen.timestamp(), i.id))
     return incidents
 
 
 async def incident_summaries(
-    store: IncidentStore, *, status: StatusFilter = None, limit: int = 100
+    store: IncidentStore,
+    *,
+    status: StatusFilter = None,
+    limit: int = 100,
+    totals: RequestTotals | None = None,
 ) -> list[dict[str, Any]]:
     """`summarize()` of each listed incident: what `widelog demo --json` reports as `incidents`."""
-    return [summarize(i) for i in await list_incidents(store, status=status, limit=limit)]
+    listed = await list_incidents(store, status=status, limit=limit, totals=totals)
+    return [summarize(i) for i in listed]
 
 
 async def open_by_rule(store: IncidentStore) -> dict[str, int]:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from widelog.incidents.model import percentile
 
 if TYPE_CHECKING:
-    from widelog.incidents.model import Incident, MessageStat
+    from widelog.incidents.model import Incident, MessageStat, WindowStats
 
 TOP_N = 3
 
@@ -34,6 +34,27 @@ def _ms(value: float | None) -> str:
 
 def _rate(rate: float) -> str:
     return f"{rate:.1%}" if rate >= 0.1 else f"{rate:.2%}"
+
+
+def _requests(window: WindowStats) -> str:
+    """`2,000` when counted exactly; `about 2,433` when estimated (re-weighted)."""
+    total = window.requests_total
+    exact = total is not None and not total.estimated
+    return f"{window.requests:,.0f}" if exact else f"about {window.requests:,.0f}"
+
+
+def _uncertainty(window: WindowStats) -> str:
+    """What an estimated denominator could be: its 95% interval and the rate's (exact: "")."""
+    total = window.requests_total
+    if total is None or not total.estimated:
+        return ""
+    low, high = total.interval()
+    rate_low = window.matched / high if high else 0.0
+    rate_high = window.matched / low if low else 1.0
+    return (
+        f", estimated from sampled events: 95% interval {low:,.0f}-{high:,.0f} requests,"
+        f" {_rate(rate_low)}-{_rate(min(rate_high, 1.0))}"
+    )
 
 
 def _top(values: dict[str, int]) -> list[dict[str, Any]]:
@@ -143,8 +164,8 @@ def describe(incident: Incident) -> str:
         among = " with " + " and ".join(f"{f} = {v}" for f, v in scope) if scope else ""
         parts.append(
             f"In the {window.window_s // 60} minutes up to {_when(window.end)}:"
-            f" {window.matched:,.0f} of about {window.requests:,.0f} requests{among}"
-            f" ({_rate(window.rate)})."
+            f" {window.matched:,.0f} of {_requests(window)} requests{among}"
+            f" ({_rate(window.rate)}){_uncertainty(window)}."
         )
     p50, p95 = percentile(facts.durations, 50), percentile(facts.durations, 95)
     if p50 is not None:

@@ -18,11 +18,12 @@ from typing import TYPE_CHECKING, Any
 from widelog.events.event import UndecodableEventError, decode
 from widelog.histogram import BATCH_BOUNDS, Histogram
 from widelog.pipeline.ports import DeadLetter, Message, WriteResult
+from widelog.sampling.counts import CountRecord, is_count_record
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
-    from widelog.pipeline.ports import EventSource, EventStore
+    from widelog.pipeline.ports import EventSource, EventStore, RequestCountStore
 
 log = logging.getLogger("widelog.consumer")
 
@@ -40,6 +41,8 @@ class ConsumerStats:
     write_failures: int = 0
     poll_failures: int = 0
     on_stored_failures: int = 0  # batches committed without `on_stored` (it kept failing)
+    count_records: int = 0  # count records stored (re-sends included: they replace)
+    count_records_ignored: int = 0  # count records received with no count store to keep them
     last_batch_ms: float = 0.0
 
 
@@ -74,6 +77,7 @@ class BatchConsumer:
         on_stored: Callable[[list[dict[str, Any]]], Awaitable[None]] | None = None,
         on_stored_attempts: int = 8,
         keepalive_interval: float = 1.0,
+        counts: RequestCountStore | None = None,
     ) -> None:
         self._source = source
         self._store = store
@@ -90,6 +94,7 @@ class BatchConsumer:
         self._on_stored = on_stored
         self._on_stored_attempts = on_stored_attempts
         self._keepalive_interval = keepalive_interval
+        self._counts = counts
         self.stats = ConsumerStats()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -145,15 +150,26 @@ class BatchConsumer:
         docs: list[dict[str, Any]] = []
         positions: list[Message] = []
         letters: list[DeadLetter] = []
+        records: list[CountRecord] = []
         for message in batch:
             try:
-                docs.append(decode(message.payload))
+                doc = decode(message.payload)
+                if is_count_record(doc):
+                    # Not an event: never sampled, never counted as one; kept in its own place.
+                    records.append(CountRecord.from_doc(doc))
+                    continue
+                if "event_id" not in doc:
+                    raise UndecodableEventError(f"unknown record kind {doc.get('record')!r}")  # noqa: TRY301
+                docs.append(doc)
                 positions.append(message)
-            except UndecodableEventError as exc:
+            except ValueError as exc:  # UndecodableEventError, or a malformed count record
                 letters.append(self._dead_letter(message, str(exc)))
             except Exception as exc:  # logged: one message must never stop the worker
                 log.exception("decoding a message failed unexpectedly; dead-lettering it")
                 letters.append(self._dead_letter(message, f"decode failed: {exc!r}"))
+
+        if records and not await self._store_counts(records, stop):
+            return  # shutting down with the store still down: leave the batch uncommitted
 
         results: list[WriteResult] = []
 
@@ -198,6 +214,18 @@ class BatchConsumer:
             len(letters),
             elapsed_ms,
         )
+
+    async def _store_counts(self, records: list[CountRecord], stop: asyncio.Event | None) -> bool:
+        counts = self._counts
+        if counts is None:
+            self.stats.count_records_ignored += len(records)
+            if self.stats.count_records_ignored == len(records):
+                log.warning("count records received but no count store configured: ignored")
+            return True
+        if not await self._retry(lambda: counts.write_request_counts(records), "counts", stop):
+            return False
+        self.stats.count_records += len(records)
+        return True
 
     async def _retry(
         self,

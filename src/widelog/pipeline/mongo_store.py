@@ -20,9 +20,11 @@ import bson
 from bson import Binary
 from bson.errors import InvalidDocument
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
-from pymongo.errors import BulkWriteError, DocumentTooLarge, OperationFailure
+from pymongo.errors import BulkWriteError, DocumentTooLarge, DuplicateKeyError, OperationFailure
 
 from widelog.pipeline.ports import DeadLetter, EventQuery, WriteResult
+from widelog.sampling.counts import RECORD_KIND, CountRecord
+from widelog.sampling.reweighting import weight_of
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Collection, Mapping, Sequence
@@ -32,6 +34,7 @@ DUPLICATE_KEY = 11000
 NOT_IMPLEMENTED = 238
 MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
 _IDS_PER_QUERY = 1000
+_MINUTE = dt.timedelta(minutes=1)
 _UNENCODABLE = (
     InvalidDocument,
     DocumentTooLarge,
@@ -92,6 +95,7 @@ class MongoEventStore:
         database: str | None = None,
         events: str = "events",
         dead_letters: str = "dead_letters",
+        request_counts: str = "request_counts",
         timeout_ms: int = 2000,
         retention_days: int = 0,
     ) -> None:
@@ -99,6 +103,7 @@ class MongoEventStore:
         db = self._client.get_default_database(database or "widelog")
         self._events = db[events]
         self._dead = db[dead_letters]
+        self._counts = db[request_counts]
         self._retention_days = retention_days
         self.ttl_index = False
         self._indexed = False
@@ -141,13 +146,23 @@ class MongoEventStore:
                 await self._events.create_index(keys, **options)
             except OperationFailure as exc:
                 log.error("index %s not created, events are stored anyway: %s", options, exc)
+        try:
+            await self._counts.create_index([("minute", ASCENDING)], name="minute")
+        except OperationFailure as exc:
+            log.error("index on request_counts.minute not created: %s", exc)
         self._indexed = True
 
     async def expire(self, *, now: dt.datetime | None = None) -> int:
-        """Delete events past retention (where no TTL index does it); returns how many."""
-        if not self._retention_days or self.ttl_index:
+        """Delete events past retention (where no TTL index does it); returns how many.
+
+        Count records of those minutes go too (whatever the TTL index does for the events).
+        """
+        if not self._retention_days:
             return 0
         cutoff = (now or dt.datetime.now(dt.UTC)) - dt.timedelta(days=self._retention_days)
+        await self._counts.delete_many({"minute": {"$lt": cutoff}})
+        if self.ttl_index:
+            return 0
         result = await self._events.delete_many({"timestamp": {"$lt": cutoff}})
         return result.deleted_count
 
@@ -222,6 +237,67 @@ class MongoEventStore:
                 e.get("code") != DUPLICATE_KEY for e in errors
             ):
                 raise
+
+    async def write_request_counts(self, records: Sequence[CountRecord]) -> None:
+        """Upsert each record unless the stored copy has the same or a higher version.
+
+        The filter `{_id, version < v}` misses a stored copy that is as new or newer, so the
+        upsert tries an insert and fails on the `_id`: that duplicate key is the "ignored".
+        """
+        if not records:
+            return
+        await self.ensure_indexes()
+        for record in records:
+            doc = record.to_doc()
+            doc["minute"] = record.minute
+            del doc["id"], doc["record"]
+            # One call each, not `bulk_write`: FerretDB answers an update batch with a
+            # duplicate-key error without `nModified`, which PyMongo cannot read. Records are
+            # few (one per emitter and minute).
+            with contextlib.suppress(DuplicateKeyError):
+                await self._counts.update_one(
+                    {"_id": record.id, "version": {"$lt": record.version}},
+                    {"$set": doc},
+                    upsert=True,
+                )
+
+    async def request_counts(
+        self, *, since: dt.datetime | None = None, until: dt.datetime | None = None
+    ) -> list[CountRecord]:
+        minute = {"$gte": since, "$lt": until}
+        where = {"minute": {k: v for k, v in minute.items() if v is not None}}
+        cursor = self._counts.find(where if where["minute"] else {})
+        return [CountRecord.from_doc({**doc, "record": RECORD_KIND}) async for doc in cursor]
+
+    async def sampled_weights(
+        self,
+        scope: Mapping[str, str | None],
+        *,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        exclude: Collection[tuple[str, dt.datetime]] = (),
+    ) -> list[tuple[str | None, dt.datetime | None, float]]:
+        where: dict[str, Any] = dict(scope)
+        stamp = {"$gte": since, "$lt": until}
+        if any(v is not None for v in stamp.values()):
+            where["timestamp"] = {k: v for k, v in stamp.items() if v is not None}
+        if exclude:
+            where["$nor"] = [
+                {"emitter": emitter, "timestamp": {"$gte": minute, "$lt": minute + _MINUTE}}
+                for emitter, minute in exclude
+            ]
+        projection = {"_id": 0, "emitter": 1, "timestamp": 1, "sampling": 1}
+        rows = []
+        async for doc in self._events.find(where, projection):
+            emitter, stamp_ = doc.get("emitter"), _from_document(doc).get("timestamp")
+            rows.append(
+                (
+                    emitter if isinstance(emitter, str) else None,
+                    stamp_ if isinstance(stamp_, dt.datetime) else None,
+                    weight_of(doc),
+                )
+            )
+        return rows
 
     async def get_event(self, event_id: str) -> dict[str, Any] | None:
         doc = await self._events.find_one({"_id": event_id})

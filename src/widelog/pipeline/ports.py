@@ -11,7 +11,10 @@ import datetime as dt
 from collections.abc import AsyncIterator, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from widelog.sampling.counts import CountRecord
 
 
 class PublishError(Exception):
@@ -148,6 +151,42 @@ class EventStore(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class RequestCountStore(Protocol):
+    """Where count records (`widelog.sampling.counts`) are kept, beside the events.
+
+    One record per `id` (emitter|minute): a record with a higher `version` replaces the stored
+    one, any other is ignored, so re-sent, duplicated and out-of-order copies never add up.
+    """
+
+    async def write_request_counts(self, records: Sequence[CountRecord]) -> None: ...
+
+    async def request_counts(
+        self, *, since: dt.datetime | None = None, until: dt.datetime | None = None
+    ) -> list[CountRecord]:
+        """The records of the minutes in [since, until) (every record if both are None)."""
+        ...
+
+    async def sampled_weights(
+        self,
+        scope: Mapping[str, str | None],
+        *,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        exclude: Collection[tuple[str, dt.datetime]] = (),
+    ) -> list[tuple[str | None, dt.datetime | None, float]]:
+        """(emitter, timestamp, weight) of each stored event in [since, until) in `scope`.
+
+        `scope` maps dot paths to values (None: missing). Estimates stand on these where a
+        count record is missing; events of the (emitter, minute)s in `exclude` (those with a
+        record) are left out by the store, so it sends only what is needed.
+        """
+        ...
+
+
+class CountingEventStore(EventStore, RequestCountStore, Protocol):
+    """An event store that also keeps count records (both built-in stores)."""
 
 
 class Quarantine(Protocol):

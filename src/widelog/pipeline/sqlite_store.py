@@ -16,6 +16,8 @@ import msgspec
 
 from widelog.events.event import is_error
 from widelog.pipeline.ports import DeadLetter, EventQuery, WriteResult
+from widelog.sampling.counts import CountRecord
+from widelog.sampling.reweighting import weight_of
 from widelog.sqlite_db import SQLiteDatabase
 
 if TYPE_CHECKING:
@@ -40,6 +42,13 @@ CREATE INDEX IF NOT EXISTS events_error_code ON events (error_code, timestamp)
 CREATE INDEX IF NOT EXISTS events_status ON events (status, timestamp);
 CREATE INDEX IF NOT EXISTS events_session ON events (json_extract(doc, '$.session_id'), timestamp);
 CREATE INDEX IF NOT EXISTS events_model ON events (json_extract(doc, '$.llm.model'), timestamp);
+CREATE TABLE IF NOT EXISTS request_counts (
+    id      TEXT PRIMARY KEY,
+    minute  TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    doc     TEXT NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS request_counts_minute ON request_counts (minute);
 CREATE TABLE IF NOT EXISTS dead_letters (
     id          INTEGER PRIMARY KEY,
     letter_id   TEXT UNIQUE,
@@ -55,8 +64,14 @@ _INSERT = (
     " (event_id, timestamp, request_id, route, status, error_code, is_error, doc)"
     " VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
 )
+_UPSERT_COUNTS = (
+    "INSERT INTO request_counts (id, minute, version, doc) VALUES (?, ?, ?, ?)"
+    " ON CONFLICT (id) DO UPDATE SET minute = excluded.minute, version = excluded.version,"
+    " doc = excluded.doc WHERE excluded.version > request_counts.version"
+)
 _encoder = msgspec.json.Encoder(enc_hook=str)
 _IDS_PER_QUERY = 500
+_MINUTE = dt.timedelta(minutes=1)
 
 
 def _section(doc: Mapping[str, Any], name: str) -> Mapping[str, Any]:
@@ -147,6 +162,7 @@ class SQLiteEventStore:
                 deleted: int = db.execute(
                     "DELETE FROM events WHERE timestamp < ?", (_sortable(cutoff),)
                 ).rowcount
+                db.execute("DELETE FROM request_counts WHERE minute < ?", (_sortable(cutoff),))
                 return deleted
 
         return await self._run(delete)
@@ -184,6 +200,76 @@ class SQLiteEventStore:
                 )
 
         await self._run(insert)
+
+    async def write_request_counts(self, records: Sequence[CountRecord]) -> None:
+        """Insert each record, or replace the stored one if this one's version is higher."""
+        rows = [
+            (r.id, _sortable(r.minute), r.version, _encoder.encode(r.to_doc()).decode())
+            for r in records
+        ]
+
+        def upsert(db: sqlite3.Connection) -> None:
+            with db:
+                db.executemany(_UPSERT_COUNTS, rows)
+
+        await self._run(upsert)
+
+    async def request_counts(
+        self, *, since: dt.datetime | None = None, until: dt.datetime | None = None
+    ) -> list[CountRecord]:
+        low = _sortable(since) if since is not None else ""
+        high = _sortable(until) if until is not None else "\uffff"
+
+        def select(db: sqlite3.Connection) -> list[str]:
+            sql = "SELECT doc FROM request_counts WHERE minute >= ? AND minute < ?"
+            return [doc for (doc,) in db.execute(sql, (low, high))]
+
+        return [CountRecord.from_doc(msgspec.json.decode(doc)) for doc in await self._run(select)]
+
+    async def sampled_weights(
+        self,
+        scope: Mapping[str, str | None],
+        *,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+        exclude: Collection[tuple[str, dt.datetime]] = (),
+    ) -> list[tuple[str | None, dt.datetime | None, float]]:
+        clauses = ["timestamp >= ?", "timestamp < ?"]
+        params: list[Any] = [
+            _sortable(since) if since is not None else "",
+            _sortable(until) if until is not None else "\uffff",
+        ]
+        for emitter, minute in exclude:
+            clauses.append(
+                "NOT (json_extract(doc, '$.emitter') IS ? AND timestamp >= ? AND timestamp < ?)"
+            )
+            params += [emitter, _sortable(minute), _sortable(minute + _MINUTE)]
+        for path, value in scope.items():
+            column = "route" if path == "http.route" else "json_extract(doc, ?)"
+            if column != "route":
+                params.append("$." + ".".join(f'"{part}"' for part in path.split(".")))
+            if value is None:
+                clauses.append(f"{column} IS NULL")
+            else:
+                clauses.append(f"{column} = ?")
+                params.append(value)
+        # Only fixed clauses and `?` placeholders are formatted in.
+        sql = (
+            "SELECT json_extract(doc, '$.emitter'), timestamp, json_extract(doc, '$.sampling')"  # noqa: S608
+            f" FROM events WHERE {' AND '.join(clauses)}"
+        )
+
+        def select(db: sqlite3.Connection) -> list[tuple[Any, str, str | None]]:
+            return db.execute(sql, params).fetchall()
+
+        rows = []
+        for emitter, stamp, sampling in await self._run(select):
+            moment = None
+            with contextlib.suppress(ValueError, TypeError):
+                moment = dt.datetime.fromisoformat(stamp)
+            doc = {"sampling": msgspec.json.decode(sampling)} if sampling else {}
+            rows.append((emitter if isinstance(emitter, str) else None, moment, weight_of(doc)))
+        return rows
 
     async def get_event(self, event_id: str) -> dict[str, Any] | None:
         def select(db: sqlite3.Connection) -> str | None:

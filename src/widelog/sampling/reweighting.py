@@ -13,18 +13,22 @@ after the fact (incident rates, dashboards over a time range, a store filled by 
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeGuard
 
 from widelog.events.event import is_error
+from widelog.sampling.counts import latest_records, minute_of
 from widelog.sampling.policy import UNKNOWN_ROUTE
+from widelog.sampling.totals import Total
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-    from widelog.pipeline.ports import EventStore
+    from widelog.pipeline.ports import CountingEventStore, EventStore
+    from widelog.sampling.counts import CountRecord
 
 
 def weight_of(doc: Mapping[str, Any]) -> float:
@@ -66,11 +70,16 @@ class RouteEstimate:
     errors: float = 0.0
     requests_variance: float = 0.0
     errors_variance: float = 0.0
+    # Requests as exact counts (count records) plus estimates where no record was held.
+    total: Total = field(default_factory=Total)
 
-    def add(self, weight: float, *, error: bool) -> None:
+    def add(self, weight: float, *, error: bool, counted: bool = False) -> None:
+        """One stored event; `counted`: its emitter-minute's exact count is in `total` already."""
         self.sampled += 1
         self.requests += weight
         self.requests_variance += weight * (weight - 1)
+        if not counted:
+            self.total = self.total.plus_weight(weight)
         if error:
             self.sampled_errors += 1
             self.errors += weight
@@ -86,14 +95,21 @@ class RouteEstimate:
 
     @property
     def error_rate(self) -> float:
-        return self.errors / self.requests if self.requests else 0.0
+        """Errors (kept at rate 1: exact) over the requests, exact where counts were held."""
+        return self.errors / self.total.value if self.total.value else 0.0
+
+    def add_exact(self, requests: int) -> None:
+        self.total += Total.exact(requests)
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "route": self.route,
             "sampled": self.sampled,
             "sampled_errors": self.sampled_errors,
-            "requests": round(self.requests, 3),
+            # `requests`: exact where count records were held, else re-weighted (see `total`)
+            "requests": round(self.total.value, 3),
+            "requests_total": self.total.as_dict(),
+            "reweighted_requests": round(self.requests, 3),
             "requests_stderr": round(self.requests_stderr, 3),
             "errors": round(self.errors, 3),
             "errors_stderr": round(self.errors_stderr, 3),
@@ -109,17 +125,32 @@ class Estimate:
     total: RouteEstimate = field(default_factory=lambda: RouteEstimate("*"))
     by_reason: dict[str, int] = field(default_factory=dict)  # stored events per sampling.reason
     by_policy: dict[str, int] = field(default_factory=dict)  # stored events per sampling.policy
+    # (emitter, minute) of every count record added: their events are counted exactly already
+    recorded: set[tuple[str, dt.datetime]] = field(default_factory=set)
+    count_records: int = 0
+
+    def _route(self, route: str) -> RouteEstimate:
+        per_route = self.routes.get(route)
+        if per_route is None:
+            per_route = self.routes[route] = RouteEstimate(route)
+        return per_route
+
+    def add_record(self, record: CountRecord) -> None:
+        """A count record: exact requests of its emitter-minute (add before the events)."""
+        self.count_records += 1
+        self.recorded.add((record.emitter, record.minute))
+        for (route, _), n in sorted(record.counts.items()):
+            self._route(route).add_exact(n)
+            self.total.add_exact(n)
 
     def add(self, doc: Mapping[str, Any]) -> None:
         http = doc.get("http")
         route = http.get("route") if isinstance(http, Mapping) else None
         route = route if isinstance(route, str) else UNKNOWN_ROUTE
         weight, error = weight_of(doc), counts_as_error(doc)
-        per_route = self.routes.get(route)
-        if per_route is None:
-            per_route = self.routes[route] = RouteEstimate(route)
-        per_route.add(weight, error=error)
-        self.total.add(weight, error=error)
+        counted = _recorded(doc, self.recorded)
+        self._route(route).add(weight, error=error, counted=counted)
+        self.total.add(weight, error=error, counted=counted)
         sampling = doc.get("sampling")
         if isinstance(sampling, Mapping):
             reason, policy = str(sampling.get("reason")), str(sampling.get("policy"))
@@ -129,8 +160,9 @@ class Estimate:
         self.by_policy[policy] = self.by_policy.get(policy, 0) + 1
 
     def as_dict(self) -> dict[str, Any]:
-        ordered = sorted(self.routes.values(), key=lambda r: (-r.requests, r.route))
+        ordered = sorted(self.routes.values(), key=lambda r: (-r.total.value, r.route))
         return {
+            "count_records": self.count_records,
             "total": self.total.as_dict(),
             "routes": [r.as_dict() for r in ordered],
             "by_reason": dict(sorted(self.by_reason.items())),
@@ -138,17 +170,37 @@ class Estimate:
         }
 
 
-def estimate(docs: Iterable[Mapping[str, Any]]) -> Estimate:
-    """Estimated requests, errors and error rate per route from stored (sampled) events."""
+def _recorded(doc: Mapping[str, Any], recorded: set[tuple[str, dt.datetime]]) -> bool:
+    if not recorded:
+        return False
+    emitter, stamp = doc.get("emitter"), doc.get("timestamp")
+    if not isinstance(emitter, str) or not isinstance(stamp, dt.datetime):
+        return False
+    return (emitter, minute_of(stamp)) in recorded
+
+
+def estimate(docs: Iterable[Mapping[str, Any]], records: Iterable[CountRecord] = ()) -> Estimate:
+    """Requests, errors and error rate per route from stored (sampled) events.
+
+    With count `records`, each route's `total` is exact for the emitter-minutes they cover and
+    re-weighted (with an interval) for the rest.
+    """
     result = Estimate()
+    for record in latest_records(records):
+        result.add_record(record)
     for doc in docs:
         result.add(doc)
     return result
 
 
-async def estimate_from_store(store: EventStore, *, batch_size: int = 1000) -> Estimate:
-    """`estimate()` over every event in the store, read in pages (never all in memory)."""
+async def estimate_from_store(
+    store: EventStore | CountingEventStore, *, batch_size: int = 1000
+) -> Estimate:
+    """`estimate()` over every event (and count record) in the store, events read in pages."""
     result = Estimate()
+    if hasattr(store, "request_counts"):
+        for record in latest_records(await store.request_counts()):
+            result.add_record(record)
     async for doc in store.scan_events(batch_size=batch_size):
         result.add(doc)
     return result

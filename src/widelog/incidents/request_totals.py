@@ -1,0 +1,106 @@
+"""The seam between incidents and exact request counts: a scope's requests per minute.
+
+Each minute's requests are an exact count or an estimate with its uncertainty
+(`widelog.sampling.totals.Total`).
+
+A rate's denominator used to be the re-weighted sum of the stored events of its scope (noisy, and
+nothing said how noisy). `RequestTotals` answers it instead when the aggregator and the readers
+have one: `StoredRequestTotals` takes, per (emitter, minute), the emitter's count record when the
+store holds it, and the kept events' weights when it does not (a lost record, or a minute whose
+record is not sent yet). Count records are per route, so scopes of `http.route` (or of nothing:
+every request) can be exact; any other scope (say `llm.provider`) is estimated from its events,
+with an interval.
+
+The aggregator and the readers only ever ask `scope_totals` and `annotate`; without a provider
+they work as before, on the incident store's re-weighted scope counts.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import TYPE_CHECKING, Final, Protocol
+
+from widelog.sampling.counts import minute_of
+from widelog.sampling.policy import UNKNOWN_ROUTE
+from widelog.sampling.totals import Total
+
+if TYPE_CHECKING:
+    from widelog.incidents.model import WindowStats
+    from widelog.incidents.rules import Key
+    from widelog.pipeline.ports import RequestCountStore
+
+MINUTE: Final = dt.timedelta(minutes=1)
+ROUTE: Final = "http.route"
+
+
+class RequestTotals(Protocol):
+    """Requests of a scope per minute, exact where the counts allow it."""
+
+    async def scope_totals(
+        self, scope: Key, start: dt.datetime, end: dt.datetime
+    ) -> dict[dt.datetime, Total]:
+        """Per minute in [start, end], the requests whose fields have the `scope` values."""
+        ...
+
+
+class StoredRequestTotals:
+    """`RequestTotals` over an event store's count records and kept events."""
+
+    def __init__(self, store: RequestCountStore) -> None:
+        self._store = store
+
+    async def scope_totals(
+        self, scope: Key, start: dt.datetime, end: dt.datetime
+    ) -> dict[dt.datetime, Total]:
+        fields = dict(scope)
+        until = end + MINUTE
+        totals: dict[dt.datetime, Total] = {}
+        recorded: set[tuple[str, dt.datetime]] = set()
+        if set(fields) <= {ROUTE}:  # count records know routes, nothing else
+            route = fields.get(ROUTE, UNKNOWN_ROUTE) if fields else None
+            route = UNKNOWN_ROUTE if fields and route is None else route
+            for record in await self._store.request_counts(since=start, until=until):
+                recorded.add((record.emitter, record.minute))
+                exact = Total.exact(record.requests(route))
+                totals[record.minute] = totals.get(record.minute, Total()) + exact
+        for emitter, moment, weight in await self._store.sampled_weights(
+            fields, since=start, until=until, exclude=recorded
+        ):
+            if moment is None:
+                continue
+            minute = minute_of(moment.astimezone(dt.UTC))
+            if emitter is not None and (emitter, minute) in recorded:
+                continue  # counted exactly in its emitter's record
+            totals[minute] = totals.get(minute, Total(estimated=True)).plus_weight(weight)
+        return totals
+
+
+def window_total(
+    per_minute: Mapping[dt.datetime, Total], start: dt.datetime, end: dt.datetime
+) -> Total:
+    """The sum over the minutes [start, end]."""
+    total = Total()
+    minute = start
+    while minute <= end:
+        total += per_minute.get(minute, Total())
+        minute += MINUTE
+    return total
+
+
+def annotate(window: WindowStats, per_minute: Mapping[dt.datetime, Total]) -> WindowStats:
+    """The window with its requests as a `Total` (exact, or estimated with an interval).
+
+    Where the window's requests were raised to its matching requests (counts gone), the
+    denominator is that lower bound: estimated, and not narrower than what was seen.
+    """
+    total = window_total(per_minute, window.start, window.end_minute)
+    if window.requests > total.value:
+        total = Total(window.requests, total.variance, total.certain, total.sampled, estimated=True)
+    return replace(window, requests=total.value, requests_total=total)
+
+
+def as_floats(per_minute: Mapping[dt.datetime, Total]) -> dict[dt.datetime, float]:
+    """The values alone: what the lifecycle's `window_at` sums."""
+    return {minute: total.value for minute, total in per_minute.items()}
