@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import json
 import logging
 import os
 import random
@@ -122,8 +123,16 @@ class Fleet:
         incarnation.started = time.monotonic()  # its warm-up counts from here
         self.down.discard(slot)
 
-    def start_worker(self, slot: str) -> None:
-        self.workers[slot] = self._record(slot, self.pipeline.start_worker())
+    async def start_worker(self, slot: str) -> None:
+        """Start one and wait until it consumes, or exits (a problem the report shows)."""
+        incarnation = self.workers[slot] = self._record(slot, self.pipeline.start_worker())
+        index = len(self.pipeline.workers) - 1
+        deadline = time.monotonic() + 60
+        while "worker consuming" not in self.pipeline.worker_log(index):
+            if incarnation.process.poll() is not None or time.monotonic() > deadline:
+                log(f"{incarnation.name} did not start: see worker-{index}.log")
+                return
+            await asyncio.sleep(0.2)
 
     def pick(self, n: int) -> tuple[int, Incarnation]:
         up = sorted(set(self.apis) - self.down) or sorted(self.apis)
@@ -131,6 +140,10 @@ class Fleet:
 
     @staticmethod
     async def end(incarnation: Incarnation, sig: signal.Signals) -> int:
+        if incarnation.process.poll() is not None:
+            incarnation.ended_by = "died on its own"
+            incarnation.exit_code = incarnation.process.returncode
+            return incarnation.exit_code
         incarnation.ended_by = sig.name
         incarnation.process.send_signal(sig)
         code = await asyncio.to_thread(incarnation.process.wait, 60)
@@ -290,7 +303,7 @@ class Faults:
         victim = self._fleet.workers["worker-1"]
         await self._fleet.end(victim, signal.SIGKILL)
         await asyncio.sleep(self._rng.uniform(0.5, 2))
-        self._fleet.start_worker("worker-1")
+        await self._fleet.start_worker("worker-1")
         return f"{victim.name}: SIGKILL, a new one started"
 
     async def _end_api(self, sig: signal.Signals) -> str:
@@ -371,8 +384,7 @@ async def run(config: SoakConfig, *, seed: int, workdir: Path) -> Result:
     try:
         async with httpx.AsyncClient(timeout=30, limits=limits) as client:
             fleet = Fleet(pipeline, client)
-            fleet.start_worker("worker-0")
-            fleet.start_worker("worker-1")
+            await asyncio.gather(fleet.start_worker("worker-0"), fleet.start_worker("worker-1"))
             await pipeline.wait_for_log(0, "assigned partitions", timeout=120)
             await asyncio.gather(fleet.start_api("api-0"), fleet.start_api("api-1"))
             log(f"seed {seed}; processes up; traffic at {config.rate:g}/s, prefix {prefix}")
@@ -381,6 +393,8 @@ async def run(config: SoakConfig, *, seed: int, workdir: Path) -> Result:
         await backlog.close()
         await pipeline.aclose()  # kills what is left, drops the database
     result.workdir = str(workdir)
+    outcomes = {r: [s.api, s.status, s.error, round(s.at, 3)] for r, s in result.sent.items()}
+    (workdir / "requests.json").write_text(json.dumps({"kills": result.kills, "sent": outcomes}))
     return result
 
 
@@ -415,6 +429,7 @@ async def _soak(
     )
     sampler.cancel()
     fleet.sample_memory(started, config.warmup_s)
+    dead_letters = len(await pipeline.dead_letters())
     await fleet.stop_all()
     window = int(pipeline.env["WIDELOG_KAFKA_MESSAGE_TIMEOUT_MS"]) / 1000 + 1.0
     return Result(
@@ -428,6 +443,7 @@ async def _soak(
         stored=dict(stored),
         spool=spool,
         lag=lag,
+        dead_letters=dead_letters,
         settle_s=settle_s,
         processes=[
             Memory(i.name, i.ended_by, i.exit_code, i.rss_start, i.rss_end, i.rss_peak)
@@ -456,7 +472,7 @@ def main() -> None:
     if not args.short:
         config = replace(config, duration_s=args.duration, rate=args.rate, max_faults=args.faults)
     logging.basicConfig(level=logging.WARNING)
-    logging.getLogger("widelog.kafka").setLevel(logging.ERROR)  # the lag probe's reconnects
+    logging.getLogger("widelog.kafka").setLevel(logging.CRITICAL)  # the lag probe's reconnects
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(10**6)
     log(f"seed {seed} (--seed {seed} repeats this fault schedule)")
     workdir = Path(tempfile.mkdtemp(prefix="widelog-soak-"))
