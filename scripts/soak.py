@@ -66,7 +66,7 @@ class SoakConfig:
     gap_s: tuple[float, float] = (2.0, 6.0)  # quiet time before each fault
     warmup_s: float = 20.0  # traffic before the first fault; memory is measured from its end
     tail_s: float = 5.0  # traffic after the last fault
-    settle_s: float = 120.0  # the bound on waiting for spool empty, lag 0, all stored
+    settle_s: float = 300.0  # the bound on waiting for spool empty, lag 0, all stored
     rss_growth_mb: float = 50.0  # allowed RSS growth of a long-lived process, start to end
     in_flight: int = 64  # requests in flight at most (the rate drops beyond)
 
@@ -80,7 +80,7 @@ SHORT = SoakConfig(
     gap_s=(0.5, 1.0),
     warmup_s=4.0,
     tail_s=3.0,
-    settle_s=60.0,
+    settle_s=90.0,
 )
 
 
@@ -318,31 +318,33 @@ class Faults:
 
 async def settle(
     pipeline: Pipeline, prefix: str, answered: set[str], backlog: KafkaGroupBacklog, bound: float
-) -> tuple[collections.Counter[str], list[str], int | None, float]:
+) -> tuple[collections.Counter[str], list[str], int | None, float, bool]:
     """Wait for the spool to empty, the lag to reach 0 and every answered request to be stored.
 
     At most `bound` s, or until drained and nothing changed for 5 s (a loss: what was neither
-    acknowledged nor spooled within the message timeout is gone); then count once more.
+    acknowledged nor spooled within the message timeout is gone). Lag and spool are read before
+    the store: the workers commit only after the write, so a lag of 0 read first means the count
+    after it includes everything. Returns whether it settled before the bound.
     """
     started = time.monotonic()
     quiet_since, last = started, -1
-    stored: collections.Counter[str] = collections.Counter()
-    spool: list[str] = []
-    lag: int | None = None
-    while time.monotonic() - started < bound:
-        stored = await stored_by_request(pipeline, prefix)
+    while True:
         spool = spooled(pipeline)
         lag = await read_lag(backlog)
+        stored = await stored_by_request(pipeline, prefix)
         total = sum(stored.values())
         if total != last:
             quiet_since, last = time.monotonic(), total
         drained = not spool and lag == 0 and time.monotonic() - started > 5
         if drained and (answered <= set(stored) or time.monotonic() - quiet_since > 5):
             break
+        if time.monotonic() - started > bound:
+            return stored, spool, lag, time.monotonic() - started, False
         await asyncio.sleep(1)
     await asyncio.sleep(2)  # anything stored twice would show now
+    spool, lag = spooled(pipeline), await read_lag(backlog)
     stored = await stored_by_request(pipeline, prefix)
-    return stored, spooled(pipeline), await read_lag(backlog), time.monotonic() - started
+    return stored, spool, lag, time.monotonic() - started, True
 
 
 async def stored_by_request(pipeline: Pipeline, prefix: str) -> collections.Counter[str]:
@@ -424,7 +426,7 @@ async def _soak(
     log(f"traffic stopped: {len(traffic.sent)} requests in {traffic_s:.0f} s; settling")
     answered = {r for r, s in traffic.sent.items() if s.status is not None}
     pipeline = fleet.pipeline
-    stored, spool, lag, settle_s = await settle(
+    stored, spool, lag, settle_s, settled = await settle(
         pipeline, prefix, answered, backlog, config.settle_s
     )
     sampler.cancel()
@@ -445,6 +447,7 @@ async def _soak(
         lag=lag,
         dead_letters=dead_letters,
         settle_s=settle_s,
+        settled=settled,
         processes=[
             Memory(i.name, i.ended_by, i.exit_code, i.rss_start, i.rss_end, i.rss_peak)
             for i in fleet.incarnations

@@ -52,6 +52,7 @@ class Result:
     lag: int | None  # the group's lag at the end (None: could not be read)
     dead_letters: int  # payloads the workers set aside (none expected: all are well formed)
     settle_s: float
+    settled: bool  # spool empty, lag 0 and every answered request stored (or quiet) in time
     processes: list[Memory]
     rss_growth_mb: float
     behind: int = 0
@@ -98,10 +99,15 @@ class Result:
             problems.append("no fault was injected")
         if not self.answered:
             problems.append("no request was answered")
+        if not self.settled:
+            problems.append(
+                f"did not settle in {self.settle_s:.0f} s (lag {self.lag}, spool {len(self.spool)}"
+                f" files, {len(self.lost)} answered requests not stored yet)"
+            )
         if self.duplicates:
             problems.append(f"{len(self.duplicates)} request ids stored more than once")
         unexplained = self.lost - self.lost_to_sigkill
-        if unexplained:
+        if unexplained and self.settled:
             problems.append(f"{len(unexplained)} answered requests lost: {sorted(unexplained)[:5]}")
         foreign = set(self.stored) - set(self.sent)
         if foreign:
@@ -112,6 +118,10 @@ class Result:
             problems.append(f"{self.dead_letters} dead letters")
         if self.lag != 0:
             problems.append(f"consumer lag at the end: {self.lag}")
+        return problems + self._process_problems()
+
+    def _process_problems(self) -> list[str]:
+        problems = []
         for memory in self.processes:
             if memory.ended_by == "died on its own":
                 problems.append(f"{memory.name} died on its own (exit {memory.exit_code})")
@@ -181,7 +191,8 @@ def render(result: Result, *, command: str) -> str:
         f"| spool files left | {len(result.spool)} |",
         f"| consumer lag at the end | {result.lag} |",
         f"| dead letters | {result.dead_letters} |",
-        f"| settling took | {result.settle_s:.1f} s |",
+        f"| settling took | {result.settle_s:.1f} s"
+        f"{'' if result.settled else ' (gave up: the bound)'} |",
         "",
         "## Memory (RSS) per process",
         "",
@@ -223,7 +234,7 @@ once before any twice): `kafka-freeze` (SIGSTOP 5–15 s, SIGCONT), `kafka-resta
 `redis-restart` (stop, start: the caches come back empty), `worker-kill` (SIGKILL `worker-1`,
 start a new one), `api-term` / `api-kill` (SIGTERM / SIGKILL `api-1`, start a new one on the same
 port). `api-0` and `worker-0` are never signalled. Then the traffic stops and the soak waits, at
-most 120 s, until the spool directory is empty, the group's lag is 0 and every answered request is
+most 300 s, until the spool directory is empty, the group's lag is 0 and every answered request is
 stored (or, drained, nothing changed for 5 s), and counts the store by request id.
 
 - **answered**: the client got an HTTP response, whatever the status. Its event must be stored
