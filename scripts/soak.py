@@ -46,6 +46,17 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
 ROOT = Path(__file__).resolve().parents[1]
+# What the processes logged about the faults, counted from their logs for the report.
+LOGGED = {
+    "API: `MQ publish failed` (spooling; at most one line per 5 s)": ("api", "MQ publish failed"),
+    "API: `all Kafka brokers are down`": ("api", "all Kafka brokers are down"),
+    "API: spool replay not acknowledged, retried": ("api", "it stays in the spool"),
+    "API: `Kafka accepts events again`": ("api", "Kafka accepts events again"),
+    "API: Redis cache circuit opened": ("api", "cache circuit redis opened"),
+    "worker: store write failed, retried": ("worker", "write_batch failed"),
+    "worker: partitions lost (session expired)": ("worker", "lost partitions"),
+    "worker: consumer replaced by the watchdog (no progress)": ("worker", "made no progress"),
+}
 KINDS = (
     "kafka-freeze",
     "kafka-restart",
@@ -262,6 +273,7 @@ class Faults:
         self._started = started
         self.done: list[Fault] = []
         self.kills: dict[str, float] = {}  # API incarnation → when it was SIGKILLed
+        self.ages: dict[str, float] = {}  # API incarnation → seconds it had served when killed
 
     async def run(self, deadline: float) -> None:
         deck: list[str] = []
@@ -311,6 +323,7 @@ class Faults:
         self._fleet.down.add("api-1")
         if sig == signal.SIGKILL:
             self.kills[victim.name] = time.monotonic()
+            self.ages[victim.name] = time.monotonic() - victim.started
         code = await self._fleet.end(victim, sig)
         await self._fleet.start_api("api-1", port)
         return f"{victim.name}: {sig.name}, exit {code}, a new one started on its port"
@@ -395,8 +408,11 @@ async def run(config: SoakConfig, *, seed: int, workdir: Path) -> Result:
         await backlog.close()
         await pipeline.aclose()  # kills what is left, drops the database
     result.workdir = str(workdir)
+    result.logged = count_logged(workdir)
     outcomes = {r: [s.api, s.status, s.error, round(s.at, 3)] for r, s in result.sent.items()}
-    (workdir / "requests.json").write_text(json.dumps({"kills": result.kills, "sent": outcomes}))
+    (workdir / "requests.json").write_text(
+        json.dumps({"kills": result.kills, "lost": sorted(result.lost), "sent": outcomes})
+    )
     return result
 
 
@@ -441,6 +457,7 @@ async def _soak(
         sent=traffic.sent,
         faults=faults.done,
         kills=faults.kills,
+        kill_ages=faults.ages,
         kill_window_s=window,
         stored=dict(stored),
         spool=spool,
@@ -455,6 +472,16 @@ async def _soak(
         rss_growth_mb=config.rss_growth_mb,
         behind=traffic.behind,
     )
+
+
+def count_logged(workdir: Path) -> dict[str, int]:
+    logs = {
+        kind: [p.read_text() for p in workdir.glob(f"{kind}-*.log")] for kind in ("api", "worker")
+    }
+    return {
+        what: sum(text.count(needle) for text in logs[kind])
+        for what, (kind, needle) in LOGGED.items()
+    }
 
 
 def log(message: str) -> None:

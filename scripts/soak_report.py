@@ -46,6 +46,7 @@ class Result:
     sent: dict[str, Sent]
     faults: list[Fault]
     kills: dict[str, float]  # API incarnation → monotonic time of its SIGKILL
+    kill_ages: dict[str, float]  # API incarnation → seconds it had served when SIGKILLed
     kill_window_s: float  # what a SIGKILLed producer may still hold: message timeout + 1 s
     stored: dict[str, int]  # request id → stored events with it
     spool: list[str]  # files left in the spool directory
@@ -57,6 +58,7 @@ class Result:
     rss_growth_mb: float
     behind: int = 0
     workdir: str = ""
+    logged: dict[str, int] = field(default_factory=dict)  # log lines about the faults, counted
     finished: str = field(
         default_factory=lambda: time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     )
@@ -210,6 +212,24 @@ def render(result: Result, *, command: str) -> str:
             f" | {_mb(memory.rss_end)} | {'' if growth is None else f'{growth:+.1f}'}"
             f" | {_mb(memory.rss_peak)} |"
         )
+    if result.kills:
+        lines += [
+            "",
+            "## The SIGKILLed API processes",
+            "",
+            "What each one answered in the window before its kill, and how much of it was lost"
+            " (still in librdkafka's memory: neither acknowledged by Kafka nor spooled).",
+            "",
+            "| process | had served for | answered in the window | lost |",
+            "|---|---:|---:|---:|",
+        ]
+        for name in result.kills:
+            window = {r for r in answered if result.sent[r].api == name} & set(in_window)
+            lost = window & result.lost
+            age = result.kill_ages.get(name, 0.0)
+            lines.append(f"| {name} | {age:.1f} s | {len(window)} | {len(lost)} |")
+    lines += ["", "## What the processes logged", "", "| line | count |", "|---|---:|"]
+    lines += [f"| {what} | {count} |" for what, count in result.logged.items()]
     lines += ["", HOW_TO_READ]
     return "\n".join(lines) + "\n"
 
