@@ -80,13 +80,18 @@ class SoakConfig:
     settle_s: float = 300.0  # the bound on waiting for spool empty, lag 0, all stored
     rss_growth_mb: float = 50.0  # allowed RSS growth of a long-lived process, start to end
     in_flight: int = 64  # requests in flight at most (the rate drops beyond)
+    kinds: tuple[str, ...] = KINDS  # the deck the faults are drawn from
 
 
-# The variant in `make test`: every kind of fault once, shorter freezes, a few seconds between.
+# The variant in `make test`: every kind of fault once but the slowest (a Kafka restart takes 20 s
+# or more here; the long soak and test_pipeline_live.py stop Kafka), shorter freezes, a second or
+# so between. The time bound only matters on a busy machine.
+SHORT_KINDS = tuple(kind for kind in KINDS if kind != "kafka-restart")
 SHORT = SoakConfig(
-    duration_s=75.0,
+    duration_s=90.0,
     rate=40.0,
-    max_faults=len(KINDS),
+    max_faults=len(SHORT_KINDS),
+    kinds=SHORT_KINDS,
     freeze_s=(3.0, 6.0),
     gap_s=(0.5, 1.0),
     warmup_s=4.0,
@@ -102,11 +107,23 @@ class Incarnation:
     name: str
     process: subprocess.Popen[bytes]
     started: float
-    ended_by: str = ""  # the signal the soak sent it, or how it ended
-    exit_code: int | None = None
-    rss_start: int | None = None  # bytes, the first sample after the warm-up
-    rss_end: int | None = None
-    rss_peak: int = 0
+    memory: Memory
+
+    @property
+    def ended_by(self) -> str:
+        return self.memory.ended_by
+
+    @ended_by.setter
+    def ended_by(self, value: str) -> None:
+        self.memory.ended_by = value
+
+    @property
+    def exit_code(self) -> int | None:
+        return self.memory.exit_code
+
+    @exit_code.setter
+    def exit_code(self, value: int | None) -> None:
+        self.memory.exit_code = value
 
 
 class Fleet:
@@ -122,7 +139,8 @@ class Fleet:
 
     def _record(self, slot: str, process: subprocess.Popen[bytes]) -> Incarnation:
         count = sum(1 for i in self.incarnations if i.name.startswith(f"{slot}#"))
-        incarnation = Incarnation(f"{slot}#{count + 1}", process, time.monotonic())
+        name = f"{slot}#{count + 1}"
+        incarnation = Incarnation(name, process, time.monotonic(), Memory(name))
         self.incarnations.append(incarnation)
         return incarnation
 
@@ -165,14 +183,15 @@ class Fleet:
         for incarnation in self.incarnations:
             if incarnation.process.poll() is not None:
                 continue
-            rss = _rss(incarnation.process.pid)
-            if rss is None:
+            sample = _rss(incarnation.process.pid)
+            if sample is None:
                 continue
-            incarnation.rss_end = rss
-            incarnation.rss_peak = max(incarnation.rss_peak, rss)
+            memory = incarnation.memory
+            memory.rss_end, memory.anon_end = sample
+            memory.rss_peak = max(memory.rss_peak, memory.rss_end)
             warm = time.monotonic() - max(since, incarnation.started) >= warmup
-            if incarnation.rss_start is None and warm:
-                incarnation.rss_start = rss
+            if memory.rss_start is None and warm:
+                memory.rss_start, memory.anon_start = sample
 
     async def stop_all(self) -> None:
         """SIGTERM every process (the APIs first: they flush), each must exit cleanly."""
@@ -185,11 +204,13 @@ class Fleet:
                 incarnation.ended_by = "died on its own"
 
 
-def _rss(pid: int) -> int | None:
-    with contextlib.suppress(OSError):
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
+def _rss(pid: int) -> tuple[int, int] | None:
+    """VmRSS and RssAnon in bytes (`/proc/PID/status`), or None once the process is gone."""
+    with contextlib.suppress(OSError, KeyError):
+        fields = dict(
+            line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+        )
+        return int(fields["VmRSS"].split()[0]) * 1024, int(fields["RssAnon"].split()[0]) * 1024
     return None
 
 
@@ -291,7 +312,7 @@ class Faults:
             if time.monotonic() >= deadline:
                 return
             if not deck:
-                deck = list(KINDS)
+                deck = list(self._config.kinds)
                 self._rng.shuffle(deck)
             kind = deck.pop()
             at = time.monotonic()
@@ -465,10 +486,7 @@ async def _soak(
         dead_letters=dead_letters,
         settle_s=settle_s,
         settled=settled,
-        processes=[
-            Memory(i.name, i.ended_by, i.exit_code, i.rss_start, i.rss_end, i.rss_peak)
-            for i in fleet.incarnations
-        ],
+        processes=[i.memory for i in fleet.incarnations],
         rss_growth_mb=config.rss_growth_mb,
         behind=traffic.behind,
     )
