@@ -107,23 +107,7 @@ class Incarnation:
     name: str
     process: subprocess.Popen[bytes]
     started: float
-    memory: Memory
-
-    @property
-    def ended_by(self) -> str:
-        return self.memory.ended_by
-
-    @ended_by.setter
-    def ended_by(self, value: str) -> None:
-        self.memory.ended_by = value
-
-    @property
-    def exit_code(self) -> int | None:
-        return self.memory.exit_code
-
-    @exit_code.setter
-    def exit_code(self, value: int | None) -> None:
-        self.memory.exit_code = value
+    memory: Memory  # also how it ended
 
 
 class Fleet:
@@ -169,15 +153,15 @@ class Fleet:
 
     @staticmethod
     async def end(incarnation: Incarnation, sig: signal.Signals) -> int:
+        memory = incarnation.memory
         if incarnation.process.poll() is not None:
-            incarnation.ended_by = "died on its own"
-            incarnation.exit_code = incarnation.process.returncode
-            return incarnation.exit_code
-        incarnation.ended_by = sig.name
+            memory.ended_by = "died on its own"
+            memory.exit_code = incarnation.process.returncode
+            return memory.exit_code
+        memory.ended_by = sig.name
         incarnation.process.send_signal(sig)
-        code = await asyncio.to_thread(incarnation.process.wait, 60)
-        incarnation.exit_code = code
-        return code
+        memory.exit_code = await asyncio.to_thread(incarnation.process.wait, 60)
+        return memory.exit_code
 
     def sample_memory(self, since: float, warmup: float) -> None:
         for incarnation in self.incarnations:
@@ -199,9 +183,16 @@ class Fleet:
             if incarnation.process.poll() is None:
                 await self.end(incarnation, signal.SIGTERM)
         for incarnation in self.incarnations:  # a process that died on its own
-            if incarnation.process.poll() is not None and incarnation.exit_code is None:
-                incarnation.exit_code = incarnation.process.returncode
-                incarnation.ended_by = "died on its own"
+            if incarnation.process.poll() is not None and incarnation.memory.exit_code is None:
+                incarnation.memory.exit_code = incarnation.process.returncode
+                incarnation.memory.ended_by = "died on its own"
+
+    def kill_all(self) -> None:
+        """What is still running when the soak itself failed."""
+        for incarnation in self.incarnations:
+            if incarnation.process.poll() is None:
+                incarnation.process.kill()
+                incarnation.process.wait(10)
 
 
 def _rss(pid: int) -> tuple[int, int] | None:
@@ -416,18 +407,19 @@ async def run(config: SoakConfig, *, seed: int, workdir: Path) -> Result:
         topic=pipeline.env["WIDELOG_KAFKA_TOPIC"],
         group=pipeline.env["WIDELOG_KAFKA_GROUP"],
     )
-    limits = httpx.Limits(max_connections=config.in_flight)
+    client = httpx.AsyncClient(timeout=30, limits=httpx.Limits(max_connections=config.in_flight))
+    fleet = Fleet(pipeline, client)
     try:
-        async with httpx.AsyncClient(timeout=30, limits=limits) as client:
-            fleet = Fleet(pipeline, client)
+        async with client:
             await asyncio.gather(fleet.start_worker("worker-0"), fleet.start_worker("worker-1"))
             await pipeline.wait_for_log(0, "assigned partitions", timeout=120)
             await asyncio.gather(fleet.start_api("api-0"), fleet.start_api("api-1"))
             log(f"seed {seed}; processes up; traffic at {config.rate:g}/s, prefix {prefix}")
             result = await _soak(config, seed, prefix, fleet, backlog)
     finally:
+        fleet.kill_all()
         await backlog.close()
-        await pipeline.aclose()  # kills what is left, drops the database
+        await pipeline.aclose()  # drops the database
     result.workdir = str(workdir)
     result.logged = count_logged(workdir)
     outcomes = {r: [s.api, s.status, s.error, round(s.at, 3)] for r, s in result.sent.items()}
