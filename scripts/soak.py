@@ -106,8 +106,8 @@ class Incarnation:
 
     name: str
     process: subprocess.Popen[bytes]
-    started: float
     memory: Memory  # also how it ended
+    ready: float | None = None  # since when it answers (API) or consumes (worker)
 
 
 class Fleet:
@@ -124,7 +124,7 @@ class Fleet:
     def _record(self, slot: str, process: subprocess.Popen[bytes]) -> Incarnation:
         count = sum(1 for i in self.incarnations if i.name.startswith(f"{slot}#"))
         name = f"{slot}#{count + 1}"
-        incarnation = Incarnation(name, process, time.monotonic(), Memory(name))
+        incarnation = Incarnation(name, process, Memory(name))
         self.incarnations.append(incarnation)
         return incarnation
 
@@ -133,7 +133,7 @@ class Fleet:
         incarnation = self._record(slot, server.process)
         self.apis[slot] = (server.port, incarnation)
         await server.ready(self.client, timeout=60)
-        incarnation.started = time.monotonic()  # its warm-up counts from here
+        incarnation.ready = time.monotonic()  # its warm-up counts from here
         self.down.discard(slot)
 
     async def start_worker(self, slot: str) -> None:
@@ -146,6 +146,7 @@ class Fleet:
                 log(f"{incarnation.name} did not start: see worker-{index}.log")
                 return
             await asyncio.sleep(0.2)
+        incarnation.ready = time.monotonic()
 
     def pick(self, n: int) -> tuple[int, Incarnation]:
         up = sorted(set(self.apis) - self.down) or sorted(self.apis)
@@ -173,7 +174,9 @@ class Fleet:
             memory = incarnation.memory
             memory.rss_end, memory.anon_end = sample
             memory.rss_peak = max(memory.rss_peak, memory.rss_end)
-            warm = time.monotonic() - max(since, incarnation.started) >= warmup
+            # Not while it starts (imports): from the warm-up's end after it was ready.
+            ready = incarnation.ready
+            warm = ready is not None and time.monotonic() - max(since, ready) >= warmup
             if memory.rss_start is None and warm:
                 memory.rss_start, memory.anon_start = sample
 
@@ -335,7 +338,7 @@ class Faults:
         self._fleet.down.add("api-1")
         if sig == signal.SIGKILL:
             self.kills[victim.name] = time.monotonic()
-            self.ages[victim.name] = time.monotonic() - victim.started
+            self.ages[victim.name] = time.monotonic() - (victim.ready or time.monotonic())
         code = await self._fleet.end(victim, sig)
         await self._fleet.start_api("api-1", port)
         return f"{victim.name}: {sig.name}, exit {code}, a new one started on its port"

@@ -277,13 +277,12 @@ stored (or, drained, nothing changed for 5 s), and counts the store by request i
   restarts re-send the same `event_id`, which the store keeps once; a duplicate here fails it.
 - **spool**, **lag**: files left in the spool directory (segments not yet replayed, records set
   aside as refused) and the consumer group's lag, both 0 at the end.
-- **memory**: `VmRSS` and `RssAnon` (`/proc/PID/status`) sampled every second, start = the first
-  sample once the process had served traffic for the warm-up. A long-lived process's anonymous
-  RSS (its heap: what a leak grows) must end less than 50 MB above its start. `VmRSS` is shown
-  but not judged: it also counts file-backed pages (shared libraries), which the kernel's
-  proactive reclaim (DAMON `pageout` on these machines) drops from idle processes and faults
-  back in, so a process can read 30 MB one second and 85 MB the next without allocating
-  anything. The restarted processes are listed too.
+- **memory**: `VmRSS` and `RssAnon` (`/proc/PID/status`) sampled every second; start = the first
+  sample once the process had been ready (answering, or consuming) and under traffic for the
+  warm-up. A long-lived process's anonymous RSS (its own allocations: what a leak grows) must
+  end less than 50 MB above its start; `VmRSS` also counts the file-backed pages of shared
+  libraries, which the kernel may drop and read back (these machines run DAMON `pageout`), so
+  it is shown, not judged. The restarted processes are listed too (a short life: little to say).
 
 The short variant (`SHORT` in `scripts/soak.py`: each fault kind but `kafka-restart` once, in a
 shuffled order, 3–6 s freezes, 40 req/s, about a minute on a quiet machine)
