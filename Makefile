@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck services services-down bench clean
+.PHONY: demo test lint typecheck services services-down bench soak clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,14 @@ $(BENCH_STAMP): $(STAMP)
 bench: $(BENCH_STAMP) services
 	bench/tools.sh
 	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
+
+# Not part of `make test` (its short variant is: tests/integration/test_soak_live.py): about five
+# minutes of chat traffic to two API processes and two workers while seeded faults freeze, stop
+# and kill Kafka, FerretDB, Redis, a worker and an API; then every answered request must be
+# stored once. Regenerates docs/soak.md; exits 1 on a problem. `make soak SOAK_ARGS='--seed 7'`.
+# It stops and restarts the services it runs on: docs/soak.md says how to give it its own.
+soak: $(STAMP) services
+	$(BIN)/python -m scripts.soak $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import uuid
@@ -18,6 +19,7 @@ KAFKA = f"127.0.0.1:{os.environ.get('WIDELOG_SERVICES_KAFKA_PORT', '9092')}"
 REDIS_PORT = int(os.environ.get("WIDELOG_SERVICES_REDIS_PORT", "6379"))
 REDIS_URL = f"redis://127.0.0.1:{REDIS_PORT}/0"
 MONGO = f"mongodb://127.0.0.1:{os.environ.get('WIDELOG_SERVICES_MONGO_PORT', '27017')}"
+STATE = Path(os.environ.get("WIDELOG_SERVICES_STATE", "/tmp/widelog-services"))  # data, pidfiles
 
 
 def services(*args: str) -> None:
@@ -33,6 +35,22 @@ def service_down(name: str) -> Iterator[None]:
         yield
     finally:
         services("start", name)
+
+
+def service_pid(name: str) -> int:
+    """The pid of one service of this run, from the services script's pidfile."""
+    return int((STATE / name / f"{name}.pid").read_text().strip())
+
+
+@contextmanager
+def frozen(name: str) -> Iterator[None]:
+    """SIGSTOP one service of this run (hung: connections stay open) and always SIGCONT it."""
+    pid = service_pid(name)
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
 
 
 def free_port() -> int:

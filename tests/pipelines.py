@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import os
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import httpx
 from pymongo import AsyncMongoClient
 
 from tests.apps import running_api
-from tests.live import KAFKA, REDIS_URL, mongo_url, unique
+from tests.live import KAFKA, REDIS_URL, free_port, mongo_url, unique
 from widelog.chat.bootstrap import ChatContainer
 from widelog.config import Settings
 
@@ -110,6 +111,46 @@ class Pipeline:
                 worker.wait(10)
         await self.mongo.drop_database(self.database)
         await self.mongo.close()
+
+
+class ApiProcess:
+    """`widelog serve` in its own process, with the pipeline's settings (`port`: again after a
+    restart); its output appended to `<name>.log` in the pipeline's log directory."""
+
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        *,
+        name: str = "api",
+        port: int | None = None,
+        log_level: str = "info",
+    ) -> None:
+        self.port = port or free_port()
+        self.log = pipeline.logs / f"{name}.log"
+        command = ["widelog", "serve", "--port", str(self.port), "--log-level", log_level]
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", *command],
+                env={**os.environ, **pipeline.env},
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+            )
+
+    async def ready(self, client: httpx.AsyncClient, *, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.process.poll() is None, self.log.read_text()
+            with contextlib.suppress(httpx.TransportError):
+                if (await client.get(f"http://127.0.0.1:{self.port}/healthz")).status_code == 200:
+                    return
+            assert time.monotonic() < deadline, self.log.read_text()
+            await asyncio.sleep(0.2)
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
 
 
 def api(pipeline: Pipeline) -> AbstractAsyncContextManager[tuple[httpx.AsyncClient, ChatContainer]]:

@@ -14,9 +14,6 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -24,7 +21,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from tests.contract.test_event_store import make_event
-from tests.live import KAFKA
+from tests.live import KAFKA, frozen
 from tests.pipelines import Pipeline
 from widelog.pipeline.kafka import KafkaEventSource, ensure_topic
 from widelog.pipeline.ports import Message
@@ -114,21 +111,6 @@ async def test_poison_that_decodes_or_nests_too_deep_never_stops_the_worker(kafk
 
 
 # --- a frozen broker ---------------------------------------------------------------------------
-
-STATE = Path(
-    os.environ.get("WIDELOG_SERVICES_STATE", "/tmp/widelog-services")
-)  # the script's default
-
-
-@contextmanager
-def frozen(name: str) -> Iterator[None]:
-    """SIGSTOP one service of this run (its pid from the services script) and always SIGCONT it."""
-    pid = int((STATE / name / f"{name}.pid").read_text().strip())
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.kill(pid, signal.SIGCONT)
 
 
 class Traffic:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import itertools
 import os
 import signal
@@ -20,9 +19,9 @@ import time
 import httpx
 import pytest
 
-from tests.integration.test_hardening_live import frozen, wait_for_no_lag
-from tests.live import free_port, unique
-from tests.pipelines import Pipeline, api, send
+from tests.integration.test_hardening_live import wait_for_no_lag
+from tests.live import frozen, unique
+from tests.pipelines import ApiProcess, Pipeline, api, send
 from widelog.stats import percentile
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults, pytest.mark.mongo]
@@ -110,37 +109,6 @@ async def test_a_hung_redis_fails_the_caches_open_and_every_event_is_stored_once
 
 
 # --- the API process stopped under load ---------------------------------------------------------
-
-
-class ApiProcess:
-    """`widelog serve` in its own process, with the pipeline's settings."""
-
-    def __init__(self, pipeline: Pipeline) -> None:
-        self.port = free_port()
-        self.log = pipeline.logs / "api.log"
-        with self.log.open("wb") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "widelog", "serve", "--port", str(self.port)],
-                env={**os.environ, **pipeline.env},
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-            )
-
-    async def ready(self, client: httpx.AsyncClient, *, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            assert self.process.poll() is None, self.log.read_text()
-            with contextlib.suppress(httpx.TransportError):
-                if (await client.get("/healthz")).status_code == 200:
-                    return
-            assert time.monotonic() < deadline, self.log.read_text()
-            await asyncio.sleep(0.2)
-
-    def kill(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
 
 
 class Load:
