@@ -19,12 +19,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import httpx
 import msgspec
 import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from tests.contract.test_event_store import make_event
-from tests.live import KAFKA
+from tests.integration.test_worker_probes import scrape
+from tests.live import KAFKA, free_port
 from tests.pipelines import Pipeline
 from widelog.pipeline.kafka import KafkaEventSource, ensure_topic
 from widelog.pipeline.ports import Message
@@ -118,6 +120,39 @@ async def test_poison_that_decodes_or_nests_too_deep_never_stops_the_worker(kafk
 STATE = Path(
     os.environ.get("WIDELOG_SERVICES_STATE", "/tmp/widelog-services")
 )  # the script's default
+
+
+async def test_a_duplicate_event_id_with_other_content_is_kept_apart_and_counted(kafka_pipeline):
+    kafka_pipeline.env["WIDELOG_WORKER_HTTP_PORT"] = port = str(free_port())
+    kafka_pipeline.start_worker()
+    await kafka_pipeline.wait_for_log(0, "assigned partitions")
+    first = make_event(request_id="twin", http={"route": "/v1/chat", "status": 200})
+    second = {**first, "http": {"route": "/v1/chat", "status": 503}}
+    events = good("plain", 50)
+    same = [("twin", msgspec.json.encode(first))]
+    await asyncio.to_thread(produce, kafka_pipeline, same + events[:25] + same)
+    await kafka_pipeline.wait_until_stored({"twin"} | {key for key, _ in events[:25]})
+    await asyncio.to_thread(
+        produce, kafka_pipeline, [("twin", msgspec.json.encode(second)), *events[25:]]
+    )
+    await kafka_pipeline.wait_until_stored({"twin"} | {key for key, _ in events})
+    await wait_for_no_lag(kafka_pipeline)
+
+    db = kafka_pipeline.mongo.get_default_database()
+    kept = await db["events"].find_one({"_id": first["event_id"]})
+    [conflict] = await db["conflicts"].find({"event_id": first["event_id"]}).to_list()
+    assert (200, 503, "conflicting duplicate") == (
+        kept["http"]["status"],
+        conflict["event"]["http"]["status"],
+        conflict["reason"],
+    )
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as probes:
+        values = await scrape(probes)
+    assert (51, 1, 1) == (
+        values["widelog_events_stored_total"],
+        values["widelog_events_duplicates_total"],
+        values["widelog_events_conflicts_total"],
+    )
 
 
 @contextmanager

@@ -36,6 +36,7 @@ class ConsumerStats:
     batches: int = 0
     stored: int = 0
     duplicates: int = 0
+    conflicts: int = 0  # duplicates of a stored event_id with other content, kept apart
     dead_lettered: int = 0
     write_failures: int = 0
     poll_failures: int = 0
@@ -165,7 +166,11 @@ class BatchConsumer:
         result = results[-1]
         letters += [self._dead_letter(positions[i], reason) for i, reason in result.rejected]
         if self._on_stored is not None:
-            skip = set(result.duplicate_indexes) | {i for i, _ in result.rejected}
+            skip = (
+                set(result.duplicate_indexes)
+                | set(result.conflict_indexes)
+                | {i for i, _ in result.rejected}
+            )
             new = [doc for i, doc in enumerate(docs) if i not in skip]
             on_stored = self._on_stored
             if new and not await self._retry(
@@ -182,11 +187,19 @@ class BatchConsumer:
             log.warning("commit failed, the batch may be delivered again: %r", exc)
 
         elapsed_ms = (time.perf_counter() - started) * 1000
-        ok = result.inserted + result.duplicates
+        ok = result.inserted + result.duplicates + result.conflicts
         stats = self.stats
         stats.batches += 1
         stats.stored += result.inserted
         stats.duplicates += result.duplicates
+        stats.conflicts += result.conflicts
+        if result.conflicts:
+            log.warning(
+                "%d events have the event_id of a stored event with other content (e.g. %s):"
+                " the stored version stays, the new one is kept in the store's conflicts",
+                result.conflicts,
+                docs[result.conflict_indexes[0]].get("event_id"),
+            )
         stats.dead_lettered += len(letters)
         stats.last_batch_ms = elapsed_ms
         stats.batch_sizes.observe(len(batch))
