@@ -61,12 +61,14 @@ async def wait_for_no_lag(pipeline: Pipeline, *, timeout: float = 60) -> None:
         remaining = await asyncio.to_thread(lag, pipeline)
 
 
-def produce(pipeline: Pipeline, payloads: list[tuple[str, bytes]]) -> None:
+def produce(
+    pipeline: Pipeline, payloads: list[tuple[str, bytes]], *, partitions: int = PARTITIONS
+) -> None:
     """Round-robin over the partitions, so poison sits in one and the others go on."""
     producer = Producer({"bootstrap.servers": KAFKA, "acks": "all"})
     for i, (key, payload) in enumerate(payloads):
         producer.produce(
-            pipeline.env["WIDELOG_KAFKA_TOPIC"], payload, key, partition=i % PARTITIONS
+            pipeline.env["WIDELOG_KAFKA_TOPIC"], payload, key, partition=i % partitions
         )
     assert 0 == producer.flush(30)
 
@@ -262,3 +264,42 @@ async def test_a_consumer_that_stops_fetching_is_replaced_and_nothing_is_lost(ka
 
     assert 1 == source.stalls
     await wait_for_no_lag(kafka_pipeline)
+
+
+async def test_a_consumer_left_without_partitions_is_replaced_after_one_stall_period(
+    kafka_pipeline,
+):
+    """A stand-in for a member stuck rejoining its group: it left, and nobody consumes.
+
+    The verdict needs two looks at the group; they come after half the period and the period,
+    so the replacement comes after about one `stall_timeout_s`, not two (as it did before).
+    """
+    stall_s = 8.0
+    settings = kafka_pipeline.settings()
+    await asyncio.to_thread(ensure_topic, KAFKA, settings.kafka_topic, partitions=1, timeout=30)
+    source = KafkaEventSource(
+        bootstrap=KAFKA,
+        topic=settings.kafka_topic,
+        group=settings.kafka_group,
+        stall_timeout_s=stall_s,
+    )
+    await asyncio.to_thread(produce, kafka_pipeline, good("unassigned", 200), partitions=1)
+    received: list[Message] = []
+    try:
+        while not received:
+            received += await source.poll(10, 1.0)
+        await source.commit(received)
+        source._consumer.unsubscribe()  # the injected fault: out of the group, never back
+        left_at = time.monotonic()
+        while not source.stalls:
+            assert time.monotonic() - left_at < 3 * stall_s, "never replaced"
+            received += await source.poll(100, 0.5)
+        detected_after = time.monotonic() - left_at
+        deadline = time.monotonic() + 60
+        while len({m.position for m in received}) < 200:
+            assert time.monotonic() < deadline, f"{len(received)} received"
+            received += await source.poll(100, 0.5)
+    finally:
+        await source.close()
+    # Two periods (16 s) was the old verdict; allow slack for a busy machine, not a second period.
+    assert detected_after < 1.6 * stall_s, detected_after
