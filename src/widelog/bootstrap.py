@@ -401,7 +401,7 @@ def build_pipeline(
     elif publisher is None:
         fallback = build_spool_fallback(settings)
         mq_publisher = build_mq_publisher(settings, fallback)
-        replayer = SpoolReplayer(fallback.spool, mq_publisher)
+        replayer = SpoolReplayer(fallback.spool, mq_publisher, rate=settings.replay_rate)
         publisher = mq_publisher
     logging_service = LoggingService(
         publisher=publisher,
