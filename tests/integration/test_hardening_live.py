@@ -16,7 +16,6 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -26,7 +25,7 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from tests.contract.test_event_store import make_event
 from tests.integration.test_worker_probes import scrape
-from tests.live import KAFKA, free_port
+from tests.live import KAFKA, STATE, free_port
 from tests.pipelines import Pipeline
 from widelog.pipeline.kafka import KafkaEventSource, ensure_topic
 from widelog.pipeline.ports import Message
@@ -118,10 +117,6 @@ async def test_poison_that_decodes_or_nests_too_deep_never_stops_the_worker(kafk
 
 
 # --- a frozen broker ---------------------------------------------------------------------------
-
-STATE = Path(
-    os.environ.get("WIDELOG_SERVICES_STATE", "/tmp/widelog-services")
-)  # the script's default
 
 
 async def test_a_duplicate_event_id_with_other_content_is_kept_apart_and_counted(kafka_pipeline):
