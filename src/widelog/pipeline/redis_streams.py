@@ -188,10 +188,11 @@ class RedisStreamsEventPublisher:
         return Delivery(ok=True, refused=refused)
 
     async def flush(self, timeout: float) -> int:
+        """Wait until the buffer is empty and the last XADD answered (or was spooled)."""
         deadline = time.monotonic() + timeout
-        while self._buffer and time.monotonic() < deadline:  # noqa: ASYNC110 - a bounded wait
+        while self.queue_depth and time.monotonic() < deadline:  # noqa: ASYNC110 - bounded wait
             await asyncio.sleep(0.01)
-        return len(self._buffer)
+        return self.queue_depth
 
     async def close(self, timeout: float = 10.0) -> None:
         """Flush the buffer (what is left after `timeout` goes to the spool); close the client."""
