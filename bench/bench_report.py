@@ -335,6 +335,47 @@ def _storage(section: dict[str, Any]) -> list[str]:
     ]
 
 
+def _replay(section: dict[str, Any]) -> list[str]:
+    rows = [
+        [
+            f"{r['replay_rate']:g}/s" if r["replay_rate"] else "unlimited",
+            r["baseline"]["p50"],
+            r["baseline"]["p99"],
+            r["after"]["p50"],
+            r["after"]["p99"],
+            r["after"]["p99"] / max(r["baseline"]["p99"], 1e-9),
+            r["spooled"],
+            r["spool_empty_after_s"] if r["spool_empty_after_s"] is not None else "not yet",
+            r["failed_requests"] + r.get("shed_requests", 0),
+        ]
+        for r in section["rows"]
+    ]
+    return [
+        "## 6. Requests while the spool is replayed after a Kafka outage",
+        "",
+        f"`bench/replay_recovery.py`: {section['rate']:g} req/s open loop; a baseline of"
+        f" {section['baseline_s']:g} s, Kafka stopped for {section['outage_s']:g} s (plus its"
+        f" restart) with {section['backlog_events']:,} more events left in the spool, then"
+        f" {section['after_s']:g} s from the moment Kafka answers, while the API replays.",
+        "",
+        _table(
+            [
+                "WIDELOG_REPLAY_RATE",
+                "baseline p50 ms",
+                "baseline p99 ms",
+                "after p50 ms",
+                "after p99 ms",
+                "after / baseline p99",
+                "events spooled",
+                "spool empty after s",
+                "failed or shed requests",
+            ],
+            rows,
+        ),
+        "",
+    ]
+
+
 def write_report(results: dict[str, Any], page: Path, charts: Path) -> None:
     m = results["machine"]
     lines = [
@@ -372,4 +413,6 @@ def write_report(results: dict[str, Any], page: Path, charts: Path) -> None:
         lines += _hot_path(results["hot_path"])
     if "storage" in results:
         lines += _storage(results["storage"])
+    if "replay" in results:
+        lines += _replay(results["replay"])
     page.write_text("\n".join(lines).rstrip() + "\n")

@@ -1,6 +1,9 @@
 """`make bench`: every benchmark in one run, then `docs/benchmarks.md` and its charts regenerated.
 
-    python bench/run_all.py [--quick] [--only latency,transport,worker,hot_path,storage]
+    python bench/run_all.py [--quick] [--only latency,transport,worker,hot_path,storage,replay]
+
+`replay` (`bench/replay_recovery.py`) stops and starts Kafka, so it runs only when named in
+`--only`, against services of your own (`WIDELOG_SERVICES_*` variables).
 
 Raw results go to `docs/benchmarks/results.json`, charts to `docs/benchmarks/*.png`. `--quick`
 runs a reduced matrix (shorter windows, fewer events, fewer worker configurations) and says so
@@ -20,6 +23,7 @@ from typing import Any
 
 import latency_decoupling
 import publish_hot_path
+import replay_recovery
 import storage
 import transport_cost
 import worker_drain
@@ -77,6 +81,20 @@ def main() -> None:
                 services,
                 requests=20_000 if quick else 100_000,
                 distinct=2000 if quick else 5000,
+            )
+        )
+    if "replay" in only:  # never by default: it stops Kafka
+        replay_recovery.refuse_shared_services(allowed=False)
+        windows = 20.0 if quick else 60.0
+        results["replay"] = asyncio.run(
+            replay_recovery.run(
+                services,
+                rate=150,
+                replay_rates=[0, 1000],
+                baseline_s=windows,
+                outage_s=20.0 if quick else 30.0,
+                after_s=windows,
+                backlog_events=5000,
             )
         )
     results["elapsed_s"] = round(time.monotonic() - started)

@@ -20,6 +20,10 @@
 #   WIDELOG_SERVICES_KAFKA_SASL_PORT   a second Kafka listener, SASL_PLAINTEXT with PLAIN, for the
 #                                      security-settings tests (default: 9094; empty for none); its one user:
 #   WIDELOG_SERVICES_KAFKA_SASL_USER (widelog)  WIDELOG_SERVICES_KAFKA_SASL_PASSWORD (widelog-test-secret)
+#   WIDELOG_SERVICES_KAFKA_SSL_PORT    a third Kafka listener, SSL (TLS, no client certificate), for the
+#                                      TLS test (default: 9095; empty for none); its self-signed CA and
+#                                      broker certificate are made once with openssl, kept in
+#                                      $STATE/kafka/tls/ (clients trust ca.pem)
 #   WIDELOG_SERVICES_KAFKA_HEAP_OPTS  (default: -Xms128m -Xmx512m)
 #   WIDELOG_SERVICES_TIMEOUT seconds to wait for each service to answer (default: 90)
 # See docs/services.md.
@@ -37,6 +41,7 @@ MONGO_PORT="${WIDELOG_SERVICES_MONGO_PORT:-27017}"
 KAFKA_SASL_PORT="${WIDELOG_SERVICES_KAFKA_SASL_PORT-9094}"  # set it empty for no SASL listener
 KAFKA_SASL_USER="${WIDELOG_SERVICES_KAFKA_SASL_USER:-widelog}"
 KAFKA_SASL_PASSWORD="${WIDELOG_SERVICES_KAFKA_SASL_PASSWORD:-widelog-test-secret}"
+KAFKA_SSL_PORT="${WIDELOG_SERVICES_KAFKA_SSL_PORT-9095}"  # set it empty for no SSL listener
 KAFKA_HEAP_OPTS="${WIDELOG_SERVICES_KAFKA_HEAP_OPTS:--Xms128m -Xmx512m}"
 TIMEOUT="${WIDELOG_SERVICES_TIMEOUT:-90}"
 
@@ -265,6 +270,15 @@ kafka_write_config() {
 listener.name.sasl_plaintext.sasl.enabled.mechanisms=PLAIN
 listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.security.plain.PlainLoginModule required user_$KAFKA_SASL_USER=\"$KAFKA_SASL_PASSWORD\";"
   fi
+  if [ -n "$KAFKA_SSL_PORT" ]; then
+    kafka_tls_material
+    listeners="$listeners,SSL://$HOST:$KAFKA_SSL_PORT"
+    protocols="$protocols,SSL:SSL"
+    sasl="$sasl
+listener.name.ssl.ssl.keystore.type=PKCS12
+listener.name.ssl.ssl.keystore.location=$d/tls/broker.p12
+listener.name.ssl.ssl.keystore.password=widelog-test-keystore"
+  fi
   cat >"$d/server.properties" <<EOF
 # written by scripts/services.sh at each start
 process.roles=broker,controller
@@ -292,6 +306,28 @@ num.network.threads=2
 num.io.threads=4
 num.recovery.threads.per.data.dir=1
 EOF
+}
+
+# A CA and a broker certificate for 127.0.0.1/localhost, made once (kept in the state dir, so a
+# client's ssl.ca.location stays valid across restarts). Test material only: the keys are not
+# protected beyond the directory's permissions.
+kafka_tls_material() {
+  local t="$STATE/kafka/tls"
+  [ -s "$t/ca.pem" ] && [ -s "$t/broker.p12" ] && return 0
+  command -v openssl >/dev/null 2>&1 || die "openssl is needed for the Kafka SSL listener (or set WIDELOG_SERVICES_KAFKA_SSL_PORT empty)"
+  log "making a test CA and a broker certificate in $t"
+  mkdir -p "$t" && chmod 700 "$t"
+  {
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=widelog test CA" \
+      -keyout "$t/ca.key" -out "$t/ca.pem" &&
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" \
+      -keyout "$t/broker.key" -out "$t/broker.csr" &&
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >"$t/san.ext" &&
+    openssl x509 -req -in "$t/broker.csr" -CA "$t/ca.pem" -CAkey "$t/ca.key" -CAcreateserial \
+      -days 3650 -extfile "$t/san.ext" -out "$t/broker.pem" &&
+    openssl pkcs12 -export -in "$t/broker.pem" -inkey "$t/broker.key" -certfile "$t/ca.pem" \
+      -name broker -passout pass:widelog-test-keystore -out "$t/broker.p12"
+  } >>"$t/openssl.log" 2>&1 || { rm -f "$t/broker.p12"; die "making the test certificates failed (log: $t/openssl.log)"; }
 }
 
 kafka_format() {  # format the log dir once; the controller port is part of the formatted voter set
@@ -322,6 +358,7 @@ kafka_start() {
   check_port_free kafka "$KAFKA_PORT"
   check_port_free kafka "$KAFKA_CONTROLLER_PORT"
   [ -z "$KAFKA_SASL_PORT" ] || check_port_free kafka "$KAFKA_SASL_PORT"
+  [ -z "$KAFKA_SSL_PORT" ] || check_port_free kafka "$KAFKA_SSL_PORT"
   kafka_write_config
   kafka_format
   # shellcheck disable=SC2086  # KAFKA_HEAP_OPTS is a list of flags

@@ -96,3 +96,10 @@ KAFKA_SASL_PORT = os.environ.get("WIDELOG_SERVICES_KAFKA_SASL_PORT", "9094")
 KAFKA_SASL = f"127.0.0.1:{KAFKA_SASL_PORT}" if KAFKA_SASL_PORT else None
 KAFKA_SASL_USER = os.environ.get("WIDELOG_SERVICES_KAFKA_SASL_USER", "widelog")
 KAFKA_SASL_PASSWORD = os.environ.get("WIDELOG_SERVICES_KAFKA_SASL_PASSWORD", "widelog-test-secret")
+
+# The SSL listener of scripts/services.sh (9095 unless WIDELOG_SERVICES_KAFKA_SSL_PORT says
+# otherwise; empty: none) and the test CA it made in the state dir, which clients must trust.
+KAFKA_SSL_PORT = os.environ.get("WIDELOG_SERVICES_KAFKA_SSL_PORT", "9095")
+KAFKA_SSL = f"127.0.0.1:{KAFKA_SSL_PORT}" if KAFKA_SSL_PORT else None
+STATE = Path(os.environ.get("WIDELOG_SERVICES_STATE", "/tmp/widelog-services"))
+KAFKA_CA = STATE / "kafka" / "tls" / "ca.pem"

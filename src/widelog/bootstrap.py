@@ -501,7 +501,7 @@ def build_pipeline(
         outbox = build_outbox(settings)  # the workers deliver; this process reports
         fallback = build_spool_fallback(settings)
         mq_publisher = build_mq_publisher(settings, fallback)
-        replayer = SpoolReplayer(fallback.spool, mq_publisher)
+        replayer = SpoolReplayer(fallback.spool, mq_publisher, rate=settings.replay_rate)
         publisher = mq_publisher
     logging_service = LoggingService(
         publisher=publisher,

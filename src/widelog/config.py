@@ -107,6 +107,8 @@ class Settings(BaseSettings):
     # Past 90 % only errors are spooled, past 100 % nothing (each drop counted and logged).
     spool_max_bytes: int = Field(1 << 30, ge=1 << 20)
     replay_interval_s: float = Field(5.0, gt=0)
+    # Spooled events replayed per second by the API process (0: as fast as the broker takes them).
+    replay_rate: float = Field(1000.0, ge=0)
 
     # MongoDB.
     mongo_timeout_ms: int = Field(2000, ge=100)

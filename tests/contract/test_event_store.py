@@ -71,6 +71,49 @@ class EventStoreContract:
         result = await store.write_batch([event, dict(event)])
         assert (1, 1) == (result.inserted, result.duplicates)
 
+    async def test_a_duplicate_with_other_content_is_kept_as_a_conflict(self, store):
+        first = make_event(http={"route": "/v1/chat", "status": 200})
+        second = {**first, "http": {"route": "/v1/chat", "status": 500}}
+        await store.write_batch([first])
+        result = await store.write_batch([make_event(), second])
+        assert (1, 0, [1]) == (result.inserted, result.duplicates, result.conflict_indexes)
+        assert 200 == (await store.get_event(first["event_id"]))["http"]["status"]
+        [conflict] = await store.find_conflicts(first["event_id"])
+        assert ("conflicting duplicate", second["http"]) == (
+            conflict["reason"],
+            conflict["event"]["http"],
+        )
+        assert conflict["content_hash"] != conflict["stored_hash"]
+        assert (1, 2) == (await store.count_conflicts(), await store.count_events())
+
+    async def test_a_conflicting_version_delivered_again_is_kept_once(self, store):
+        first = make_event()
+        second = {**first, "request_id": "other"}
+        await store.write_batch([first])
+        await store.write_batch([second])
+        again = await store.write_batch([second, first])
+        assert (0, [0, 1], []) == (
+            again.inserted,
+            sorted(again.duplicate_indexes),
+            again.conflict_indexes,
+        )
+        assert 1 == await store.count_conflicts()
+
+    async def test_two_versions_in_one_batch_store_the_first_and_keep_the_second(self, store):
+        first = make_event()
+        second = {**first, "tags": ["changed"]}
+        result = await store.write_batch([first, second])
+        assert (1, [1]) == (result.inserted, result.conflict_indexes)
+        assert "tags" not in await store.get_event(first["event_id"])
+
+    async def test_the_same_content_in_another_field_order_is_a_duplicate(self, store):
+        first = make_event(llm={"model": "m", "input_tokens": 3})
+        reordered = dict(reversed(list(first.items())))
+        reordered["llm"] = {"input_tokens": 3, "model": "m"}
+        await store.write_batch([first])
+        result = await store.write_batch([reordered])
+        assert (1, 0, 0) == (result.duplicates, result.conflicts, await store.count_conflicts())
+
     async def test_errors_are_counted_by_error_code_or_5xx(self, store):
         await store.write_batch(
             [

@@ -16,12 +16,14 @@ import threading
 import time
 from typing import Any
 
+import httpx
 import msgspec
 import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from tests.contract.test_event_store import make_event
-from tests.live import KAFKA, frozen
+from tests.integration.test_worker_probes import scrape
+from tests.live import KAFKA, free_port, frozen
 from tests.pipelines import Pipeline
 from widelog.pipeline.kafka import KafkaEventSource, ensure_topic
 from widelog.pipeline.ports import Message
@@ -56,12 +58,14 @@ async def wait_for_no_lag(pipeline: Pipeline, *, timeout: float = 60) -> None:
         remaining = await asyncio.to_thread(lag, pipeline)
 
 
-def produce(pipeline: Pipeline, payloads: list[tuple[str, bytes]]) -> None:
+def produce(
+    pipeline: Pipeline, payloads: list[tuple[str, bytes]], *, partitions: int = PARTITIONS
+) -> None:
     """Round-robin over the partitions, so poison sits in one and the others go on."""
     producer = Producer({"bootstrap.servers": KAFKA, "acks": "all"})
     for i, (key, payload) in enumerate(payloads):
         producer.produce(
-            pipeline.env["WIDELOG_KAFKA_TOPIC"], payload, key, partition=i % PARTITIONS
+            pipeline.env["WIDELOG_KAFKA_TOPIC"], payload, key, partition=i % partitions
         )
     assert 0 == producer.flush(30)
 
@@ -111,6 +115,39 @@ async def test_poison_that_decodes_or_nests_too_deep_never_stops_the_worker(kafk
 
 
 # --- a frozen broker ---------------------------------------------------------------------------
+
+
+async def test_a_duplicate_event_id_with_other_content_is_kept_apart_and_counted(kafka_pipeline):
+    kafka_pipeline.env["WIDELOG_WORKER_HTTP_PORT"] = port = str(free_port())
+    kafka_pipeline.start_worker()
+    await kafka_pipeline.wait_for_log(0, "assigned partitions")
+    first = make_event(request_id="twin", http={"route": "/v1/chat", "status": 200})
+    second = {**first, "http": {"route": "/v1/chat", "status": 503}}
+    events = good("plain", 50)
+    same = [("twin", msgspec.json.encode(first))]
+    await asyncio.to_thread(produce, kafka_pipeline, same + events[:25] + same)
+    await kafka_pipeline.wait_until_stored({"twin"} | {key for key, _ in events[:25]})
+    await asyncio.to_thread(
+        produce, kafka_pipeline, [("twin", msgspec.json.encode(second)), *events[25:]]
+    )
+    await kafka_pipeline.wait_until_stored({"twin"} | {key for key, _ in events})
+    await wait_for_no_lag(kafka_pipeline)
+
+    db = kafka_pipeline.mongo.get_default_database()
+    kept = await db["events"].find_one({"_id": first["event_id"]})
+    [conflict] = await db["conflicts"].find({"event_id": first["event_id"]}).to_list()
+    assert (200, 503, "conflicting duplicate") == (
+        kept["http"]["status"],
+        conflict["event"]["http"]["status"],
+        conflict["reason"],
+    )
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as probes:
+        values = await scrape(probes)
+    assert (51, 1, 1) == (
+        values["widelog_events_stored_total"],
+        values["widelog_events_duplicates_total"],
+        values["widelog_events_conflicts_total"],
+    )
 
 
 class Traffic:
@@ -209,3 +246,42 @@ async def test_a_consumer_that_stops_fetching_is_replaced_and_nothing_is_lost(ka
 
     assert 1 == source.stalls
     await wait_for_no_lag(kafka_pipeline)
+
+
+async def test_a_consumer_left_without_partitions_is_replaced_after_one_stall_period(
+    kafka_pipeline,
+):
+    """A stand-in for a member stuck rejoining its group: it left, and nobody consumes.
+
+    The verdict needs two looks at the group; they come after half the period and the period,
+    so the replacement comes after about one `stall_timeout_s`, not two (as it did before).
+    """
+    stall_s = 8.0
+    settings = kafka_pipeline.settings()
+    await asyncio.to_thread(ensure_topic, KAFKA, settings.kafka_topic, partitions=1, timeout=30)
+    source = KafkaEventSource(
+        bootstrap=KAFKA,
+        topic=settings.kafka_topic,
+        group=settings.kafka_group,
+        stall_timeout_s=stall_s,
+    )
+    await asyncio.to_thread(produce, kafka_pipeline, good("unassigned", 200), partitions=1)
+    received: list[Message] = []
+    try:
+        while not received:
+            received += await source.poll(10, 1.0)
+        await source.commit(received)
+        source._consumer.unsubscribe()  # the injected fault: out of the group, never back
+        left_at = time.monotonic()
+        while not source.stalls:
+            assert time.monotonic() - left_at < 3 * stall_s, "never replaced"
+            received += await source.poll(100, 0.5)
+        detected_after = time.monotonic() - left_at
+        deadline = time.monotonic() + 60
+        while len({m.position for m in received}) < 200:
+            assert time.monotonic() < deadline, f"{len(received)} received"
+            received += await source.poll(100, 0.5)
+    finally:
+        await source.close()
+    # Two periods (16 s) was the old verdict; allow slack for a busy machine, not a second period.
+    assert detected_after < 1.6 * stall_s, detected_after

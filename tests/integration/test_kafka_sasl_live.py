@@ -36,15 +36,22 @@ SASL = {"security.protocol": "SASL_PLAINTEXT", "sasl.mechanism": "PLAIN"}
 
 
 def sasl_env(tmp_path: Path, password: str) -> dict[str, str]:
+    config = {**SASL, "sasl.username": KAFKA_SASL_USER}
+    env = secured_env(tmp_path, str(KAFKA_SASL), config)
+    env["WIDELOG_KAFKA_SASL_PASSWORD"] = password
+    return env
+
+
+def secured_env(tmp_path: Path, bootstrap: str, config: dict[str, str]) -> dict[str, str]:
+    """A worker's environment for a listener that needs `config` (WIDELOG_KAFKA_CONFIG)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("WIDELOG_")}
     env.update(
         {
             "WIDELOG_TRANSPORT": "kafka",
-            "WIDELOG_KAFKA_BOOTSTRAP": str(KAFKA_SASL),
-            "WIDELOG_KAFKA_TOPIC": unique("sasl"),
-            "WIDELOG_KAFKA_GROUP": unique("sasl-group"),
-            "WIDELOG_KAFKA_CONFIG": json.dumps({**SASL, "sasl.username": KAFKA_SASL_USER}),
-            "WIDELOG_KAFKA_SASL_PASSWORD": password,
+            "WIDELOG_KAFKA_BOOTSTRAP": bootstrap,
+            "WIDELOG_KAFKA_TOPIC": unique("secured"),
+            "WIDELOG_KAFKA_GROUP": unique("secured-group"),
+            "WIDELOG_KAFKA_CONFIG": json.dumps(config),
             "WIDELOG_SQLITE_PATH": str(tmp_path / "events.sqlite3"),
             "WIDELOG_SPOOL_DIR": str(tmp_path / "spool"),
             "WIDELOG_FLUSH_INTERVAL_S": "0.2",
@@ -87,8 +94,6 @@ async def test_events_flow_through_the_sasl_listener_with_the_right_password(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     env = sasl_env(tmp_path, KAFKA_SASL_PASSWORD)
-    log = tmp_path / "worker.log"
-    worker = start_worker(env, log)
     settings = Settings(
         transport="kafka",
         kafka_bootstrap=str(KAFKA_SASL),
@@ -99,9 +104,21 @@ async def test_events_flow_through_the_sasl_listener_with_the_right_password(
         spool_dir=tmp_path / "spool",
     )
     assert KAFKA_SASL_PASSWORD not in repr(settings)
+    worker_log = await events_flow(env, settings, tmp_path)
+    assert KAFKA_SASL_PASSWORD not in worker_log  # librdkafka's debug lines included
+    assert KAFKA_SASL_PASSWORD not in caplog.text
+
+
+async def events_flow(env: dict[str, str], settings: Settings, tmp_path: Path) -> str:
+    """50 events published by an API pipeline (`settings`), stored by a worker (`env`) once.
+
+    Returns the worker's log (at debug level: librdkafka's lines included).
+    """
+    log = tmp_path / "worker.log"
+    worker = start_worker(env, log)
     pipeline = build_pipeline(settings, sampling=KEEP_ALL, incident_rules=IncidentRules())
     await pipeline.start()
-    sent = {unique("sasl-req") for _ in range(50)}
+    sent = {unique("secured-req") for _ in range(50)}
     try:
         for request_id in sent:
             ev = pipeline.logging.begin(request_id=request_id)
@@ -125,5 +142,4 @@ async def test_events_flow_through_the_sasl_listener_with_the_right_password(
     assert 0 == worker.returncode, log.read_text()
     worker_log = log.read_text()
     assert "assigned partitions" in worker_log
-    assert KAFKA_SASL_PASSWORD not in worker_log  # librdkafka's debug lines included
-    assert KAFKA_SASL_PASSWORD not in caplog.text
+    return worker_log

@@ -267,3 +267,27 @@ async def test_on_stored_gets_only_events_stored_for_the_first_time(sqlite_store
     )
     await run_until_drained(consumer)
     assert ["new-0", "new-1"] == seen
+
+
+async def test_a_conflicting_duplicate_is_counted_committed_and_never_counted_downstream(
+    sqlite_store, caplog
+):
+    seen: list[str] = []
+
+    async def record(docs):
+        seen.extend(doc["request_id"] for doc in docs)
+
+    stored = make_event(request_id="first")
+    await sqlite_store.write_batch([stored])
+    other = {**stored, "request_id": "second"}
+    source = RecordingSource([msgspec.json.encode(other), msgspec.json.encode(make_event())])
+    consumer = BatchConsumer(source, sqlite_store, source_name="t", on_stored=record)
+    await run_until_drained(consumer)
+    assert (1, 0, 1, [0, 1]) == (
+        consumer.stats.conflicts,
+        consumer.stats.duplicates,
+        consumer.stats.stored,
+        source.committed,
+    )
+    assert ["r"] == seen
+    assert "other content" in caplog.text

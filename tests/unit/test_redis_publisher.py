@@ -1,10 +1,21 @@
-"""The Redis Streams publisher never loses a buffered event, even when Redis hangs."""
+"""The Redis Streams publisher never loses a buffered event, even when Redis hangs, and tells
+refusals for good from transient errors."""
 
 import asyncio
 from typing import Any
 
+import pytest
+from redis.exceptions import (
+    BusyLoadingError,
+    NoPermissionError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+
 from widelog.pipeline.fallback import SpoolFallback
-from widelog.pipeline.redis_streams import RedisStreamsEventPublisher
+from widelog.pipeline.redis_streams import RedisStreamsEventPublisher, refused_for_good
 from widelog.pipeline.spool import FileSpool
 
 
@@ -26,7 +37,7 @@ class HangingRedis:
     def xadd(self, *_: object, **__: object) -> None:
         return None
 
-    async def execute(self) -> None:
+    async def execute(self, **_: object) -> None:
         await asyncio.sleep(3600)
 
     async def aclose(self) -> None:
@@ -50,3 +61,21 @@ async def test_close_spools_the_batch_in_flight_and_the_buffer_when_redis_hangs(
     spool.close()
     assert (0, 300) == (publisher.delivered, fallback.spooled)
     assert redis.closed
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (NoPermissionError("this user has no permissions to access one of the keys"), "NOPERM"),
+        (
+            ResponseError("WRONGTYPE Operation against a key holding the wrong kind of value"),
+            "WRONGTYPE",
+        ),
+        (OutOfMemoryError("command not allowed when used memory > 'maxmemory'"), None),
+        (BusyLoadingError("Redis is loading the dataset in memory"), None),
+        (ReadOnlyError("You can't write against a read only replica."), None),
+        (RedisConnectionError("Connection closed by server."), None),
+    ],
+)
+def test_only_refusals_that_no_retry_can_change_are_for_good(error, reason):
+    assert reason == refused_for_good(error)

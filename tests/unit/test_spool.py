@@ -47,6 +47,41 @@ async def test_every_appended_event_is_replayed_once_and_the_spool_is_emptied(tm
     spool.close()
 
 
+class FakeClock:
+    """Time that passes only when the replayer sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+async def test_a_rate_limited_replay_sends_small_chunks_no_faster_than_the_rate(tmp_path):
+    spool = FileSpool(tmp_path)
+    records = fill(spool, 2000)
+    broker, clock = RecordingBroker(), FakeClock()
+    replayer = SpoolReplayer(spool, broker, rate=1000, sleep=clock.sleep, clock=clock)
+    assert 2000 == await replayer.replay_once()
+    assert (records, 10) == (broker.received, broker.deliveries)  # 200 a chunk: 0.2 s of rate
+    assert 1.8 == pytest.approx(clock.now)  # the first chunk at once, nine more 0.2 s apart
+    spool.close()
+
+
+async def test_without_a_rate_the_replay_never_waits(tmp_path):
+    spool = FileSpool(tmp_path)
+    fill(spool, 2000)
+    broker, clock = RecordingBroker(), FakeClock()
+    replayer = SpoolReplayer(spool, broker, sleep=clock.sleep, clock=clock)
+    assert (2000, 1, []) == (await replayer.replay_once(), broker.deliveries, clock.sleeps)
+    spool.close()
+
+
 async def test_a_failed_replay_keeps_the_segment_and_a_later_one_delivers_it(tmp_path):
     spool = FileSpool(tmp_path)
     records = fill(spool, 25)

@@ -62,6 +62,7 @@ async def infra_snapshot(pipeline: Pipeline, *, caches: ChatCaches | None = None
             "batches": stats.batches,
             "stored": stats.stored,
             "duplicates": stats.duplicates,
+            "conflicts": stats.conflicts,
             "dead_lettered": stats.dead_lettered,
             "write_retries": stats.write_failures,
             "last_batch_ms": round(stats.last_batch_ms, 1),

@@ -184,6 +184,11 @@ def consumer_metrics(stats: ConsumerStats) -> Iterator[Metric]:
     yield _counter("batches", "Batches written to the store.", stats.batches)
     yield _counter("events_stored", "Events stored for the first time.", stats.stored)
     yield _counter("events_duplicates", "Re-delivered events already stored.", stats.duplicates)
+    yield _counter(
+        "events_conflicts",
+        "Events whose event_id was stored with other content; kept in the store's conflicts.",
+        stats.conflicts,
+    )
     yield _counter("events_dead_lettered", "Messages set aside with a reason.", stats.dead_lettered)
     yield _counter(
         "write_retries", "Batch writes that failed and were retried.", stats.write_failures

@@ -37,6 +37,7 @@ class ConsumerStats:
     batches: int = 0
     stored: int = 0
     duplicates: int = 0
+    conflicts: int = 0  # duplicates of a stored event_id with other content, kept apart
     dead_lettered: int = 0
     write_failures: int = 0
     poll_failures: int = 0
@@ -145,8 +146,10 @@ class BatchConsumer:
             return []
         return messages
 
-    async def process(self, batch: Sequence[Message], stop: asyncio.Event | None = None) -> None:
-        started = time.perf_counter()
+    def _sort(
+        self, batch: Sequence[Message]
+    ) -> tuple[list[dict[str, Any]], list[Message], list[DeadLetter], list[CountRecord]]:
+        """Decode a batch into events (with their messages), dead letters and count records."""
         docs: list[dict[str, Any]] = []
         positions: list[Message] = []
         letters: list[DeadLetter] = []
@@ -167,6 +170,11 @@ class BatchConsumer:
             except Exception as exc:  # logged: one message must never stop the worker
                 log.exception("decoding a message failed unexpectedly; dead-lettering it")
                 letters.append(self._dead_letter(message, f"decode failed: {exc!r}"))
+        return docs, positions, letters, records
+
+    async def process(self, batch: Sequence[Message], stop: asyncio.Event | None = None) -> None:
+        started = time.perf_counter()
+        docs, positions, letters, records = self._sort(batch)
 
         if records and not await self._store_counts(records, stop):
             return  # shutting down with the store still down: leave the batch uncommitted
@@ -181,7 +189,11 @@ class BatchConsumer:
         result = results[-1]
         letters += [self._dead_letter(positions[i], reason) for i, reason in result.rejected]
         if self._on_stored is not None:
-            skip = set(result.duplicate_indexes) | {i for i, _ in result.rejected}
+            skip = (
+                set(result.duplicate_indexes)
+                | set(result.conflict_indexes)
+                | {i for i, _ in result.rejected}
+            )
             new = [doc for i, doc in enumerate(docs) if i not in skip]
             on_stored = self._on_stored
             if new and not await self._retry(
@@ -198,11 +210,19 @@ class BatchConsumer:
             log.warning("commit failed, the batch may be delivered again: %r", exc)
 
         elapsed_ms = (time.perf_counter() - started) * 1000
-        ok = result.inserted + result.duplicates
+        ok = result.inserted + result.duplicates + result.conflicts
         stats = self.stats
         stats.batches += 1
         stats.stored += result.inserted
         stats.duplicates += result.duplicates
+        stats.conflicts += result.conflicts
+        if result.conflicts:
+            log.warning(
+                "%d events have the event_id of a stored event with other content (e.g. %s):"
+                " the stored version stays, the new one is kept in the store's conflicts",
+                result.conflicts,
+                docs[result.conflict_indexes[0]].get("event_id"),
+            )
         stats.dead_lettered += len(letters)
         stats.last_batch_ms = elapsed_ms
         stats.batch_sizes.observe(len(batch))

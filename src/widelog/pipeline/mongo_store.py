@@ -2,7 +2,10 @@
 
 `_id = event_id`, so `insert_many(ordered=False)` is idempotent: a re-delivered event fails with
 duplicate-key error 11000 and is counted as already stored, and every other event of the batch is
-inserted. Other per-document errors are rejections the consumer dead-letters; connection errors
+inserted. Each document carries `_hash`, the hash of its content (`pipeline/conflicts.py`): for
+the ids that collided, one query reads the stored hashes, and a different one is a conflict whose
+version goes to the `conflicts` collection (an event stored before `_hash` existed counts as a
+duplicate). Other per-document errors are rejections the consumer dead-letters; connection errors
 raise, and the consumer retries the whole batch.
 
 `timestamp` is stored as a BSON date so range queries and TTL retention work; it reads back as an
@@ -22,6 +25,7 @@ from bson.errors import InvalidDocument
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
 from pymongo.errors import BulkWriteError, DocumentTooLarge, DuplicateKeyError, OperationFailure
 
+from widelog.pipeline.conflicts import CONFLICT_REASON, conflict_id, content_hash
 from widelog.pipeline.ports import DeadLetter, EventQuery, WriteResult
 from widelog.sampling.counts import RECORD_KIND, CountRecord
 from widelog.sampling.reweighting import weight_of
@@ -29,8 +33,11 @@ from widelog.sampling.reweighting import weight_of
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 
+    from pymongo.asynchronous.collection import AsyncCollection
+
 log = logging.getLogger("widelog.mongo")
 DUPLICATE_KEY = 11000
+HASH = "_hash"  # the content hash stored with each event, never returned with it
 NOT_IMPLEMENTED = 238
 MAX_DOCUMENT_BYTES = 16 * 1024 * 1024
 _IDS_PER_QUERY = 1000
@@ -65,6 +72,7 @@ def mongo_client(url: str, *, timeout_ms: int) -> AsyncMongoClient[dict[str, Any
 def _to_document(event: Mapping[str, Any]) -> dict[str, Any]:
     doc = dict(event)
     doc["_id"] = doc["event_id"]
+    doc[HASH] = content_hash(event)
     stamp = doc.get("timestamp")
     if isinstance(stamp, str):
         # An unparsable timestamp stays as sent: the event is still worth storing.
@@ -81,10 +89,27 @@ def _check_encodable(doc: Mapping[str, Any]) -> None:
 
 def _from_document(doc: dict[str, Any]) -> dict[str, Any]:
     doc.pop("_id", None)
+    doc.pop(HASH, None)
     stamp = doc.get("timestamp")
     if isinstance(stamp, dt.datetime) and stamp.tzinfo is None:
         doc["timestamp"] = stamp.replace(tzinfo=dt.UTC)
     return doc
+
+
+async def _insert_new(
+    collection: AsyncCollection[dict[str, Any]], docs: list[dict[str, Any]]
+) -> set[int]:
+    """Insert what is not there yet; the indexes of the documents whose `_id` already was."""
+    try:
+        await collection.insert_many(docs, ordered=False)
+    except BulkWriteError as exc:
+        errors = exc.details.get("writeErrors", [])
+        if exc.details.get("writeConcernErrors") or any(
+            e.get("code") != DUPLICATE_KEY for e in errors
+        ):
+            raise
+        return {e["index"] for e in errors}
+    return set()
 
 
 class MongoEventStore:
@@ -96,6 +121,7 @@ class MongoEventStore:
         events: str = "events",
         dead_letters: str = "dead_letters",
         request_counts: str = "request_counts",
+        conflicts: str = "conflicts",
         timeout_ms: int = 2000,
         retention_days: int = 0,
     ) -> None:
@@ -104,6 +130,7 @@ class MongoEventStore:
         self._events = db[events]
         self._dead = db[dead_letters]
         self._counts = db[request_counts]
+        self._conflicts = db[conflicts]
         self._retention_days = retention_days
         self.ttl_index = False
         self._indexed = False
@@ -141,9 +168,11 @@ class MongoEventStore:
                     )
         if not self.ttl_index:
             specs.append(([("timestamp", ASCENDING)], {"name": "timestamp"}))
-        for keys, options in specs:
+        indexes = [(self._events, keys, options) for keys, options in specs]
+        indexes.append((self._conflicts, [("event_id", ASCENDING)], {"name": "event_id"}))
+        for collection, keys, options in indexes:
             try:
-                await self._events.create_index(keys, **options)
+                await collection.create_index(keys, **options)
             except OperationFailure as exc:
                 log.error("index %s not created, events are stored anyway: %s", options, exc)
         try:
@@ -194,6 +223,7 @@ class MongoEventStore:
             rest = await self.write_batch([events[i] for i in encodable])
             result.inserted = rest.inserted
             result.duplicate_indexes += [encodable[i] for i in rest.duplicate_indexes]
+            result.conflict_indexes += [encodable[i] for i in rest.conflict_indexes]
             result.rejected += [(encodable[i], reason) for i, reason in rest.rejected]
         except BulkWriteError as exc:
             details = exc.details
@@ -202,15 +232,59 @@ class MongoEventStore:
                 # could still lose it, so the batch is retried, and the duplicates absorbed.
                 raise
             failed = 0
+            collided: list[int] = []  # positions in `docs`
             for error in details.get("writeErrors", []):
                 failed += 1
                 if error.get("code") == DUPLICATE_KEY:
-                    result.duplicate_indexes.append(index_of[error["index"]])
+                    collided.append(error["index"])
                 else:
                     reason = f"mongo error {error.get('code')}: {error.get('errmsg')}"
                     result.rejected.append((index_of[error["index"]], reason[:500]))
             result.inserted = details.get("nInserted", len(docs) - failed)
+            conflicting = await self._record_conflicts([docs[k] for k in collided])
+            for position, k in enumerate(collided):
+                kind = (
+                    result.conflict_indexes if position in conflicting else result.duplicate_indexes
+                )
+                kind.append(index_of[k])
         return result
+
+    async def _record_conflicts(self, collided: list[dict[str, Any]]) -> set[int]:
+        """Keep the versions whose content differs; their indexes in `collided`.
+
+        A version kept once already (a re-delivered conflicting event) is a plain duplicate.
+        """
+        if not collided:
+            return set()
+        ids = list({doc["_id"] for doc in collided})
+        stored: dict[str, Any] = {}
+        for start in range(0, len(ids), _IDS_PER_QUERY):
+            query = {"_id": {"$in": ids[start : start + _IDS_PER_QUERY]}}
+            async for doc in self._events.find(query, {HASH: 1}):
+                stored[doc["_id"]] = doc.get(HASH)
+        now = dt.datetime.now(dt.UTC)
+        records, positions = [], []
+        for position, doc in enumerate(collided):
+            stored_hash = stored.get(doc["_id"])
+            if stored_hash is None or stored_hash == doc[HASH]:
+                continue  # the same content, or stored before hashes (or expired since)
+            event = {k: v for k, v in doc.items() if k not in ("_id", HASH)}
+            records.append(
+                {
+                    "_id": conflict_id(doc["_id"], doc[HASH]),
+                    "event_id": doc["_id"],
+                    "received_at": now,
+                    "reason": CONFLICT_REASON,
+                    "content_hash": doc[HASH],
+                    "stored_hash": stored_hash,
+                    "event": event,
+                }
+            )
+            positions.append(position)
+        if not records:
+            return set()
+        known = await _insert_new(self._conflicts, records)
+        return {positions[i] for i in range(len(records)) if i not in known}
 
     async def write_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
         """Set letters aside; idempotent where a letter has an id (its source position).
@@ -229,14 +303,7 @@ class MongoEventStore:
             if letter.letter_id is not None:
                 doc["_id"] = letter.letter_id
             docs.append(doc)
-        try:
-            await self._dead.insert_many(docs, ordered=False)
-        except BulkWriteError as exc:
-            errors = exc.details.get("writeErrors", [])
-            if exc.details.get("writeConcernErrors") or any(
-                e.get("code") != DUPLICATE_KEY for e in errors
-            ):
-                raise
+        await _insert_new(self._dead, docs)
 
     async def write_request_counts(self, records: Sequence[CountRecord]) -> None:
         """Upsert each record unless the stored copy has the same or a higher version.
@@ -337,6 +404,20 @@ class MongoEventStore:
         cursor = self._events.find({}, sort=[("_id", ASCENDING)], batch_size=batch_size)
         async for doc in cursor:
             yield _from_document(doc)
+
+    async def find_conflicts(self, event_id: str) -> list[dict[str, Any]]:
+        cursor = self._conflicts.find(
+            {"event_id": event_id}, sort=[("received_at", ASCENDING), ("_id", ASCENDING)]
+        )
+        found = []
+        async for record in cursor:
+            record.pop("_id", None)
+            record["event"] = _from_document(record["event"])
+            found.append(record)
+        return found
+
+    async def count_conflicts(self) -> int:
+        return await self._conflicts.count_documents({})
 
     async def count_dead_letters(self) -> int:
         return await self._dead.count_documents({})

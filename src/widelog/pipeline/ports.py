@@ -74,16 +74,23 @@ class WriteResult:
     """What a batch write did, by index in the batch.
 
     Duplicates are events already stored (a re-delivery): success, not failure, but they must not
-    be counted again by anything downstream (incidents), hence their indexes.
+    be counted again by anything downstream (incidents), hence their indexes. Conflicts are events
+    whose `event_id` is stored with *other* content: the stored version stays, the new one is kept
+    among the store's conflicts (`pipeline/conflicts.py`); not counted downstream either.
     """
 
     inserted: int = 0
     duplicate_indexes: list[int] = field(default_factory=list)
     rejected: list[tuple[int, str]] = field(default_factory=list)  # (index in batch, reason)
+    conflict_indexes: list[int] = field(default_factory=list)
 
     @property
     def duplicates(self) -> int:
         return len(self.duplicate_indexes)
+
+    @property
+    def conflicts(self) -> int:
+        return len(self.conflict_indexes)
 
 
 @dataclass(slots=True, frozen=True)
@@ -141,6 +148,16 @@ class EventStore(Protocol):
         ...
 
     async def count_dead_letters(self) -> int: ...
+
+    async def find_conflicts(self, event_id: str) -> list[dict[str, Any]]:
+        """The versions of `event_id` that arrived after another was stored, oldest first.
+
+        Each: `event_id`, `reason` ("conflicting duplicate"), `received_at`, `content_hash`,
+        `stored_hash` (of the version the store kept) and `event` (the version set aside).
+        """
+        ...
+
+    async def count_conflicts(self) -> int: ...
 
     async def expire(self, *, now: dt.datetime | None = None) -> int:
         """Delete events past the retention period where the server does not; return how many."""

@@ -8,6 +8,13 @@ per its own AOF/RDB settings) or once it is in the spool.
 The stream is capped with `MAXLEN ~ N` so Redis memory stays bounded: N must exceed the largest
 backlog you expect, or entries no consumer has read yet are trimmed. The stream is exactly as
 durable as Redis is: without AOF persistence a Redis restart loses every entry not yet consumed.
+
+Like Kafka's, the XADDs Redis refuses *for good* — NOPERM (an ACL user who may not write the
+stream or run XADD), WRONGTYPE (the stream's key holds another type) — are told apart from the
+transient ones (a connection error, OOM under `maxmemory`, LOADING, READONLY after a failover): a
+refused entry is spooled, and the replay moves it to the spool's `*.rejected` quarantine instead
+of failing its segment forever (`SpoolReplayer`). An entry too large for `proto-max-bulk-len`
+cannot happen: its minimum (1 MiB) is above the largest event (`WIDELOG_MAX_EVENT_BYTES`, 900 KiB).
 """
 
 from __future__ import annotations
@@ -20,9 +27,10 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from redis.asyncio import Redis
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import NoPermissionError, RedisError, ResponseError
 
 from widelog.pipeline.ports import Message
+from widelog.pipeline.replayer import Delivery
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -31,6 +39,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("widelog.redis")
 KEY, VALUE = b"k", b"v"
+
+
+def refused_for_good(error: Exception) -> str | None:
+    """Why Redis will refuse this XADD however often it is sent; None if it may pass later."""
+    if isinstance(error, NoPermissionError):
+        return "NOPERM"
+    if isinstance(error, ResponseError) and str(error).startswith("WRONGTYPE"):
+        return "WRONGTYPE"
+    return None
 
 
 class RedisStreamsEventPublisher:
@@ -93,12 +110,18 @@ class RedisStreamsEventPublisher:
                 continue
             batch = [self._buffer.popleft() for _ in range(min(self._chunk, len(self._buffer)))]
             self._inflight = batch  # until XADD answers: close() spools it if it must cancel
-            if await self._xadd_with_retries(batch, retries=0 if self._down else self._retries):
-                self.delivered += len(batch)
+            refused = await self._xadd_with_retries(
+                batch, retries=0 if self._down else self._retries
+            )
+            if refused is not None:
+                self.delivered += len(batch) - len(refused)
                 for key, _ in batch:
                     log.debug(
                         "Published log event to Redis stream: %s, requestId: %s", self._stream, key
                     )
+                for index, reason in refused:  # the replay quarantines them if still refused
+                    key, payload = batch[index]
+                    self._fallback.spill(key, payload, f"refused by Redis: {reason}")
             else:
                 # Redis is down: spool this batch and everything behind it now, rather than let
                 # the buffer wait out one socket timeout per batch in memory.
@@ -116,44 +139,60 @@ class RedisStreamsEventPublisher:
         for key, payload in records:
             self._fallback.spill(key, payload, reason)
 
-    async def _xadd_with_retries(self, batch: Sequence[tuple[str, bytes]], *, retries: int) -> bool:
+    async def _xadd_with_retries(
+        self, batch: Sequence[tuple[str, bytes]], *, retries: int
+    ) -> list[tuple[int, str]] | None:
+        """The refusals for good, by index, once Redis answered; None if it did not."""
         for attempt in range(retries + 1):
             try:
-                await self._xadd(batch)
+                return await self._xadd(batch)
             except (RedisError, OSError) as exc:
                 if attempt == retries:
                     log.warning("XADD failed after %d attempts: %r", attempt + 1, exc)
-                    return False
+                    return None
                 await asyncio.sleep(self._backoff * 2**attempt)
-            else:
-                return True
-        return False
+        return None
 
-    async def _xadd(self, batch: Sequence[tuple[str, bytes]]) -> None:
+    async def _xadd(self, batch: Sequence[tuple[str, bytes]]) -> list[tuple[int, str]]:
+        """XADD every record; (index, reason) of those refused for good. Raises for the rest.
+
+        Each command of the pipeline answers for itself: one refused entry does not fail the
+        others, and a transient error fails the batch (sent again whole: the store dedups).
+        """
         async with self._redis.pipeline(transaction=False) as pipe:
             for key, payload in batch:
                 pipe.xadd(
                     self._stream, {KEY: key, VALUE: payload}, maxlen=self._maxlen, approximate=True
                 )
-            await pipe.execute()
+            results = await pipe.execute(raise_on_error=False)
+        refused = []
+        for index, result in enumerate(results):
+            if isinstance(result, Exception):
+                reason = refused_for_good(result)
+                if reason is None:
+                    raise result
+                refused.append((index, reason))
+        return refused
 
-    async def deliver(self, records: Sequence[tuple[str, bytes]], timeout: float) -> bool:
-        """XADD and wait for Redis to answer (the spool replay path)."""
+    async def deliver(self, records: Sequence[tuple[str, bytes]], timeout: float) -> Delivery:
+        """XADD and wait for Redis to answer (the spool replay path); refusals for good apart."""
         try:
-            await asyncio.wait_for(self._xadd(records), timeout)
+            refused = await asyncio.wait_for(self._xadd(records), timeout)
         except (RedisError, OSError, TimeoutError) as exc:
             log.warning("replay XADD failed: %r", exc)
-            return False
-        if self._down:
-            log.warning("Redis accepts events again: publishing resumes")
-        self._down = False
-        return True
+            return Delivery(ok=False)
+        if len(refused) < len(records):
+            if self._down:
+                log.warning("Redis accepts events again: publishing resumes")
+            self._down = False
+        return Delivery(ok=True, refused=refused)
 
     async def flush(self, timeout: float) -> int:
+        """Wait until the buffer is empty and the last XADD answered (or was spooled)."""
         deadline = time.monotonic() + timeout
-        while self._buffer and time.monotonic() < deadline:  # noqa: ASYNC110 - a bounded wait
+        while self.queue_depth and time.monotonic() < deadline:  # noqa: ASYNC110 - bounded wait
             await asyncio.sleep(0.01)
-        return len(self._buffer)
+        return self.queue_depth
 
     async def close(self, timeout: float = 10.0) -> None:
         """Flush the buffer (what is left after `timeout` goes to the spool); close the client."""

@@ -1,4 +1,12 @@
-"""Drains the spool back into the message queue once it takes events again."""
+"""Drains the spool back into the message queue once it takes events again.
+
+It runs in the API process, beside request handling, so it must yield to it: reading the spool
+and (Kafka) producing and waiting for acknowledgements run in worker threads, and with a `rate`
+(events per second, `WIDELOG_REPLAY_RATE`) it sends chunks of about a fifth of a second's worth
+and sleeps between them on the event loop. Without a rate, a backlog of thousands of events goes
+out in 5,000-event chunks as fast as the broker takes them, and the burst (producing, delivery
+reports, then the worker storing it, all on the same cores) slows the requests being served.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +14,18 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Awaitable, Callable, Iterator, Sequence
     from pathlib import Path
 
     from widelog.pipeline.ports import Quarantine, Spool
 
 log = logging.getLogger("widelog.replay")
+PACE_S = 0.2  # with a rate: each chunk is this much of it, so the pauses between are short
 
 
 @dataclass(slots=True)
@@ -62,11 +72,18 @@ class SpoolReplayer:
         *,
         chunk: int = 5000,
         timeout: float = 30.0,
+        rate: float = 0.0,
+        sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._spool = spool
         self._publisher = publisher
-        self._chunk = chunk
+        self._chunk = max(1, min(chunk, int(rate * PACE_S))) if rate > 0 else chunk
         self._timeout = timeout
+        self._rate = rate
+        self._sleep = sleep
+        self._clock = clock
+        self._next_send = 0.0  # with a rate: when the next chunk may go
         self.stats = ReplayStats()
 
     async def replay_once(self, *, rejected: bool = False) -> int:
@@ -123,15 +140,27 @@ class SpoolReplayer:
             chunk = await asyncio.to_thread(_take, records, self._chunk)
             if not chunk:
                 return count
+            await self._pace(len(chunk))
             result = await self._publisher.deliver(chunk, self._timeout)
             delivery = result if isinstance(result, Delivery) else Delivery(ok=result)
             if not delivery.ok:
                 return None
-            for index, reason in delivery.refused:
-                key, payload = chunk[index]
-                quarantine.add(key, payload)
+            refused = [chunk[index] for index, _ in delivery.refused]
+            if refused:
+                await asyncio.to_thread(_add_all, quarantine, refused)
+            for _, reason in delivery.refused:
                 reasons[reason] = reasons.get(reason, 0) + 1
             count += len(chunk) - len(delivery.refused)
+
+    async def _pace(self, events: int) -> None:
+        """Wait until `events` more keep the replay at or under its rate (never ahead of it)."""
+        if self._rate <= 0:
+            return
+        now = self._clock()
+        start = max(self._next_send, now)
+        self._next_send = start + events / self._rate
+        if start > now:
+            await self._sleep(start - now)
 
     async def run(self, stop: asyncio.Event, *, interval: float = 5.0) -> None:
         """Replay whenever there is something to replay, until `stop` is set."""
@@ -153,6 +182,11 @@ def _report(quarantine: Quarantine, path: Path, reasons: dict[str, int]) -> None
         ", ".join(f"{n} x {reason}" for reason, n in sorted(reasons.items())),
         quarantine.path.name,
     )
+
+
+def _add_all(quarantine: Quarantine, records: Sequence[tuple[str, bytes]]) -> None:
+    for key, payload in records:
+        quarantine.add(key, payload)
 
 
 def _take(records: Iterator[tuple[str, bytes]], count: int) -> list[tuple[str, bytes]]:

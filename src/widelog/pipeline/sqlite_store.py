@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from widelog.events.event import is_error
+from widelog.pipeline.conflicts import CONFLICT_REASON, conflict_id, content_hash
 from widelog.pipeline.ports import DeadLetter, EventQuery, WriteResult
 from widelog.sampling.counts import CountRecord
 from widelog.sampling.reweighting import weight_of
@@ -57,6 +58,16 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     error       TEXT NOT NULL,
     payload     BLOB NOT NULL
 );
+CREATE TABLE IF NOT EXISTS conflicts (
+    id           TEXT PRIMARY KEY,
+    event_id     TEXT NOT NULL,
+    received_at  TEXT NOT NULL,
+    reason       TEXT NOT NULL,
+    content_hash TEXT NOT NULL,
+    stored_hash  TEXT NOT NULL,
+    doc          TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS conflicts_event_id ON conflicts (event_id, received_at);
 """
 
 _INSERT = (
@@ -93,6 +104,28 @@ def _row(doc: Mapping[str, Any]) -> tuple[Any, ...]:
         int(is_error(doc)),
         _encoder.encode(doc).decode(),
     )
+
+
+def _record_conflict(db: sqlite3.Connection, row: tuple[Any, ...], digest: str, now: str) -> bool:
+    """For an id already stored: keep this version if its content differs (True: a conflict).
+
+    The stored JSON is hashed only here, for the ids that collided; a version kept once already
+    (a re-delivered conflicting event) is a plain duplicate.
+    """
+    event_id, doc = row[0], row[-1]
+    stored = db.execute("SELECT doc FROM events WHERE event_id = ?", (event_id,)).fetchone()
+    if stored is None:
+        return False
+    stored_hash = content_hash(msgspec.json.decode(stored[0]))
+    if stored_hash == digest:
+        return False
+    inserted = db.execute(
+        "INSERT OR IGNORE INTO conflicts"
+        " (id, event_id, received_at, reason, content_hash, stored_hash, doc)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (conflict_id(event_id, digest), event_id, now, CONFLICT_REASON, digest, stored_hash, doc),
+    )
+    return bool(inserted.rowcount == 1)
 
 
 def _sortable(stamp: object) -> str:
@@ -176,12 +209,19 @@ class SQLiteEventStore:
             except (KeyError, TypeError, ValueError) as exc:
                 result.rejected.append((index, f"unstorable event: {exc!r}"))
 
-        def insert(db: sqlite3.Connection) -> list[int]:
-            with db:  # one transaction per batch
-                return [index for index, row in rows if db.execute(_INSERT, row).rowcount == 0]
+        now = dt.datetime.now(dt.UTC).isoformat()
 
-        result.duplicate_indexes = await self._run(insert)
-        result.inserted = len(rows) - result.duplicates
+        def insert(db: sqlite3.Connection) -> None:
+            with db:  # one transaction per batch, conflicts included
+                for index, row in rows:
+                    if db.execute(_INSERT, row).rowcount == 1:
+                        result.inserted += 1
+                    elif _record_conflict(db, row, content_hash(events[index]), now):
+                        result.conflict_indexes.append(index)
+                    else:
+                        result.duplicate_indexes.append(index)
+
+        await self._run(insert)
         return result
 
     async def write_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
@@ -322,6 +362,30 @@ class SQLiteEventStore:
             if len(rows) < batch_size:
                 return
             after = rows[-1][0]
+
+    async def find_conflicts(self, event_id: str) -> list[dict[str, Any]]:
+        def select(db: sqlite3.Connection) -> list[tuple[str, str, str, str, str]]:
+            return db.execute(
+                "SELECT received_at, reason, content_hash, stored_hash, doc FROM conflicts"
+                " WHERE event_id = ? ORDER BY received_at, id",
+                (event_id,),
+            ).fetchall()
+
+        return [
+            {
+                "event_id": event_id,
+                "received_at": dt.datetime.fromisoformat(received_at),
+                "reason": reason,
+                "content_hash": digest,
+                "stored_hash": stored,
+                "event": _from_json(doc),
+            }
+            for received_at, reason, digest, stored, doc in await self._run(select)
+        ]
+
+    async def count_conflicts(self) -> int:
+        sql = "SELECT count(*) FROM conflicts"
+        return int((await self._run(lambda db: db.execute(sql).fetchone()))[0])
 
     async def count_dead_letters(self) -> int:
         sql = "SELECT count(*) FROM dead_letters"

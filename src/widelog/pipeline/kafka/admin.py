@@ -61,17 +61,23 @@ class KafkaGroupBacklog:
 
     def read(self, partitions: Collection[int] | None = None) -> dict[str, int]:
         """Lag per partition (all of the topic's unless `partitions`); blocks: call off the loop."""
+        return {
+            p: max(high - committed, 0) for p, (committed, high) in self.offsets(partitions).items()
+        }
+
+    def offsets(self, partitions: Collection[int] | None = None) -> dict[str, tuple[int, int]]:
+        """(committed, high watermark) per partition; blocks: call off the loop."""
         if partitions is None:
             metadata = self._consumer.list_topics(self._topic, timeout=self._timeout)
             topic = metadata.topics.get(self._topic)
             partitions = topic.partitions if topic is not None else ()
         wanted = [TopicPartition(self._topic, p) for p in sorted(partitions)]
-        lag = {}
+        offsets = {}
         for tp in self._consumer.committed(wanted, timeout=self._timeout):
             low, high = self._consumer.get_watermark_offsets(tp, timeout=self._timeout)
             committed = tp.offset if tp.offset >= 0 else low  # nothing committed: from the start
-            lag[str(tp.partition)] = max(high - committed, 0)
-        return lag
+            offsets[str(tp.partition)] = (committed, high)
+        return offsets
 
     async def backlog(self) -> dict[str, int]:
         return await _bounded(self.read, self._timeout * 2)

@@ -46,7 +46,10 @@ class KafkaEventSource:
     The watchdog: when nothing was received and no commit confirmed for `stall_timeout_s` while
     the broker says the group has uncommitted messages in this member's partitions, the consumer
     is closed (bounded) and a new one joins. Nothing is lost (offsets were never committed past
-    the store) and what is read twice is a duplicate the store absorbs.
+    the store) and what is read twice is a duplicate the store absorbs. A member with no
+    partitions (stuck rejoining, or a spare) judges the whole group instead: it samples the
+    group's offsets after half the quiet period and judges at the full period, so it is replaced
+    after `stall_timeout_s` too (it took two full periods, 60-90 s, before).
     """
 
     def __init__(
@@ -91,7 +94,8 @@ class KafkaEventSource:
         self._lag = KafkaGroupBacklog(
             bootstrap=bootstrap, topic=topic, group=group, timeout=close_timeout_s / 2
         )
-        self._group_lag: int | None = None  # at the previous check, while this member had none
+        # The group's (committed, high) offsets at the previous check, while this member had none.
+        self._group_offsets: dict[str, tuple[int, int]] | None = None
         self._consumer = self._join()
 
     def _join(self) -> Consumer:
@@ -118,7 +122,7 @@ class KafkaEventSource:
         now = time.monotonic()
         if raw:
             self._last_progress = now
-        elif now - self._last_progress > self._stall_timeout:
+        elif now - self._last_progress > self._quiet_period():
             await self._check_progress()
         if self._unconfirmed and now - self._last_commit_sent > self._commit_retry:
             self._send_commit()  # the last one failed, or its answer never came
@@ -172,26 +176,35 @@ class KafkaEventSource:
                     self._unconfirmed.pop(key, None)
         self._last_progress = time.monotonic()
 
+    def _quiet_period(self) -> float:
+        """How long without progress before the next check.
+
+        A member without partitions needs two looks at the group (is anybody committing?): the
+        first after half the period, so the verdict comes after the period, not after two.
+        """
+        return self._stall_timeout if self.assigned else self._stall_timeout / 2
+
     async def _check_progress(self) -> None:
         """Replace the consumer if the broker answers and says it should have made progress.
 
         With partitions assigned: messages wait in them. With none (a member stuck rejoining the
-        group looks like this, and so does an idle spare member): the group's lag did not go down
-        since the previous check, so nobody is consuming it.
+        group looks like this, and so does an idle spare member): messages wait in the group's
+        partitions and no offset of theirs was committed since the previous check, so nobody is
+        consuming them (a lag that merely stays level under steady traffic is not a stall).
         """
         self._last_progress = time.monotonic()  # check again only after another quiet period
         mine = {p for (_, p) in self.assigned} or None
         try:
-            lag = await _bounded(lambda: self._lag.read(mine), self._close_timeout)
+            offsets = await _bounded(lambda: self._lag.offsets(mine), self._close_timeout)
         except Exception as exc:  # noqa: BLE001 - a broker that does not answer is not a stall
             log.info("kafka watchdog: no answer about the lag (%r); checking again later", exc)
             return
-        waiting = sum(lag.values())
+        waiting = sum(max(high - committed, 0) for committed, high in offsets.values())
         if mine is None:
-            before, self._group_lag = self._group_lag, waiting
-            if before is None or waiting == 0 or waiting < before:
+            before, self._group_offsets = self._group_offsets, offsets
+            if before is None or waiting == 0 or _committed_since(before, offsets):
                 return
-        self._group_lag = None
+        self._group_offsets = None
         if not waiting:
             return
         self.stalls += 1
@@ -240,6 +253,7 @@ class KafkaEventSource:
         if consumer is not self._consumer:
             return  # a replaced consumer's last callbacks: its state is gone already
         self.assigned |= {(tp.topic, tp.partition) for tp in partitions}
+        self._group_offsets = None  # a later look at the group starts from a fresh sample
         log.info("assigned partitions %s", sorted(tp.partition for tp in partitions))
         if self._paused:
             consumer.pause(partitions)
@@ -263,3 +277,8 @@ class KafkaEventSource:
         gone = {(tp.topic, tp.partition) for tp in partitions}
         self.assigned -= gone
         self._held = [m for m in self._held if (m.position.topic, m.position.partition) not in gone]
+
+
+def _committed_since(before: dict[str, tuple[int, int]], now: dict[str, tuple[int, int]]) -> bool:
+    """Whether any partition's committed offset moved between two looks at the group."""
+    return any(now[p][0] != committed for p, (committed, _) in before.items() if p in now)
