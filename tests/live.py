@@ -16,7 +16,8 @@ SCRIPT = ROOT / "scripts" / "services.sh"
 KAFKA = f"127.0.0.1:{os.environ.get('WIDELOG_SERVICES_KAFKA_PORT', '9092')}"
 REDIS_PORT = int(os.environ.get("WIDELOG_SERVICES_REDIS_PORT", "6379"))
 REDIS_URL = f"redis://127.0.0.1:{REDIS_PORT}/0"
-MONGO = f"mongodb://127.0.0.1:{os.environ.get('WIDELOG_SERVICES_MONGO_PORT', '27017')}"
+MONGO_PORT = int(os.environ.get("WIDELOG_SERVICES_MONGO_PORT", "27017"))
+MONGO = f"mongodb://127.0.0.1:{MONGO_PORT}"
 
 
 def services(*args: str) -> None:
@@ -55,3 +56,8 @@ KAFKA_SASL_PORT = os.environ.get("WIDELOG_SERVICES_KAFKA_SASL_PORT", "9094")
 KAFKA_SASL = f"127.0.0.1:{KAFKA_SASL_PORT}" if KAFKA_SASL_PORT else None
 KAFKA_SASL_USER = os.environ.get("WIDELOG_SERVICES_KAFKA_SASL_USER", "widelog")
 KAFKA_SASL_PASSWORD = os.environ.get("WIDELOG_SERVICES_KAFKA_SASL_PASSWORD", "widelog-test-secret")
+
+# Kafka's PROXIED listener (scripts/services.sh): the broker listens on the first port and
+# advertises the second, where a test's Toxiproxy proxy listens; empty: no such listener.
+KAFKA_PROXIED_PORT = os.environ.get("WIDELOG_SERVICES_KAFKA_PROXIED_PORT", "9095")
+KAFKA_PROXY_PORT = os.environ.get("WIDELOG_SERVICES_KAFKA_PROXY_PORT", "9096")

@@ -22,38 +22,10 @@ import pytest
 
 from tests.integration.test_hardening_live import frozen, wait_for_no_lag
 from tests.live import free_port, unique
-from tests.pipelines import Pipeline, api, send
+from tests.pipelines import Pipeline, api, send, send_for
 from widelog.stats import percentile
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults, pytest.mark.mongo]
-
-
-async def send_for(
-    client: httpx.AsyncClient, prefix: str, seconds: float, *, concurrency: int = 8
-) -> tuple[set[str], list[float]]:
-    """Chats with caller-chosen request ids for `seconds`, paced; every one must succeed."""
-    deadline = time.monotonic() + seconds
-    sent: set[str] = set()
-    latencies: list[float] = []
-
-    async def loop(lane: int) -> None:
-        i = 0
-        while time.monotonic() < deadline:
-            request_id = f"{prefix}-{lane}-{i}"
-            i += 1
-            started = time.perf_counter()
-            response = await client.post(
-                "/v1/chat",
-                json={"session_id": "s", "message": f"hello {request_id}"},
-                headers={"x-request-id": request_id},
-            )
-            latencies.append((time.perf_counter() - started) * 1000)
-            assert 200 == response.status_code, response.text
-            sent.add(request_id)
-            await asyncio.sleep(0.02)
-
-    await asyncio.gather(*(loop(lane) for lane in range(concurrency)))
-    return sent, latencies
 
 
 @pytest.mark.kafka
