@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -237,3 +238,52 @@ async def test_a_store_hung_longer_than_max_poll_interval_causes_no_rebalance(ka
     assert "revoked partitions" not in log, log
     assert "lost partitions" not in log, log
     assert 1 == log.count("assigned partitions"), log
+
+
+# --- longer freezes ---------------------------------------------------------------------------
+
+
+async def first_time(condition: Callable[[], bool], *, every: float = 0.2) -> float:
+    """Seconds until `condition()` holds (polled; cancel the task to give up)."""
+    started = time.monotonic()
+    while not condition():
+        await asyncio.sleep(every)
+    return time.monotonic() - started
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(180)
+async def test_redis_frozen_for_25_s_is_given_up_on_spooled_and_replayed_once(redis_pipeline):
+    redis_pipeline.env["WIDELOG_CACHE"] = "redis"
+    redis_pipeline.env["WIDELOG_CACHE_NAMESPACE"] = unique("frozen")
+    worker = redis_pipeline.start_worker()
+    await redis_pipeline.wait_for_log(0, "worker consuming")
+    async with api(redis_pipeline) as (client, container):
+        fallback = container.pipeline.fallback
+        assert fallback is not None
+        before, _ = await send(client, "before", 100)
+        await redis_pipeline.wait_until_stored(before)
+        with frozen("redis"):
+            spooling = asyncio.create_task(first_time(lambda: fallback.spooled > 0))
+            during, latencies = await send_for(client, "during", 25)
+            spooled_in_freeze = fallback.spooled
+            gave_up_after = round(spooling.result(), 1) if spooling.done() else spooling.cancel()
+        after, _ = await send(client, "after", 100)
+        await redis_pipeline.wait_until_stored(before | during | after, timeout=90)
+        assert not fallback.spool.has_pending()
+        caches = container.caches.report()
+    stored = await redis_pipeline.stored_request_ids()
+    assert len(before | during | after) == sum(stored.values())
+    assert worker.poll() is None, redis_pipeline.worker_log(0)
+    p99 = percentile(latencies, 99)
+    print(
+        f"redis frozen 25 s: {len(during)} requests, p99 {p99:.2f} ms, max {max(latencies):.2f}"
+        f" ms, {spooled_in_freeze} spooled while frozen (first after {gave_up_after} s),"
+        f" caches {caches}"
+    )
+    # The publisher gave up on Redis after one socket timeout (5 s), not four (21 s measured).
+    assert gave_up_after is not None
+    assert gave_up_after < 12
+    assert spooled_in_freeze > len(during) / 2
+    assert p99 < 1000, p99
+    assert caches["circuit_opened"] >= 1
