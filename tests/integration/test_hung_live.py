@@ -287,3 +287,38 @@ async def test_redis_frozen_for_25_s_is_given_up_on_spooled_and_replayed_once(re
     assert spooled_in_freeze > len(during) / 2
     assert p99 < 1000, p99
     assert caches["circuit_opened"] >= 1
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(180)
+async def test_kafka_and_the_store_frozen_together_the_worker_recovers_by_itself(kafka_pipeline):
+    worker = kafka_pipeline.start_worker()
+    await kafka_pipeline.wait_for_log(0, "assigned partitions")
+    async with api(kafka_pipeline) as (client, container):
+        fallback = container.pipeline.fallback
+        assert fallback is not None
+        before, _ = await send(client, "before", 100)
+        await kafka_pipeline.wait_until_stored(before)
+        with frozen("kafka"), frozen("ferretdb"):
+            during, latencies = await send_for(client, "during", 12)
+        resumed = time.monotonic()
+        after, _ = await send(client, "after", 200)
+        await kafka_pipeline.wait_until_stored(before | during | after, timeout=120)
+        recovered_s = time.monotonic() - resumed
+        assert not fallback.spool.has_pending()
+    await wait_for_no_lag(kafka_pipeline)
+    stored = await kafka_pipeline.stored_request_ids()
+    assert len(before | during | after) == sum(stored.values())
+    assert worker.poll() is None, kafka_pipeline.worker_log(0)
+    log = kafka_pipeline.worker_log(0)
+    p99 = percentile(latencies, 99)
+    print(
+        f"kafka+store frozen 12 s: {len(during)} requests, p99 {p99:.2f} ms, spooled"
+        f" {fallback.spooled}, all stored {recovered_s:.1f} s after resuming;"
+        f" worker: {log.count('write_batch failed')} failed writes,"
+        f" {log.count('made no progress')} consumers replaced,"
+        f" {log.count('assigned partitions')} assignments"
+    )
+    assert p99 < 1000, p99
+    worker.send_signal(signal.SIGTERM)
+    assert 0 == worker.wait(30), kafka_pipeline.worker_log(0)
