@@ -105,6 +105,7 @@ class KafkaEventSource:
         self._paused = False
         self._held: list[Message] = []  # read while paused (a race), handed out on resume
         self.assigned: set[tuple[str, int]] = set()
+        self._lost = False  # its partitions were lost (session expired) and none assigned since
         return consumer
 
     async def poll(self, max_messages: int, timeout: float) -> list[Message]:
@@ -175,9 +176,12 @@ class KafkaEventSource:
     async def _check_progress(self) -> None:
         """Replace the consumer if the broker answers and says it should have made progress.
 
-        With partitions assigned: messages wait in them. With none (a member stuck rejoining the
-        group looks like this, and so does an idle spare member): the group's lag did not go down
-        since the previous check, so nobody is consuming it.
+        With partitions assigned: messages wait in them. With none after losing them (its session
+        expired, e.g. the broker froze, and it is stuck rejoining: seen with Kafka and FerretDB
+        frozen together, the coordinator request stuck in librdkafka's queue): messages wait in
+        the group. With none otherwise (an idle spare member looks like that too): the group's lag
+        did not go down since the previous check, so nobody is consuming it; waiting for that
+        second check kept the member stuck rejoining 30 s longer (58 s after the thaw, measured).
         """
         self._last_progress = time.monotonic()  # check again only after another quiet period
         mine = {p for (_, p) in self.assigned} or None
@@ -187,7 +191,7 @@ class KafkaEventSource:
             log.info("kafka watchdog: no answer about the lag (%r); checking again later", exc)
             return
         waiting = sum(lag.values())
-        if mine is None:
+        if mine is None and not self._lost:
             before, self._group_lag = self._group_lag, waiting
             if before is None or waiting == 0 or waiting < before:
                 return
@@ -240,6 +244,7 @@ class KafkaEventSource:
         if consumer is not self._consumer:
             return  # a replaced consumer's last callbacks: its state is gone already
         self.assigned |= {(tp.topic, tp.partition) for tp in partitions}
+        self._lost = False
         log.info("assigned partitions %s", sorted(tp.partition for tp in partitions))
         if self._paused:
             consumer.pause(partitions)
@@ -255,6 +260,7 @@ class KafkaEventSource:
         if consumer is not self._consumer:
             return
         self._forget(partitions)
+        self._lost = not self.assigned
         log.warning(
             "lost partitions %s (nothing committed for them)", [p.partition for p in partitions]
         )
