@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from widelog.pipeline.kafka._calls import _bounded
+from widelog.pipeline.kafka._logs import librdkafka_log
 from widelog.pipeline.kafka.admin import KafkaGroupBacklog
 from widelog.pipeline.ports import Message
 
@@ -74,7 +75,7 @@ class KafkaEventSource:
             "session.timeout.ms": session_timeout_ms,
             "max.poll.interval.ms": max_poll_interval_ms,
             "on_commit": self._on_commit,
-            "logger": log,
+            "logger": librdkafka_log,
             **(config or {}),
         }
         self._stall_timeout = stall_timeout_s
