@@ -77,6 +77,8 @@ class Toxiproxy:
     def proxy(self, upstream: int, *, listen: int | None = None) -> Proxy:
         """A proxy to 127.0.0.1:`upstream`, listening on `listen` (default: a free port)."""
         port = listen or free_port()
+        if listen is not None:
+            self._free(f"127.0.0.1:{listen}")
         name = unique("proxy")
         body: dict[str, Any] = {
             "name": name,
@@ -88,6 +90,13 @@ class Toxiproxy:
         proxy = Proxy(self._http, name, port)
         self._proxies.append(proxy)
         return proxy
+
+    def _free(self, address: str) -> None:
+        """Delete a proxy left on a fixed port by a run that did not end (its server lives on)."""
+        proxies = self._http.get("/proxies").raise_for_status().json()
+        for name, proxy in proxies.items():
+            if proxy["listen"] == address:
+                self._http.delete(f"/proxies/{name}").raise_for_status()
 
     def close(self) -> None:
         for proxy in self._proxies:

@@ -52,36 +52,6 @@ async def test_a_hung_store_delays_storage_only_and_the_worker_resumes(kafka_pip
     assert 0 == worker.wait(30), kafka_pipeline.worker_log(0)
 
 
-@pytest.mark.redis
-@pytest.mark.timeout(120)
-async def test_a_hung_redis_fails_the_caches_open_and_every_event_is_stored_once(redis_pipeline):
-    redis_pipeline.env["WIDELOG_CACHE"] = "redis"
-    redis_pipeline.env["WIDELOG_CACHE_NAMESPACE"] = unique("hung")
-    worker = redis_pipeline.start_worker()
-    await redis_pipeline.wait_for_log(0, "worker consuming")
-    async with api(redis_pipeline) as (client, container):
-        before, _ = await send(client, "before", 200)
-        await redis_pipeline.wait_until_stored(before)
-        with frozen("redis"):
-            during, latencies = await send_for(client, "during", 8)
-        after, _ = await send(client, "after", 200)
-        await redis_pipeline.wait_until_stored(before | during | after, timeout=60)
-        fallback = container.pipeline.fallback
-        assert fallback is not None
-        assert not fallback.spool.has_pending()
-    stored = await redis_pipeline.stored_request_ids()
-    assert len(before | during | after) == sum(stored.values())
-    assert worker.poll() is None, redis_pipeline.worker_log(0)
-    p99 = percentile(latencies, 99)
-    print(
-        f"hung redis: {len(during)} requests, p99 {p99:.2f} ms, max {max(latencies):.2f} ms,"
-        f" spooled {fallback.spooled}"
-    )
-    assert p99 < 1000, p99
-    worker.send_signal(signal.SIGTERM)
-    assert 0 == worker.wait(30), redis_pipeline.worker_log(0)
-
-
 # --- the API process stopped under load ---------------------------------------------------------
 
 
@@ -300,7 +270,7 @@ async def test_kafka_and_the_store_frozen_together_the_worker_recovers_by_itself
         before, _ = await send(client, "before", 100)
         await kafka_pipeline.wait_until_stored(before)
         with frozen("kafka"), frozen("ferretdb"):
-            during, latencies = await send_for(client, "during", 12)
+            during, latencies = await send_for(client, "during", 10)
         resumed = time.monotonic()
         after, _ = await send(client, "after", 200)
         await kafka_pipeline.wait_until_stored(before | during | after, timeout=120)
@@ -313,7 +283,7 @@ async def test_kafka_and_the_store_frozen_together_the_worker_recovers_by_itself
     log = kafka_pipeline.worker_log(0)
     p99 = percentile(latencies, 99)
     print(
-        f"kafka+store frozen 12 s: {len(during)} requests, p99 {p99:.2f} ms, spooled"
+        f"kafka+store frozen 10 s: {len(during)} requests, p99 {p99:.2f} ms, spooled"
         f" {fallback.spooled}, all stored {recovered_s:.1f} s after resuming;"
         f" worker: {log.count('write_batch failed')} failed writes,"
         f" {log.count('made no progress')} consumers replaced,"
