@@ -247,7 +247,8 @@ async def test_redis_frozen_for_25_s_is_given_up_on_spooled_and_replayed_once(re
     assert worker.poll() is None, redis_pipeline.worker_log(0)
     p99 = percentile(latencies, 99)
     print(
-        f"redis frozen 25 s: {len(during)} requests, p99 {p99:.2f} ms, max {max(latencies):.2f}"
+        f"redis frozen 25 s: {sum(stored.values())} stored of {len(before | during | after)},"
+        f" {len(during)} requests while frozen, p99 {p99:.2f} ms, max {max(latencies):.2f}"
         f" ms, {spooled_in_freeze} spooled while frozen (first after {gave_up_after} s),"
         f" caches {caches}"
     )
@@ -283,7 +284,8 @@ async def test_kafka_and_the_store_frozen_together_the_worker_recovers_by_itself
     log = kafka_pipeline.worker_log(0)
     p99 = percentile(latencies, 99)
     print(
-        f"kafka+store frozen 10 s: {len(during)} requests, p99 {p99:.2f} ms, spooled"
+        f"kafka+store frozen 10 s: {sum(stored.values())} stored of {len(before | during | after)},"
+        f" {len(during)} requests while frozen, p99 {p99:.2f} ms, spooled"
         f" {fallback.spooled}, all stored {recovered_s:.1f} s after resuming;"
         f" worker: {log.count('write_batch failed')} failed writes,"
         f" {log.count('made no progress')} consumers replaced,"

@@ -72,7 +72,7 @@ async def test_kafka_restarted_under_traffic_with_a_new_leader_epoch_stores_each
         during: set[str] = set()
         latencies: list[float] = []
         while not restart.done():
-            sent, took = await send_for(client, f"during-{len(during)}", 2)
+            sent, took = await send_for(client, f"during-{len(during)}", 2, concurrency=4)
             during |= sent
             latencies += took
         await restart
@@ -86,7 +86,8 @@ async def test_kafka_restarted_under_traffic_with_a_new_leader_epoch_stores_each
     assert len(before | during | after) == sum(stored.values())
     assert worker.poll() is None, kafka_pipeline.worker_log(0)
     print(
-        f"kafka restarted: {len(during)} requests meanwhile (p50 {percentile(latencies, 50):.2f}"
+        f"kafka restarted: {sum(stored.values())} stored of {len(before | during | after)},"
+        f" {len(during)} requests meanwhile (p50 {percentile(latencies, 50):.2f}"
         f" ms, p99 {percentile(latencies, 99):.2f} ms), {spooled} spooled,"
         f" leader epochs {epochs_before} -> {epochs_after}"
     )

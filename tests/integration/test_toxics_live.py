@@ -89,6 +89,7 @@ async def run_phases(pipeline: Pipeline, proxy: Proxy, *, ready: str) -> dict[st
     stored = await pipeline.stored_request_ids()
     assert len(expected) == sum(stored.values())
     assert worker.poll() is None, pipeline.worker_log(0)
+    print(f"{proxy.name}: {sum(stored.values())} stored of {len(expected)} requests")
     for phase, cost in costs.items():
         print(f"{proxy.name} {phase}: {cost}")
     return costs
