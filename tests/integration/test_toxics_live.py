@@ -10,12 +10,14 @@ line) asserted.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import pytest
+from confluent_kafka.admin import AdminClient
 
 from tests.live import KAFKA_PROXIED_PORT, KAFKA_PROXY_PORT, MONGO_PORT, REDIS_PORT
 from tests.pipelines import Pipeline, api, send, send_for
@@ -60,7 +62,9 @@ def spooled(container: ChatContainer) -> int:
     return fallback.spooled if fallback is not None else 0
 
 
-async def run_phases(pipeline: Pipeline, proxy: Proxy, *, ready: str) -> dict[str, dict[str, int]]:
+async def run_phases(
+    pipeline: Pipeline, proxy: Proxy, service: str, *, ready: str
+) -> dict[str, dict[str, int]]:
     """Traffic through every toxic in turn; all of it stored once. Returns what each phase cost."""
     worker = pipeline.start_worker()
     await pipeline.wait_for_log(0, ready)
@@ -89,9 +93,9 @@ async def run_phases(pipeline: Pipeline, proxy: Proxy, *, ready: str) -> dict[st
     stored = await pipeline.stored_request_ids()
     assert len(expected) == sum(stored.values())
     assert worker.poll() is None, pipeline.worker_log(0)
-    print(f"{proxy.name}: {sum(stored.values())} stored of {len(expected)} requests")
+    print(f"{service} behind toxics: {sum(stored.values())} stored of {len(expected)} requests")
     for phase, cost in costs.items():
-        print(f"{proxy.name} {phase}: {cost}")
+        print(f"{service} {phase}: {cost}")
     return costs
 
 
@@ -101,6 +105,12 @@ def cache_errors(container: ChatContainer) -> int:
         caches.sessions.counters.lookups[o] + caches.answers.counters.lookups[o]
         for o in ("error", "degraded")
     )
+
+
+def advertised(port: int) -> set[str]:
+    """The broker addresses a client bootstrapped on `port` is told to connect to."""
+    metadata = AdminClient({"bootstrap.servers": f"127.0.0.1:{port}"}).list_topics(timeout=10)
+    return {f"{broker.host}:{broker.port}" for broker in metadata.brokers.values()}
 
 
 def listening(port: int) -> bool:
@@ -118,7 +128,8 @@ async def test_kafka_behind_a_bad_network_answers_every_request_and_stores_each_
     # (to the partition leader, the group coordinator) crosses the proxy too.
     proxy = toxiproxy.proxy(int(KAFKA_PROXIED_PORT), listen=int(KAFKA_PROXY_PORT))
     kafka_pipeline.env["WIDELOG_KAFKA_BOOTSTRAP"] = f"127.0.0.1:{proxy.listen}"
-    costs = await run_phases(kafka_pipeline, proxy, ready="assigned partitions")
+    assert {f"127.0.0.1:{proxy.listen}"} == await asyncio.to_thread(advertised, proxy.listen)
+    costs = await run_phases(kafka_pipeline, proxy, "kafka", ready="assigned partitions")
     assert costs["timeout"]["spooled"] > 0  # message.timeout.ms bounds the wait, then the spool
 
 
@@ -129,7 +140,7 @@ async def test_redis_behind_a_bad_network_fails_the_caches_open_and_stores_each_
     proxy = toxiproxy.proxy(REDIS_PORT)
     redis_pipeline.env["WIDELOG_REDIS_URL"] = f"redis://127.0.0.1:{proxy.listen}/0"
     redis_pipeline.env["WIDELOG_CACHE"] = "redis"
-    costs = await run_phases(redis_pipeline, proxy, ready="worker consuming")
+    costs = await run_phases(redis_pipeline, proxy, "redis", ready="worker consuming")
     assert costs["latency"]["cache_errors"] > 0  # WIDELOG_CACHE_TIMEOUT_MS bounds each lookup
     assert costs["timeout"]["cache_errors"] > 0
 
@@ -141,6 +152,6 @@ async def test_the_store_behind_a_bad_network_delays_storage_only(
     proxy = toxiproxy.proxy(MONGO_PORT)
     database = kafka_pipeline.database
     kafka_pipeline.env["WIDELOG_MONGO_URL"] = f"mongodb://127.0.0.1:{proxy.listen}/{database}"
-    costs = await run_phases(kafka_pipeline, proxy, ready="assigned partitions")
+    costs = await run_phases(kafka_pipeline, proxy, "ferretdb", ready="assigned partitions")
     assert all(0 == cost["spooled"] for cost in costs.values())
     assert "write_batch failed" in kafka_pipeline.worker_log(0)
