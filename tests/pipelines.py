@@ -98,7 +98,14 @@ class Pipeline:
         stored = await self.stored_request_ids()
         missing = expected - set(stored)
         twice = {rid: n for rid, n in stored.items() if n > 1}
-        assert (set(), {}) == (missing, twice), f"{len(missing)} missing, {len(twice)} stored twice"
+        if missing or twice:  # where they went, if the worker set them aside
+            letters = collections.Counter(str(d["error"])[:120] for d in await self.dead_letters())
+            detail = f"; missing e.g. {sorted(missing)[:5]}; dead letters {dict(letters)}"
+        else:
+            detail = ""
+        assert (set(), {}) == (missing, twice), (
+            f"{len(missing)} missing, {len(twice)} stored twice{detail}"
+        )
 
     async def aclose(self) -> None:
         for worker in self.workers:
