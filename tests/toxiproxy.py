@@ -68,12 +68,6 @@ class Toxiproxy:
         self._http = httpx.Client(base_url=api, timeout=10)
         self._proxies: list[Proxy] = []
 
-    def available(self) -> bool:
-        try:
-            return self._http.get("/version").status_code == 200
-        except httpx.TransportError:
-            return False
-
     def proxy(self, upstream: int, *, listen: int | None = None) -> Proxy:
         """A proxy to 127.0.0.1:`upstream`, listening on `listen` (default: a free port)."""
         port = listen or free_port()
