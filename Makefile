@@ -33,8 +33,8 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 # Not part of `make test`: regenerates docs/benchmarks.md and its charts (~15 min; the services
-# stay up). `make bench BENCH_ARGS=--quick` runs the reduced matrix. bench/tools.sh builds
-# Toxiproxy (Go module proxy) and oha (crates.io) into the services cache on first use.
+# stay up). `make bench BENCH_ARGS=--quick` runs the reduced matrix. bench/tools.sh builds oha
+# (crates.io) into the services cache on first use; Toxiproxy comes from scripts/services.sh.
 # The micro-benchmarks (middleware_overhead, sampling_decide, cache_lookup) run by hand.
 BENCH_STAMP := $(VENV)/.bench-installed
 $(BENCH_STAMP): $(STAMP)

@@ -4,19 +4,28 @@
 #   redis     Debian's redis-server, our own process, no persistence
 #   kafka     Apache Kafka 4.1.1, one KRaft node (broker+controller), jars from Maven Central
 #   ferretdb  FerretDB v1.24.2 (MongoDB wire protocol) on SQLite, built from services/ferretdb
+#   toxiproxy Toxiproxy v2.12.0 (fault injection: the tests create proxies through its HTTP API),
+#             built with `go install` into the cache once
 # `up` also installs Debian's chromium (not a service: the dashboard's browser test drives it).
 #
-# Usage: scripts/services.sh up|down|status|start NAME|stop NAME     (NAME: redis|kafka|ferretdb)
-#   up / down      start / stop all three (up reuses what is installed and what is running)
+# Usage: scripts/services.sh up|down|status|start NAME|stop NAME|path toxiproxy
+#                                                   (NAME: redis|kafka|ferretdb|toxiproxy)
+#   up / down      start / stop all four (up reuses what is installed and what is running)
 #   start NAME     start one service, with the data it had (Kafka keeps its log dir)
 #   stop NAME      stop one service: only the process this script started (pid from its pidfile)
 #   status         one line per service; exit code 0 whatever the state
+#   path toxiproxy build Toxiproxy's server into the cache if missing, print its path (bench/tools.sh)
 #
 # Environment (all optional):
 #   WIDELOG_SERVICES_CACHE   downloads and builds   (default: $HOME/.cache/widelog-services)
 #   WIDELOG_SERVICES_STATE   data, logs, pidfiles   (default: /tmp/widelog-services)
 #   WIDELOG_SERVICES_REDIS_PORT (6379)  WIDELOG_SERVICES_KAFKA_PORT (9092)  WIDELOG_SERVICES_KAFKA_CONTROLLER_PORT (9093)
-#   WIDELOG_SERVICES_MONGO_PORT (27017)
+#   WIDELOG_SERVICES_MONGO_PORT (27017)  WIDELOG_SERVICES_TOXIPROXY_PORT (8474, Toxiproxy's HTTP API)
+#   WIDELOG_SERVICES_KAFKA_PROXIED_PORT (9096)  WIDELOG_SERVICES_KAFKA_PROXY_PORT (9097)
+#                                      a third Kafka listener (PLAINTEXT) on the first port that
+#                                      advertises the second, where a test's Toxiproxy proxy listens
+#                                      (upstream: the first), so every connection a client makes
+#                                      after the bootstrap goes through the proxy too; either empty: none
 #   WIDELOG_SERVICES_KAFKA_SASL_PORT   a second Kafka listener, SASL_PLAINTEXT with PLAIN, for the
 #                                      security-settings tests (default: 9094; empty for none); its one user:
 #   WIDELOG_SERVICES_KAFKA_SASL_USER (widelog)  WIDELOG_SERVICES_KAFKA_SASL_PASSWORD (widelog-test-secret)
@@ -38,6 +47,9 @@ REDIS_PORT="${WIDELOG_SERVICES_REDIS_PORT:-6379}"
 KAFKA_PORT="${WIDELOG_SERVICES_KAFKA_PORT:-9092}"
 KAFKA_CONTROLLER_PORT="${WIDELOG_SERVICES_KAFKA_CONTROLLER_PORT:-9093}"
 MONGO_PORT="${WIDELOG_SERVICES_MONGO_PORT:-27017}"
+TOXIPROXY_PORT="${WIDELOG_SERVICES_TOXIPROXY_PORT:-8474}"
+KAFKA_PROXIED_PORT="${WIDELOG_SERVICES_KAFKA_PROXIED_PORT-9096}"  # empty: no proxied listener
+KAFKA_PROXY_PORT="${WIDELOG_SERVICES_KAFKA_PROXY_PORT-9097}"
 KAFKA_SASL_PORT="${WIDELOG_SERVICES_KAFKA_SASL_PORT-9094}"  # set it empty for no SASL listener
 KAFKA_SASL_USER="${WIDELOG_SERVICES_KAFKA_SASL_USER:-widelog}"
 KAFKA_SASL_PASSWORD="${WIDELOG_SERVICES_KAFKA_SASL_PASSWORD:-widelog-test-secret}"
@@ -47,7 +59,8 @@ TIMEOUT="${WIDELOG_SERVICES_TIMEOUT:-90}"
 
 KAFKA_VERSION=4.1.1          # keep in step with services/kafka/pom.xml
 FERRETDB_VERSION=v1.24.2     # keep in step with services/ferretdb/go.mod
-SERVICES=(redis kafka ferretdb)
+TOXIPROXY_VERSION=v2.12.0
+SERVICES=(redis kafka ferretdb toxiproxy)
 export DEBIAN_FRONTEND=noninteractive
 
 log() { printf '[services] %s\n' "$*" >&2; }
@@ -80,16 +93,19 @@ logfile() {
     redis) echo "$STATE/redis/redis.log" ;;
     kafka) echo "$STATE/kafka/kafka.log (JVM stdout/stderr: $STATE/kafka/kafka.out)" ;;
     ferretdb) echo "$STATE/ferretdb/ferretdb.log" ;;
+    toxiproxy) echo "$STATE/toxiproxy/toxiproxy.log" ;;
   esac
 }
 port_of() {
   case "$1" in
     redis) echo "$REDIS_PORT" ;; kafka) echo "$KAFKA_PORT" ;; ferretdb) echo "$MONGO_PORT" ;;
+    toxiproxy) echo "$TOXIPROXY_PORT" ;;
   esac
 }
 marker_of() {  # a string that the command line of our process contains (guards against pid reuse)
   case "$1" in
     redis) echo "redis-server" ;; kafka) echo "kafka.Kafka" ;; ferretdb) echo "widelog-ferretdb" ;;
+    toxiproxy) echo "toxiproxy-$TOXIPROXY_VERSION/server" ;;
   esac
 }
 
@@ -216,10 +232,7 @@ ferretdb_install() {
   dir="$CACHE/ferretdb-$FERRETDB_VERSION-$key"
   FERRETDB_BIN="$dir/widelog-ferretdb"
   [ -x "$FERRETDB_BIN" ] && return 0
-  if ! command -v go >/dev/null 2>&1; then
-    [ -x /usr/local/go/bin/go ] || die "Go (1.24 or newer) is needed to build FerretDB; none on PATH"
-    PATH="/usr/local/go/bin:$PATH"
-  fi
+  go_on_path FerretDB
   log "building FerretDB $FERRETDB_VERSION (embedded, SQLite) into $dir (about a minute the first time)"
   mkdir -p "$dir"
   tmp="$dir/.widelog-ferretdb.tmp.$$"
@@ -228,6 +241,32 @@ ferretdb_install() {
     cat "$dir/build.log" >&2; rm -f "$tmp"; die "go build of services/ferretdb failed (log: $dir/build.log)"
   fi
   mv "$tmp" "$FERRETDB_BIN"
+}
+
+go_on_path() {
+  command -v go >/dev/null 2>&1 && return 0
+  [ -x /usr/local/go/bin/go ] || die "Go (1.24 or newer) is needed to build $1; none on PATH"
+  PATH="/usr/local/go/bin:$PATH"
+}
+
+TOXIPROXY_BIN="$CACHE/toxiproxy-$TOXIPROXY_VERSION/server"
+toxiproxy_install() {  # the only build recipe of Toxiproxy (bench/tools.sh asks `path toxiproxy`)
+  local dir tmp
+  [ -x "$TOXIPROXY_BIN" ] && return 0
+  go_on_path Toxiproxy
+  dir="$(dirname "$TOXIPROXY_BIN")"
+  log "building Toxiproxy $TOXIPROXY_VERSION (go install, Go module proxy) into $dir"
+  mkdir -p "$CACHE"
+  tmp="$(mktemp -d "$CACHE/.toxiproxy-tmp.XXXXXX")"
+  # outside any module, so the repo's go.mod files play no part; the binary is named `server`
+  if ! (cd "$tmp" && GOBIN="$tmp" GOFLAGS="-trimpath -buildvcs=false" \
+        go install "github.com/Shopify/toxiproxy/v2/cmd/server@$TOXIPROXY_VERSION") \
+        </dev/null >"$tmp/build.log" 2>&1; then
+    cat "$tmp/build.log" >&2; rm -rf "$tmp"; die "go install of Toxiproxy $TOXIPROXY_VERSION failed"
+  fi
+  mkdir -p "$dir"
+  mv "$tmp/server" "$TOXIPROXY_BIN.tmp.$$" && mv "$TOXIPROXY_BIN.tmp.$$" "$TOXIPROXY_BIN"
+  rm -rf "$tmp"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -258,13 +297,22 @@ kafka_ready() {
 }
 
 kafka_write_config() {
-  local d="$STATE/kafka" listeners protocols sasl=""
+  local d="$STATE/kafka" listeners advertised protocols sasl=""
   listeners="PLAINTEXT://$HOST:$KAFKA_PORT,CONTROLLER://$HOST:$KAFKA_CONTROLLER_PORT"
   protocols="CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT"
+  advertised="$listeners"
+  if [ -n "$KAFKA_PROXIED_PORT" ] && [ -n "$KAFKA_PROXY_PORT" ]; then
+    # Clients connect to the broker address that the metadata advertises: a proxy in front of
+    # PLAINTEXT would carry the bootstrap only. This listener advertises the proxy's port.
+    listeners="$listeners,PROXIED://$HOST:$KAFKA_PROXIED_PORT"
+    advertised="$advertised,PROXIED://$HOST:$KAFKA_PROXY_PORT"
+    protocols="$protocols,PROXIED:PLAINTEXT"
+  fi
   if [ -n "$KAFKA_SASL_PORT" ]; then
     # Brokers talk to each other on PLAINTEXT; clients may use this listener, which only PLAIN
     # users get through (no authorizer: an authenticated user may do everything).
     listeners="$listeners,SASL_PLAINTEXT://$HOST:$KAFKA_SASL_PORT"
+    advertised="$advertised,SASL_PLAINTEXT://$HOST:$KAFKA_SASL_PORT"
     protocols="$protocols,SASL_PLAINTEXT:SASL_PLAINTEXT"
     sasl="sasl.enabled.mechanisms=PLAIN
 listener.name.sasl_plaintext.sasl.enabled.mechanisms=PLAIN
@@ -285,7 +333,7 @@ process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=$HOST:$KAFKA_CONTROLLER_PORT
 listeners=$listeners
-advertised.listeners=$listeners
+advertised.listeners=$advertised
 inter.broker.listener.name=PLAINTEXT
 controller.listener.names=CONTROLLER
 listener.security.protocol.map=$protocols
@@ -359,6 +407,7 @@ kafka_start() {
   check_port_free kafka "$KAFKA_CONTROLLER_PORT"
   [ -z "$KAFKA_SASL_PORT" ] || check_port_free kafka "$KAFKA_SASL_PORT"
   [ -z "$KAFKA_SSL_PORT" ] || check_port_free kafka "$KAFKA_SSL_PORT"
+  [ -z "$KAFKA_PROXIED_PORT" ] || [ -z "$KAFKA_PROXY_PORT" ] || check_port_free kafka "$KAFKA_PROXIED_PORT"
   kafka_write_config
   kafka_format
   # shellcheck disable=SC2086  # KAFKA_HEAP_OPTS is a list of flags
@@ -414,6 +463,21 @@ ferretdb_start() {
   wait_ready ferretdb ferretdb_ready
 }
 
+toxiproxy_ready() {
+  port_open "$TOXIPROXY_PORT" || return 1
+  python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=5).read()' \
+    "http://$HOST:$TOXIPROXY_PORT/version"
+}
+
+toxiproxy_start() {  # no proxies: each test creates its own (tests/toxiproxy.py)
+  local d="$STATE/toxiproxy"
+  mkdir -p "$d"
+  toxiproxy_install
+  check_port_free toxiproxy "$TOXIPROXY_PORT"
+  launch toxiproxy "$d/toxiproxy.log" "$TOXIPROXY_BIN" -host "$HOST" -port "$TOXIPROXY_PORT"
+  wait_ready toxiproxy toxiproxy_ready
+}
+
 start_one() {
   local name="$1" pid t0
   if pid="$(pid_alive "$name")"; then
@@ -465,7 +529,7 @@ status_one() {
 usage() { awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0" >&2; exit 2; }
 
 check_name() {
-  case "${1:-}" in redis|kafka|ferretdb) ;; *) die "unknown service '${1:-}' (redis|kafka|ferretdb)" ;; esac
+  case "${1:-}" in redis|kafka|ferretdb|toxiproxy) ;; *) die "unknown service '${1:-}' (redis|kafka|ferretdb|toxiproxy)" ;; esac
 }
 
 lock() {  # one invocation at a time per state dir; launch() closes this fd in the services
@@ -475,18 +539,25 @@ lock() {  # one invocation at a time per state dir; launch() closes this fd in t
 }
 
 cmd_up() {
-  local n t0 bpid=""
+  local n t0 bpid="" tpid=""
   t0="$(now)"
-  # build FerretDB (CPU-bound, about a minute when cold) while Maven downloads and the others start
+  # build FerretDB (CPU-bound, about a minute when cold) and Toxiproxy while Maven downloads and
+  # the others start
   if ! pid_alive ferretdb >/dev/null; then
     ( ferretdb_install ) &
     bpid=$!
+  fi
+  if ! pid_alive toxiproxy >/dev/null; then
+    ( toxiproxy_install ) &
+    tpid=$!
   fi
   start_one redis
   start_one kafka
   chromium_install
   if [ -n "$bpid" ]; then wait "$bpid" || die "FerretDB build failed"; fi
   start_one ferretdb
+  if [ -n "$tpid" ]; then wait "$tpid" || die "Toxiproxy build failed"; fi
+  start_one toxiproxy
   log "all up in $(( $(now) - t0 ))s"
   for n in "${SERVICES[@]}"; do status_one "$n"; done
 }
@@ -495,10 +566,11 @@ main() {
   local cmd="${1:-}"
   case "$cmd" in
     up) [ $# -eq 1 ] || usage; lock; cmd_up ;;
-    down) [ $# -eq 1 ] || usage; lock; stop_one ferretdb; stop_one kafka; stop_one redis ;;
+    down) [ $# -eq 1 ] || usage; lock; stop_one toxiproxy; stop_one ferretdb; stop_one kafka; stop_one redis ;;
     status) [ $# -eq 1 ] || usage; for n in "${SERVICES[@]}"; do status_one "$n"; done ;;
     start) [ $# -eq 2 ] || usage; check_name "$2"; lock; start_one "$2" ;;
     stop) [ $# -eq 2 ] || usage; check_name "$2"; lock; stop_one "$2" ;;
+    path) [ $# -eq 2 ] && [ "$2" = toxiproxy ] || usage; toxiproxy_install; echo "$TOXIPROXY_BIN" ;;
     -h|--help|help) usage ;;
     *) usage ;;
   esac

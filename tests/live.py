@@ -18,7 +18,8 @@ SCRIPT = ROOT / "scripts" / "services.sh"
 KAFKA = f"127.0.0.1:{os.environ.get('WIDELOG_SERVICES_KAFKA_PORT', '9092')}"
 REDIS_PORT = int(os.environ.get("WIDELOG_SERVICES_REDIS_PORT", "6379"))
 REDIS_URL = f"redis://127.0.0.1:{REDIS_PORT}/0"
-MONGO = f"mongodb://127.0.0.1:{os.environ.get('WIDELOG_SERVICES_MONGO_PORT', '27017')}"
+MONGO_PORT = int(os.environ.get("WIDELOG_SERVICES_MONGO_PORT", "27017"))
+MONGO = f"mongodb://127.0.0.1:{MONGO_PORT}"
 STATE = Path(os.environ.get("WIDELOG_SERVICES_STATE", "/tmp/widelog-services"))  # data, pidfiles
 
 
@@ -103,3 +104,8 @@ KAFKA_SSL_PORT = os.environ.get("WIDELOG_SERVICES_KAFKA_SSL_PORT", "9095")
 KAFKA_SSL = f"127.0.0.1:{KAFKA_SSL_PORT}" if KAFKA_SSL_PORT else None
 STATE = Path(os.environ.get("WIDELOG_SERVICES_STATE", "/tmp/widelog-services"))
 KAFKA_CA = STATE / "kafka" / "tls" / "ca.pem"
+
+# Kafka's PROXIED listener (scripts/services.sh): the broker listens on the first port and
+# advertises the second, where a test's Toxiproxy proxy listens; empty: no such listener.
+KAFKA_PROXIED_PORT = os.environ.get("WIDELOG_SERVICES_KAFKA_PROXIED_PORT", "9096")
+KAFKA_PROXY_PORT = os.environ.get("WIDELOG_SERVICES_KAFKA_PROXY_PORT", "9097")

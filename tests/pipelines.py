@@ -102,7 +102,14 @@ class Pipeline:
         stored = await self.stored_request_ids()
         missing = expected - set(stored)
         twice = {rid: n for rid, n in stored.items() if n > 1}
-        assert (set(), {}) == (missing, twice), f"{len(missing)} missing, {len(twice)} stored twice"
+        if missing or twice:  # where they went, if the worker set them aside
+            letters = collections.Counter(str(d["error"])[:120] for d in await self.dead_letters())
+            detail = f"; missing e.g. {sorted(missing)[:5]}; dead letters {dict(letters)}"
+        else:
+            detail = ""
+        assert (set(), {}) == (missing, twice), (
+            f"{len(missing)} missing, {len(twice)} stored twice{detail}"
+        )
 
     async def aclose(self) -> None:
         for worker in self.workers:
@@ -157,6 +164,18 @@ def api(pipeline: Pipeline) -> AbstractAsyncContextManager[tuple[httpx.AsyncClie
     return running_api(pipeline.settings())
 
 
+async def chat(client: httpx.AsyncClient, request_id: str) -> float:
+    """One chat with a caller-chosen request id, which must succeed; its latency in ms."""
+    started = time.perf_counter()
+    response = await client.post(
+        "/v1/chat",
+        json={"session_id": "s", "message": f"hello {request_id}"},
+        headers={"x-request-id": request_id},
+    )
+    assert 200 == response.status_code, response.text
+    return (time.perf_counter() - started) * 1000
+
+
 async def send(
     client: httpx.AsyncClient, prefix: str, count: int, *, concurrency: int = 16
 ) -> tuple[set[str], list[float]]:
@@ -167,14 +186,28 @@ async def send(
 
     async def loop() -> None:
         for request_id in pending:
-            started = time.perf_counter()
-            response = await client.post(
-                "/v1/chat",
-                json={"session_id": "s", "message": f"hello {request_id}"},
-                headers={"x-request-id": request_id},
-            )
-            latencies.append((time.perf_counter() - started) * 1000)
-            assert 200 == response.status_code, response.text
+            latencies.append(await chat(client, request_id))  # noqa: PERF401 - awaits one by one
 
     await asyncio.gather(*(loop() for _ in range(concurrency)))
     return set(ids), latencies
+
+
+async def send_for(
+    client: httpx.AsyncClient, prefix: str, seconds: float, *, concurrency: int = 8
+) -> tuple[set[str], list[float]]:
+    """Chats with caller-chosen request ids for `seconds`, paced; every one must succeed."""
+    deadline = time.monotonic() + seconds
+    sent: set[str] = set()
+    latencies: list[float] = []
+
+    async def loop(lane: int) -> None:
+        i = 0
+        while time.monotonic() < deadline:
+            request_id = f"{prefix}-{lane}-{i}"
+            i += 1
+            latencies.append(await chat(client, request_id))
+            sent.add(request_id)
+            await asyncio.sleep(0.02)
+
+    await asyncio.gather(*(loop(lane) for lane in range(concurrency)))
+    return sent, latencies

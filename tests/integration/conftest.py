@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -10,6 +10,7 @@ import pytest
 
 from tests.fakes import KEEP_ALL
 from tests.pipelines import Pipeline
+from tests.toxiproxy import Toxiproxy
 from widelog.chat.api import create_app
 from widelog.chat.bootstrap import ChatContainer, build
 from widelog.config import Settings
@@ -45,3 +46,11 @@ async def redis_pipeline(live_services, tmp_path) -> AsyncIterator[Pipeline]:
     pipeline = Pipeline(tmp_path, "redis")
     yield pipeline
     await pipeline.aclose()
+
+
+@pytest.fixture
+def toxiproxy(live_services) -> Iterator[Toxiproxy]:
+    """The Toxiproxy server of scripts/services.sh; the proxies a test made are deleted after it."""
+    toxiproxy = Toxiproxy()
+    yield toxiproxy
+    toxiproxy.close()

@@ -15,44 +15,17 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 
 import httpx
 import pytest
 
 from tests.integration.test_hardening_live import wait_for_no_lag
 from tests.live import frozen, unique
-from tests.pipelines import ApiProcess, Pipeline, api, send
+from tests.pipelines import ApiProcess, Pipeline, api, send, send_for
 from widelog.stats import percentile
 
 pytestmark = [pytest.mark.slow, pytest.mark.faults, pytest.mark.mongo]
-
-
-async def send_for(
-    client: httpx.AsyncClient, prefix: str, seconds: float, *, concurrency: int = 8
-) -> tuple[set[str], list[float]]:
-    """Chats with caller-chosen request ids for `seconds`, paced; every one must succeed."""
-    deadline = time.monotonic() + seconds
-    sent: set[str] = set()
-    latencies: list[float] = []
-
-    async def loop(lane: int) -> None:
-        i = 0
-        while time.monotonic() < deadline:
-            request_id = f"{prefix}-{lane}-{i}"
-            i += 1
-            started = time.perf_counter()
-            response = await client.post(
-                "/v1/chat",
-                json={"session_id": "s", "message": f"hello {request_id}"},
-                headers={"x-request-id": request_id},
-            )
-            latencies.append((time.perf_counter() - started) * 1000)
-            assert 200 == response.status_code, response.text
-            sent.add(request_id)
-            await asyncio.sleep(0.02)
-
-    await asyncio.gather(*(loop(lane) for lane in range(concurrency)))
-    return sent, latencies
 
 
 @pytest.mark.kafka
@@ -76,36 +49,6 @@ async def test_a_hung_store_delays_storage_only_and_the_worker_resumes(kafka_pip
     assert p99 < 250, p99  # the API never waits on the store
     worker.send_signal(signal.SIGTERM)
     assert 0 == worker.wait(30), kafka_pipeline.worker_log(0)
-
-
-@pytest.mark.redis
-@pytest.mark.timeout(120)
-async def test_a_hung_redis_fails_the_caches_open_and_every_event_is_stored_once(redis_pipeline):
-    redis_pipeline.env["WIDELOG_CACHE"] = "redis"
-    redis_pipeline.env["WIDELOG_CACHE_NAMESPACE"] = unique("hung")
-    worker = redis_pipeline.start_worker()
-    await redis_pipeline.wait_for_log(0, "worker consuming")
-    async with api(redis_pipeline) as (client, container):
-        before, _ = await send(client, "before", 200)
-        await redis_pipeline.wait_until_stored(before)
-        with frozen("redis"):
-            during, latencies = await send_for(client, "during", 8)
-        after, _ = await send(client, "after", 200)
-        await redis_pipeline.wait_until_stored(before | during | after, timeout=60)
-        fallback = container.pipeline.fallback
-        assert fallback is not None
-        assert not fallback.spool.has_pending()
-    stored = await redis_pipeline.stored_request_ids()
-    assert len(before | during | after) == sum(stored.values())
-    assert worker.poll() is None, redis_pipeline.worker_log(0)
-    p99 = percentile(latencies, 99)
-    print(
-        f"hung redis: {len(during)} requests, p99 {p99:.2f} ms, max {max(latencies):.2f} ms,"
-        f" spooled {fallback.spooled}"
-    )
-    assert p99 < 1000, p99
-    worker.send_signal(signal.SIGTERM)
-    assert 0 == worker.wait(30), redis_pipeline.worker_log(0)
 
 
 # --- the API process stopped under load ---------------------------------------------------------
@@ -233,3 +176,89 @@ async def test_a_store_hung_longer_than_max_poll_interval_causes_no_rebalance(ka
     assert "revoked partitions" not in log, log
     assert "lost partitions" not in log, log
     assert 1 == log.count("assigned partitions"), log
+
+
+# --- longer freezes ---------------------------------------------------------------------------
+
+
+async def first_time(condition: Callable[[], bool], *, every: float = 0.2) -> float:
+    """Seconds until `condition()` holds (polled; cancel the task to give up)."""
+    started = time.monotonic()
+    while not condition():
+        await asyncio.sleep(every)
+    return time.monotonic() - started
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(180)
+async def test_redis_frozen_for_25_s_is_given_up_on_spooled_and_replayed_once(redis_pipeline):
+    redis_pipeline.env["WIDELOG_CACHE"] = "redis"
+    redis_pipeline.env["WIDELOG_CACHE_NAMESPACE"] = unique("frozen")
+    worker = redis_pipeline.start_worker()
+    await redis_pipeline.wait_for_log(0, "worker consuming")
+    async with api(redis_pipeline) as (client, container):
+        fallback = container.pipeline.fallback
+        assert fallback is not None
+        before, _ = await send(client, "before", 100)
+        await redis_pipeline.wait_until_stored(before)
+        with frozen("redis"):
+            spooling = asyncio.create_task(first_time(lambda: fallback.spooled > 0))
+            during, latencies = await send_for(client, "during", 25)
+            spooled_in_freeze = fallback.spooled
+            gave_up_after = round(spooling.result(), 1) if spooling.done() else spooling.cancel()
+        after, _ = await send(client, "after", 100)
+        await redis_pipeline.wait_until_stored(before | during | after, timeout=90)
+        assert not fallback.spool.has_pending()
+        caches = container.caches.report()
+    stored = await redis_pipeline.stored_request_ids()
+    assert len(before | during | after) == sum(stored.values())
+    assert worker.poll() is None, redis_pipeline.worker_log(0)
+    p99 = percentile(latencies, 99)
+    print(
+        f"redis frozen 25 s: {sum(stored.values())} stored of {len(before | during | after)},"
+        f" {len(during)} requests while frozen, p99 {p99:.2f} ms, max {max(latencies):.2f}"
+        f" ms, {spooled_in_freeze} spooled while frozen (first after {gave_up_after} s),"
+        f" caches {caches}"
+    )
+    # The publisher gave up on Redis after one socket timeout (5 s), not four (21 s measured).
+    assert gave_up_after is not None
+    assert gave_up_after < 12
+    assert spooled_in_freeze > len(during) / 2
+    assert p99 < 1000, p99
+    assert caches["circuit_opened"] >= 1
+
+
+@pytest.mark.kafka
+@pytest.mark.timeout(180)
+async def test_kafka_and_the_store_frozen_together_the_worker_recovers_by_itself(kafka_pipeline):
+    worker = kafka_pipeline.start_worker()
+    await kafka_pipeline.wait_for_log(0, "assigned partitions")
+    async with api(kafka_pipeline) as (client, container):
+        fallback = container.pipeline.fallback
+        assert fallback is not None
+        before, _ = await send(client, "before", 100)
+        await kafka_pipeline.wait_until_stored(before)
+        with frozen("kafka"), frozen("ferretdb"):
+            during, latencies = await send_for(client, "during", 10)
+        resumed = time.monotonic()
+        after, _ = await send(client, "after", 200)
+        await kafka_pipeline.wait_until_stored(before | during | after, timeout=120)
+        recovered_s = time.monotonic() - resumed
+        assert not fallback.spool.has_pending()
+    await wait_for_no_lag(kafka_pipeline)
+    stored = await kafka_pipeline.stored_request_ids()
+    assert len(before | during | after) == sum(stored.values())
+    assert worker.poll() is None, kafka_pipeline.worker_log(0)
+    log = kafka_pipeline.worker_log(0)
+    p99 = percentile(latencies, 99)
+    print(
+        f"kafka+store frozen 10 s: {sum(stored.values())} stored of {len(before | during | after)},"
+        f" {len(during)} requests while frozen, p99 {p99:.2f} ms, spooled"
+        f" {fallback.spooled}, all stored {recovered_s:.1f} s after resuming;"
+        f" worker: {log.count('write_batch failed')} failed writes,"
+        f" {log.count('made no progress')} consumers replaced,"
+        f" {log.count('assigned partitions')} assignments"
+    )
+    assert p99 < 1000, p99
+    worker.send_signal(signal.SIGTERM)
+    assert 0 == worker.wait(30), kafka_pipeline.worker_log(0)

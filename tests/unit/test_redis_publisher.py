@@ -13,6 +13,7 @@ from redis.exceptions import (
     ResponseError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from widelog.pipeline.fallback import SpoolFallback
 from widelog.pipeline.redis_streams import RedisStreamsEventPublisher, refused_for_good
@@ -79,3 +80,34 @@ async def test_close_spools_the_batch_in_flight_and_the_buffer_when_redis_hangs(
 )
 def test_only_refusals_that_no_retry_can_change_are_for_good(error, reason):
     assert reason == refused_for_good(error)
+
+
+class TimingOutRedis(HangingRedis):
+    """A client whose XADD pipeline times out, as redis-py does after its socket timeout."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.attempts = 0
+
+    async def execute(self, **_: object) -> None:
+        self.attempts += 1
+        raise RedisTimeoutError("Timeout reading from 127.0.0.1:6379")
+
+
+async def test_a_timed_out_xadd_is_spooled_at_once_not_retried(tmp_path):
+    spool = FileSpool(tmp_path)
+    fallback = SpoolFallback(spool)
+    redis = TimingOutRedis()
+    publisher = RedisStreamsEventPublisher(
+        redis,  # type: ignore[arg-type]
+        stream="s",
+        fallback=fallback,
+        retries=3,
+        backoff=10,  # a retry would outlast the test
+    )
+    for i in range(50):
+        publisher.publish(f"req-{i}", b"{}")
+    await asyncio.sleep(0.1)
+    assert (1, 50, True) == (redis.attempts, fallback.spooled, publisher.broker_down)
+    await publisher.close(timeout=0.2)
+    spool.close()

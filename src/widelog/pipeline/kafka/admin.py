@@ -10,6 +10,7 @@ from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
 from widelog.pipeline.kafka._calls import _bounded
+from widelog.pipeline.kafka._logs import librdkafka_log
 
 if TYPE_CHECKING:
     from collections.abc import Collection
@@ -32,7 +33,11 @@ def ensure_topic(
     `replication=-1` takes the broker's `default.replication.factor`: with one replica, acks=all
     means one broker's page cache, so production clusters want 3 and `min.insync.replicas=2`.
     """
-    settings: dict[str, Any] = {"bootstrap.servers": bootstrap, "logger": log, **(config or {})}
+    settings: dict[str, Any] = {
+        "bootstrap.servers": bootstrap,
+        "logger": librdkafka_log,
+        **(config or {}),
+    }
     admin = AdminClient(settings)
     futures = admin.create_topics(
         [NewTopic(topic, num_partitions=partitions, replication_factor=replication)],
@@ -56,7 +61,7 @@ class KafkaGroupBacklog:
         self._topic = topic
         self._timeout = timeout
         self._consumer = Consumer(
-            {"bootstrap.servers": bootstrap, "group.id": group, "logger": log}
+            {"bootstrap.servers": bootstrap, "group.id": group, "logger": librdkafka_log}
         )
 
     def read(self, partitions: Collection[int] | None = None) -> dict[str, int]:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
+from widelog.pipeline.kafka._logs import librdkafka_log
 from widelog.pipeline.replayer import Delivery
 
 if TYPE_CHECKING:
@@ -71,7 +72,7 @@ class KafkaEventPublisher:
             "queue.buffering.max.messages": queue_max_messages,
             "compression.type": "lz4",
             "error_cb": self._on_error,
-            "logger": log,  # librdkafka's own lines go through logging, not stderr
+            "logger": librdkafka_log,  # librdkafka's own lines go through logging, not stderr
             **(config or {}),
         }
         self._producer = Producer(self._config)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from widelog.pipeline.kafka._calls import _bounded
+from widelog.pipeline.kafka._logs import librdkafka_log
 from widelog.pipeline.kafka.admin import KafkaGroupBacklog
 from widelog.pipeline.ports import Message
 
@@ -77,7 +78,7 @@ class KafkaEventSource:
             "session.timeout.ms": session_timeout_ms,
             "max.poll.interval.ms": max_poll_interval_ms,
             "on_commit": self._on_commit,
-            "logger": log,
+            "logger": librdkafka_log,
             **(config or {}),
         }
         self._stall_timeout = stall_timeout_s
@@ -109,6 +110,7 @@ class KafkaEventSource:
         self._paused = False
         self._held: list[Message] = []  # read while paused (a race), handed out on resume
         self.assigned: set[tuple[str, int]] = set()
+        self._lost = False  # its partitions were lost (session expired) and none assigned since
         return consumer
 
     async def poll(self, max_messages: int, timeout: float) -> list[Message]:
@@ -187,10 +189,14 @@ class KafkaEventSource:
     async def _check_progress(self) -> None:
         """Replace the consumer if the broker answers and says it should have made progress.
 
-        With partitions assigned: messages wait in them. With none (a member stuck rejoining the
-        group looks like this, and so does an idle spare member): messages wait in the group's
-        partitions and no offset of theirs was committed since the previous check, so nobody is
-        consuming them (a lag that merely stays level under steady traffic is not a stall).
+        With partitions assigned: messages wait in them. With none after losing them (its session
+        expired, e.g. the broker froze, and it is stuck rejoining: seen with Kafka and FerretDB
+        frozen together, the coordinator request stuck in librdkafka's queue): messages wait in
+        the group; waiting for a second check kept such a member stuck 30 s longer (58 s after
+        the thaw, measured). With none otherwise (an idle spare member looks like that too):
+        messages wait in the group's partitions and no offset of theirs was committed since the
+        previous check, so nobody is consuming them (a lag that merely stays level under steady
+        traffic is not a stall).
         """
         self._last_progress = time.monotonic()  # check again only after another quiet period
         mine = {p for (_, p) in self.assigned} or None
@@ -200,7 +206,7 @@ class KafkaEventSource:
             log.info("kafka watchdog: no answer about the lag (%r); checking again later", exc)
             return
         waiting = sum(max(high - committed, 0) for committed, high in offsets.values())
-        if mine is None:
+        if mine is None and not self._lost:
             before, self._group_offsets = self._group_offsets, offsets
             if before is None or waiting == 0 or _committed_since(before, offsets):
                 return
@@ -254,6 +260,7 @@ class KafkaEventSource:
             return  # a replaced consumer's last callbacks: its state is gone already
         self.assigned |= {(tp.topic, tp.partition) for tp in partitions}
         self._group_offsets = None  # a later look at the group starts from a fresh sample
+        self._lost = False
         log.info("assigned partitions %s", sorted(tp.partition for tp in partitions))
         if self._paused:
             consumer.pause(partitions)
@@ -269,6 +276,7 @@ class KafkaEventSource:
         if consumer is not self._consumer:
             return
         self._forget(partitions)
+        self._lost = not self.assigned
         log.warning(
             "lost partitions %s (nothing committed for them)", [p.partition for p in partitions]
         )
