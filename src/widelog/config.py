@@ -96,6 +96,8 @@ class Settings(BaseSettings):
     redis_stream: str = "log-events"
     redis_group: str = "log-consumer-group"
     redis_stream_maxlen: int = Field(1_000_000, ge=1000)
+    # How long the publisher gathers events for one XADD round (Kafka's linger.ms, for Redis).
+    redis_linger_ms: float = Field(20.0, ge=0, le=1000)
     redis_claim_idle_ms: int = Field(30_000, ge=100)
 
     # Durable fallback when the message queue cannot take events.
