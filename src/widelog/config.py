@@ -85,7 +85,7 @@ class Settings(BaseSettings):
     kafka_acks: Literal["all", "1", "0"] = "all"
     kafka_idempotence: bool = True
     kafka_message_timeout_ms: int = Field(10_000, ge=1000)
-    kafka_linger_ms: int = Field(5, ge=0)
+    kafka_linger_ms: int = Field(50, ge=0)  # batching: see widelog.pipeline.kafka.publisher
     kafka_session_timeout_ms: int = Field(10_000, ge=1000)
     kafka_max_poll_interval_ms: int = Field(300_000, ge=1000)
     publish_retries: int = Field(3, ge=1)  # the idempotent producer requires at least 1
