@@ -187,7 +187,7 @@ def _transport(section: dict[str, Any]) -> list[str]:
         " The embedded rows also carry the incident aggregator, which runs in the API process"
         " with this transport and is most of its cost: each batch re-reads every per-batch"
         " record of the groups it touched in the lookback window, so its cost grows with the"
-        " batches already stored (compare the rows with incidents off, when present).",
+        " batches already stored (compare the row `embedded (incidents off)`).",
         "- Every transport: `set()` caches each key's safe path and checks scalars inline,"
         " `finalize()` avoids ABC checks and rebuilding the sampling record, event ids read"
         " the CSPRNG 4 KiB at a time (section 4).",

@@ -37,10 +37,13 @@ from bench_common import Services, log, threads_cpu_s, threads_wakeups
 from publish_hot_path import FIELDS
 from widelog.bootstrap import Pipeline, build_pipeline
 from widelog.config import Settings
+from widelog.incidents.rules import IncidentRules
 from widelog.pipeline.kafka import ensure_topic
 from widelog.policies import load_sampling_policy
 
-TRANSPORTS = ["none", "kafka", "redis", "embedded"]
+# "embedded (incidents off)": the embedded transport with the incident aggregator off, which
+# otherwise runs in this process with it and is most of its cost (see docs/benchmarks.md).
+TRANSPORTS = ["none", "kafka", "redis", "embedded", "embedded (incidents off)"]
 
 
 class NullPublisher:
@@ -166,6 +169,7 @@ async def one(
         pipeline = build_pipeline(
             settings,
             sampling=load_sampling_policy(None, SAMPLINGS[sampling]),
+            incident_rules=IncidentRules(enabled=False) if "incidents off" in transport else None,
             publisher=NullPublisher() if transport == "none" else None,
         )
         await pipeline.start()
