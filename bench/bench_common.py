@@ -95,6 +95,29 @@ def threads_cpu_s(pid: int) -> dict[str, float]:
     return out
 
 
+def threads_wakeups(pid: int) -> dict[str, int]:
+    """Voluntary context switches per thread name: how often each thread blocked and woke up.
+
+    A kernel count, so machine load hardly changes it (unlike CPU seconds): the number of
+    wake-ups per event is the steady-rate cost that does not amortise.
+    """
+    import threading  # noqa: PLC0415
+
+    python_names = (
+        {t.native_id: t.name for t in threading.enumerate()} if pid == os.getpid() else {}
+    )
+    out: dict[str, int] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            name = python_names.get(int(task.name)) or (task / "comm").read_text().strip()
+            if name.startswith("asyncio_"):
+                name = "asyncio executor"
+            for line in (task / "status").read_text().splitlines():
+                if line.startswith("voluntary_ctxt_switches:"):
+                    out[name] = out.get(name, 0) + int(line.split()[1])
+    return out
+
+
 def peak_rss_mb(pid: int) -> float:
     """VmHWM: the largest resident set the process had so far."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

@@ -10,7 +10,9 @@ Per event (the same 20 fields), each side set up the way its own documentation r
 - structlog, its "Performance" page's production setup: `make_filtering_bound_logger`, cached
   loggers, `JSONRenderer(serializer=orjson.dumps)` into a `BytesLoggerFactory` (to /dev/null).
 - widelog `finalize()`: tail sampling (keep all: the worst case; and the default policy) +
-  encode + Kafka `produce()`; and "set + finalize" with the 20 `set()` calls.
+  encode + Kafka `produce()`; and "set + finalize" with the 20 `set()` calls. Without the
+  redactor, as the others do not scrub secrets either; one more row has it on, as
+  `build_pipeline` does by default, to show what the scrub costs.
 - the floor: `msgspec.json.encode(doc)` + `produce()` on a producer with widelog's settings.
 
 Two numbers per variant: the time of the call on the request thread (p50/p99, each call timed),
@@ -43,6 +45,7 @@ from confluent_kafka import Producer
 
 from bench_common import Services, log, summary
 from widelog.events.logging_service import LoggingService
+from widelog.events.redaction import RedactionPolicy, Redactor
 from widelog.pipeline.fallback import SpoolFallback
 from widelog.pipeline.kafka import KafkaEventPublisher, ensure_topic
 from widelog.pipeline.spool import FileSpool
@@ -200,7 +203,7 @@ def floor_side(
             "bootstrap.servers": bootstrap,
             "acks": "all",
             "enable.idempotence": True,
-            "linger.ms": 5,
+            "linger.ms": 50,  # KafkaEventPublisher's default
             "compression.type": "lz4",
         }
     )
@@ -231,9 +234,11 @@ def run(services: Services, events: int, rounds: int = 5) -> dict[str, Any]:
             bootstrap=services.kafka, topic=topic, fallback=SpoolFallback(spool)
         )
         services_ = {}
-        for name, policy in (
-            ("keep all", load_sampling_policy(None, {"WIDELOG_SAMPLING_BASELINE_RATE": "1"})),
-            ("default", load_sampling_policy(None, {})),
+        keep_all = load_sampling_policy(None, {"WIDELOG_SAMPLING_BASELINE_RATE": "1"})
+        for name, policy, redactor in (
+            ("keep all", keep_all, None),
+            ("default", load_sampling_policy(None, {}), None),
+            ("keep all, redacted", keep_all, Redactor(RedactionPolicy())),
         ):
             services_[name] = LoggingService(
                 publisher=publisher,
@@ -242,6 +247,7 @@ def run(services: Services, events: int, rounds: int = 5) -> dict[str, Any]:
                 version="1",
                 instance="bench",
                 sampler=TailSampler(policy),
+                redactor=redactor,
             )
         variants = {
             "stdlib QueueHandler → listener JSON (cookbook)": stdlib_cookbook(),
@@ -252,6 +258,9 @@ def run(services: Services, events: int, rounds: int = 5) -> dict[str, Any]:
             ),
             "widelog finalize(), default sampling": widelog_side(
                 services_["default"], publisher, include_set=False
+            ),
+            "widelog finalize(), keep all, redaction on (the default)": widelog_side(
+                services_["keep all, redacted"], publisher, include_set=False
             ),
             "widelog 20× set() + finalize(), keep all": widelog_side(
                 services_["keep all"], publisher, include_set=True

@@ -33,14 +33,17 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from bench_common import Services, log, threads_cpu_s
+from bench_common import Services, log, threads_cpu_s, threads_wakeups
 from publish_hot_path import FIELDS
 from widelog.bootstrap import Pipeline, build_pipeline
 from widelog.config import Settings
+from widelog.incidents.rules import IncidentRules
 from widelog.pipeline.kafka import ensure_topic
 from widelog.policies import load_sampling_policy
 
-TRANSPORTS = ["none", "kafka", "redis", "embedded"]
+# "embedded (incidents off)": the embedded transport with the incident aggregator off, which
+# otherwise runs in this process with it and is most of its cost (see docs/benchmarks.md).
+TRANSPORTS = ["none", "kafka", "redis", "embedded", "embedded (incidents off)"]
 
 
 class NullPublisher:
@@ -112,9 +115,12 @@ async def _burst(pipeline: Pipeline, events: int) -> float:
     return time.process_time() - started
 
 
-async def _steady(pipeline: Pipeline, rate: int, seconds: float) -> tuple[float, dict[str, float]]:
+async def _steady(
+    pipeline: Pipeline, rate: int, seconds: float
+) -> tuple[float, dict[str, float], dict[str, int]]:
     """One event every 1/rate s, each in its own loop iteration, as requests end one by one."""
     events = int(rate * seconds)
+    wakeups_before = threads_wakeups(os.getpid())
     threads_before = threads_cpu_s(os.getpid())
     started = time.process_time()
     loop = asyncio.get_running_loop()
@@ -125,12 +131,18 @@ async def _steady(pipeline: Pipeline, rate: int, seconds: float) -> tuple[float,
     await _drain(pipeline)
     used = time.process_time() - started
     threads_after = threads_cpu_s(os.getpid())
+    wakeups_after = threads_wakeups(os.getpid())
     by_thread = {
         name: round(threads_after[name] - threads_before.get(name, 0.0), 3)
         for name in threads_after
         if threads_after[name] - threads_before.get(name, 0.0) > 0
     }
-    return used, by_thread
+    wakeups = {
+        name: wakeups_after[name] - wakeups_before.get(name, 0)
+        for name in wakeups_after
+        if wakeups_after[name] > wakeups_before.get(name, 0)
+    }
+    return used, by_thread, wakeups
 
 
 async def _idle(seconds: float) -> float:
@@ -157,6 +169,7 @@ async def one(
         pipeline = build_pipeline(
             settings,
             sampling=load_sampling_policy(None, SAMPLINGS[sampling]),
+            incident_rules=IncidentRules(enabled=False) if "incidents off" in transport else None,
             publisher=NullPublisher() if transport == "none" else None,
         )
         await pipeline.start()
@@ -168,7 +181,7 @@ async def one(
             profiler = cProfile.Profile() if profile else None
             if profiler:
                 profiler.enable()
-            steady_cpu, by_thread = await _steady(pipeline, rate, seconds)
+            steady_cpu, by_thread, wakeups = await _steady(pipeline, rate, seconds)
             if profiler:
                 profiler.disable()
             stats = pipeline.logging.stats
@@ -188,6 +201,10 @@ async def one(
         "steady_us_per_event": round(1e6 * steady_cpu / events, 1),
         "steady_net_us_per_event": round(1e6 * (steady_cpu - idle_per_s * seconds) / events, 1),
         "steady_cpu_by_thread_s": by_thread,
+        # Blocking and waking, per event, all threads: the loop's own sleep is ~1 (the `none`
+        # row); what a transport adds is its wake-ups (flusher, poll thread, broker thread).
+        "steady_wakeups_per_event": round(sum(wakeups.values()) / events, 2),
+        "steady_wakeups_by_thread": wakeups,
     }
     if profiler:
         out = io.StringIO()
@@ -196,7 +213,7 @@ async def one(
     log(
         f"transport {transport:>8} {sampling:>8}: burst {row['burst_us_per_event']} µs/event, "
         f"steady {row['steady_us_per_event']} µs/event ({row['steady_cpu_pct']}% cpu), "
-        f"threads {by_thread}"
+        f"{row['steady_wakeups_per_event']} wake-ups/event, threads {by_thread}"
     )
     await _drop(services, f"bench_cost_{run_id}")
     return row

@@ -244,6 +244,7 @@ def build_mq_publisher(settings: Settings, fallback: SpoolFallback) -> MQPublish
             stream=settings.redis_stream,
             fallback=fallback,
             maxlen=settings.redis_stream_maxlen,
+            linger_ms=settings.redis_linger_ms,
             retries=settings.publish_retries,
         )
     raise ValueError(f"no message queue for transport {settings.transport!r}")

@@ -87,7 +87,7 @@ class Settings(BaseSettings):
     kafka_acks: Literal["all", "1", "0"] = "all"
     kafka_idempotence: bool = True
     kafka_message_timeout_ms: int = Field(10_000, ge=1000)
-    kafka_linger_ms: int = Field(5, ge=0)
+    kafka_linger_ms: int = Field(50, ge=0)  # batching: see widelog.pipeline.kafka.publisher
     kafka_session_timeout_ms: int = Field(10_000, ge=1000)
     kafka_max_poll_interval_ms: int = Field(300_000, ge=1000)
     publish_retries: int = Field(3, ge=1)  # the idempotent producer requires at least 1
@@ -98,6 +98,8 @@ class Settings(BaseSettings):
     redis_stream: str = "log-events"
     redis_group: str = "log-consumer-group"
     redis_stream_maxlen: int = Field(1_000_000, ge=1000)
+    # How long the publisher gathers events for one XADD round (Kafka's linger.ms, for Redis).
+    redis_linger_ms: float = Field(20.0, ge=0, le=1000)
     redis_claim_idle_ms: int = Field(30_000, ge=100)
 
     # Durable fallback when the message queue cannot take events.

@@ -1,3 +1,4 @@
+import os
 import uuid
 
 import pytest
@@ -12,6 +13,23 @@ def test_event_ids_are_uuid7_unique_and_sorted_in_creation_order():
     parsed = uuid.UUID(ids[0])
     assert 7 == parsed.version
     assert uuid.RFC_4122 == parsed.variant
+
+
+# Python >= 3.12 warns about fork() while other threads run; the child here only writes a pipe.
+@pytest.mark.filterwarnings("ignore:.*fork.*:DeprecationWarning")
+def test_a_forked_child_never_repeats_the_parents_random_bits():
+    new_event_id()  # the parent has random bits buffered
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next id, then gone without running the test session's exit
+        os.write(write, new_event_id().encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    parent = new_event_id()
+    assert child[-12:] != parent[-12:]  # the random tail (counters may match)
 
 
 def test_a_valid_traceparent_gives_trace_and_parent_span():

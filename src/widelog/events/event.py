@@ -58,6 +58,29 @@ def _safe_segment(segment: str) -> str:
     return segment or "_"
 
 
+# A key's safe path: its parent segments and its leaf. Bounded: a caller that builds keys from data
+# must not turn it into a leak, and long keys are not kept at all.
+_PATHS: dict[str, tuple[tuple[str, ...], str]] = {}
+_MAX_CACHED_PATHS: Final = 4096
+_MAX_CACHED_KEY_CHARS: Final = 200
+
+
+def _path(key: str) -> tuple[tuple[str, ...], str]:
+    """The storage-safe segments of a dotted key, nested at most `MAX_DEPTH` levels."""
+    *parents, leaf = key.split(".") if "." in key else (key,)
+    if len(parents) >= MAX_DEPTH:  # `a.a.a…` 100 levels deep would be refused by `decode`
+        parents, leaf = (
+            parents[: MAX_DEPTH - 1],
+            "\uff0e".join([*parents[MAX_DEPTH - 1 :], leaf]),
+        )
+    path = (tuple(_safe_segment(parent) for parent in parents), _safe_segment(leaf))
+    if len(key) <= _MAX_CACHED_KEY_CHARS:
+        if len(_PATHS) >= _MAX_CACHED_PATHS:
+            _PATHS.clear()
+        _PATHS[key] = path
+    return path
+
+
 def safe_value(value: Any, depth: int = 0) -> Any:  # noqa: PLR0911 - one return per type
     """A JSON- and BSON-safe copy of `value`, NUL and lone surrogates out of strings; never raises.
 
@@ -90,11 +113,18 @@ def _stringify(value: Any) -> str:
 
 def is_error(doc: Mapping[str, Any]) -> bool:
     """The one definition of "this request failed": an error code, or a 5xx status."""
+    # `type(x) is dict` first: every event takes this path, and an ABC check costs ~1 µs.
     error = doc.get("error")
-    if isinstance(error, Mapping) and error.get("code"):
+    if (
+        error is not None
+        and (type(error) is dict or isinstance(error, Mapping))
+        and error.get("code")
+    ):
         return True
     http = doc.get("http")
-    status = http.get("status") if isinstance(http, Mapping) else None
+    if http is None or not (type(http) is dict or isinstance(http, Mapping)):
+        return False
+    status = http.get("status")
     return isinstance(status, int) and status >= 500
 
 
@@ -117,27 +147,35 @@ class WideEvent:
         return str(self.doc["request_id"])
 
     def set(self, key: str, value: Any) -> None:
-        """Set a field; dots in `key` mean nesting (`"llm.model"`)."""
-        if not isinstance(key, str):
-            key = _stringify(key)
-        *parents, leaf = key.split(".") if "." in key else (key,)
-        if len(parents) >= MAX_DEPTH:  # `a.a.a…` 100 levels deep would be refused by `decode`
-            parents, leaf = (
-                parents[: MAX_DEPTH - 1],
-                "\uff0e".join([*parents[MAX_DEPTH - 1 :], leaf]),
-            )
+        """Set a field; dots in `key` mean nesting (`"llm.model"`).
+
+        Called ~20 times per request, so the common case is inlined: the key's safe path comes
+        from a cache (keys are literals in the app's code, the same on every request) and a
+        scalar value is checked here without a call; anything else goes through `safe_value`.
+        """
+        if type(key) is not str:
+            key = key if isinstance(key, str) else _stringify(key)
+        parents, leaf = _PATHS.get(key) or _path(key)
         node = self.doc
-        for parent in parents:
-            segment = _safe_segment(parent)
+        for segment in parents:
             child = node.get(segment)
             if not isinstance(child, dict):
                 child = node[segment] = {}
             node = child
-        try:
-            safe = safe_value(value)
-        except Exception:  # noqa: BLE001 - a container that fails to iterate must not fail the request
-            safe = f"<unstorable {type(value).__name__}>"
-        node[_safe_segment(leaf)] = safe
+        kind = type(value)
+        if kind is str:
+            # `replace` hands back the same object when there is no NUL: no copy.
+            node[leaf] = value.replace("\x00", "") if value.isascii() else _clean(value)
+        elif kind is int:
+            node[leaf] = value if _INT64_MIN <= value <= _INT64_MAX else str(value)
+        elif kind is float or kind is bool or value is None:
+            node[leaf] = value
+        else:
+            try:
+                safe = safe_value(value)
+            except Exception:  # noqa: BLE001 - a container that fails to iterate must not fail the request
+                safe = f"<unstorable {type(value).__name__}>"
+            node[leaf] = safe
 
     def update(self, fields: Mapping[str, Any]) -> None:
         for key, value in fields.items():

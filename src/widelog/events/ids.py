@@ -11,6 +11,20 @@ _lock = threading.Lock()
 _last_ms = 0
 _counter = 0
 _COUNTER_MAX = 0xFFF
+# Random bits from the OS CSPRNG, read 4 KiB at a time: one `getrandom` call per 512 ids instead
+# of one per id (a syscall, ~0.6 µs of the ~2.4 µs an id cost). A forked child drops what the
+# parent read, or both would hand out the same ids.
+_RANDOM_CHUNK = 4096
+_random = b""
+_random_at = 0
+
+
+def _forget_random() -> None:
+    global _random, _random_at
+    _random, _random_at = b"", 0
+
+
+os.register_at_fork(after_in_child=_forget_random)
 
 
 def new_event_id() -> str:
@@ -20,7 +34,7 @@ def new_event_id() -> str:
     primary key. Within one millisecond a 12-bit counter (RFC 9562 §6.2, method 1) keeps the
     order; 62 random bits make ids unique across processes.
     """
-    global _last_ms, _counter  # noqa: PLW0603 - one generator per process is the point
+    global _last_ms, _counter, _random, _random_at  # noqa: PLW0603 - one generator per process
     now_ms = time.time_ns() // 1_000_000
     with _lock:
         if now_ms > _last_ms:
@@ -30,9 +44,13 @@ def new_event_id() -> str:
             if _counter > _COUNTER_MAX:
                 _last_ms, _counter = _last_ms + 1, 0
         ms, counter = _last_ms, _counter
-    rand = int.from_bytes(os.urandom(8)) & 0x3FFF_FFFF_FFFF_FFFF
+        at = _random_at
+        if at + 8 > len(_random):
+            _random, at = os.urandom(_RANDOM_CHUNK), 0
+        _random_at = at + 8
+        rand = int.from_bytes(_random[at : at + 8]) & 0x3FFF_FFFF_FFFF_FFFF
     value = (ms << 80) | (0x7 << 76) | (counter << 64) | (0b10 << 62) | rand
-    h = f"{value:032x}"
+    h = value.to_bytes(16).hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 

@@ -111,39 +111,45 @@ class LoggingService:
         event.finalized = True
         if self.pipeline_started is False:
             self._warn_not_started()
+        stats = self.stats
         try:
             doc = event.doc
-            if "duration_ms" not in doc:
-                doc["duration_ms"] = (time.perf_counter_ns() - event.started_ns) / 1e6
-            self.stats.finalized += 1
-            self.durations.observe(doc["duration_ms"])
+            duration = doc.get("duration_ms")
+            if duration is None and "duration_ms" not in doc:
+                duration = doc["duration_ms"] = (time.perf_counter_ns() - event.started_ns) / 1e6
+            stats.finalized += 1
+            self.durations.observe(duration)
             if is_error(doc):
-                self.stats.errors += 1
+                stats.errors += 1
             if self.counter is not None:
                 self.counter.count(doc)
-            if self.sampler is not None:
+            sampler = self.sampler
+            if sampler is not None:
                 sampling = doc.get("sampling")
-                forced = isinstance(sampling, dict) and sampling.get("forced") is True
-                decision = self.sampler.decide(doc, forced=forced)
+                forced = sampling is not None and _forced(sampling)
+                decision = sampler.decide(doc, forced=forced)
                 if not decision.keep:
-                    self.stats.sampled_out += 1
+                    stats.sampled_out += 1
                     return
-                self.sampler.apply(doc, decision)
+                sampler.apply(doc, decision)
             if self.redactor is not None:
                 self.redactor.redact(doc)
             payload = encode(doc, max_bytes=self._max_event_bytes)
+            key = doc["request_id"]
+            if type(key) is not str:
+                key = str(key)
         except Exception as exc:  # noqa: BLE001 - logged with its stack by _log_finalize_failure
             # The request has its answer already; losing its log line must not cost it more.
-            self.stats.finalize_failed += 1
+            stats.finalize_failed += 1
             self._log_finalize_failure(event, exc)
             return
         try:
-            self.publisher.publish(event.request_id, payload)
+            self.publisher.publish(key, payload)
         except Exception as exc:  # noqa: BLE001 - a transport failure is counted, never raised
-            self.stats.publish_failed += 1
-            log.warning("publish failed for request %s: %r", event.request_id, exc)
+            stats.publish_failed += 1
+            log.warning("publish failed for request %s: %r", key, exc)
         else:
-            self.stats.published += 1
+            stats.published += 1
 
     def publish_counts(self, now: dt.datetime | None = None, *, final: bool = False) -> int:
         """Publish the count records that are due (`final`: all changed ones, at shutdown).
@@ -189,6 +195,11 @@ class LoggingService:
             " be stored: `await handle.start()` (or `async with` / `with` the handle, or let the"
             " ASGI server run the app's lifespan)"
         )
+
+
+def _forced(sampling: object) -> bool:
+    """Whether the caller asked for this event to be kept (`sampling.forced`, a debug header)."""
+    return isinstance(sampling, dict) and sampling.get("forced") is True
 
 
 def current_event() -> WideEvent:

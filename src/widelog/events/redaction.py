@@ -188,26 +188,32 @@ class Redactor:
         """Scrub a dict or list (and everything in it) in place; return how many secrets."""
         return self._scrub_dict(node) if isinstance(node, dict) else self._scrub_list(node)
 
-    def _scrub_dict(self, node: dict[str, Any], skip: frozenset[str] = frozenset()) -> int:
+    def _scrub_dict(  # noqa: PLR0912 - the hot loop, its cases inlined on purpose
+        self, node: dict[str, Any], skip: frozenset[str] = frozenset()
+    ) -> int:
         # The hot loop of the scrub: exact-type checks and a cached verdict per key name, as
         # every kept event walks it (`isinstance` with unions costs more than the rest here).
         count = 0
         renamed: list[tuple[str, str]] = []
-        verdicts, min_chars = self._keys, self._min_chars
+        verdicts, min_chars, clean = self._keys, self._min_chars, self._texts
         for key, value in node.items():
             marker = verdicts.get(key, _UNSEEN)
             if marker is _UNSEEN:
                 marker = self.key_marker(key)
             if marker is None:
+                # Most common first: strings (most are short, or known clean), then sub-documents.
                 kind = type(value)
-                if kind is int or kind is float or value is None or key in skip:
-                    pass
-                elif kind is str:
-                    if len(value) >= min_chars:
+                if kind is str:
+                    if len(value) >= min_chars and value not in clean and key not in skip:
                         scrubbed, found = self.scrub_text(value)
                         if found:
                             node[key] = scrubbed
                             count += found
+                elif kind is dict:
+                    if key not in skip:
+                        count += self._scrub_dict(value)
+                elif kind is int or kind is float or kind is bool or value is None or key in skip:
+                    pass
                 else:
                     count += self._scrub_item(node, key, value)
             elif value is not None and not isinstance(value, bool) and value != marker:

@@ -150,7 +150,7 @@ class Explanation:
 class _RouteRule:
     """Everything the policy says about one route, resolved once so `decide()` only compares."""
 
-    __slots__ = ("critical", "drop", "keep", "slow_ms", "threshold")
+    __slots__ = ("critical", "drop", "keep", "keep_all", "slow_ms", "threshold")
 
     def __init__(
         self, route: str, policy: SamplingPolicy, critical: re.Pattern[str] | None
@@ -160,6 +160,7 @@ class _RouteRule:
         self.slow_ms = policy.slow.routes.get(route, policy.slow.threshold_ms)
         self.critical = critical is not None and critical.match(route) is not None
         self.threshold = threshold_for(rate)
+        self.keep_all = self.threshold >= _TWO_64  # rate 1: every hash is below it, skip it
         self.keep = Decision(keep=True, reason="baseline", rate=rate, would_keep=True, dry_run=dry)
         self.drop = Decision(keep=dry, reason="baseline", rate=rate, would_keep=False, dry_run=dry)
 
@@ -259,6 +260,7 @@ class TailSampler:
             for reason in REASONS
         }
         self._routes: dict[str, _RouteRule] = {}
+        self._records: dict[int, tuple[Decision, dict[str, Any]]] = {}
         for route in (*policy.slow.routes, *policy.baseline.routes):
             self._rule(route)
 
@@ -295,6 +297,8 @@ class TailSampler:
             return self._always["critical_route"]
         if forced and self._allow_forced:
             return self._always["forced"]
+        if rule.keep_all:
+            return rule.keep
         request_id = doc.get("request_id")
         if not isinstance(request_id, str):
             request_id = "" if request_id is None else str(request_id)
@@ -338,13 +342,29 @@ class TailSampler:
     def apply(self, doc: MutableMapping[str, Any], decision: Decision) -> None:
         """Write the decision into `doc["sampling"]`: stored events explain and weigh themselves."""
         sampling = doc.get("sampling")
-        if not isinstance(sampling, dict):
-            sampling = doc["sampling"] = {}
-        sampling["kept"] = decision.keep
-        sampling["reason"] = decision.reason
-        sampling["rate"] = decision.rate
-        sampling["weight"] = decision.weight
-        sampling["policy"] = self.fingerprint
+        record = self.record(decision)
+        if isinstance(sampling, dict):
+            sampling.update(record)
+        else:
+            doc["sampling"] = record.copy()  # each event its own: a caller may change it after
+
+    def record(self, decision: Decision) -> dict[str, Any]:
+        """What `apply` writes for `decision`; built once per decision (there are a few)."""
+        cached = self._records.get(id(decision))
+        if cached is not None and cached[0] is decision:
+            return cached[1]
+        record: dict[str, Any] = {
+            "kept": decision.keep,
+            "reason": decision.reason,
+            "rate": decision.rate,
+            "weight": decision.weight,
+            "policy": self.fingerprint,
+        }
         if decision.dry_run:
-            sampling["dry_run"] = True
-            sampling["would_keep"] = decision.would_keep
+            record["dry_run"] = True
+            record["would_keep"] = decision.would_keep
+        if len(self._records) >= 2 * MAX_ROUTES:  # past MAX_ROUTES, rules are not kept either
+            self._records.clear()
+        # Keyed by identity, the decision kept beside it: a freed decision's id may come back.
+        self._records[id(decision)] = (decision, record)
+        return record
