@@ -19,9 +19,10 @@ import json
 from typing import Any
 
 from bench_common import Services, log
-from widelog.incidents.model import Contribution, ScopeCount, minute_of
+from widelog.incidents.model import Contribution, GroupCount, ScopeCount, minute_of
 from widelog.incidents.mongo_store import MongoIncidentStore
 from widelog.incidents.rules import incident_id, scope_id
+from widelog.incidents.watermark import WorkerMark
 from worker_drain import drain, realistic_records
 
 BATCHES_PER_MINUTE = 20  # ~2,000 requests a minute in batches of 100
@@ -38,21 +39,23 @@ async def _seed(url: str, hours: int) -> int:
     iid = incident_id("errors", TIMEOUTS)
     for m in range(hours * 60, 0, -1):
         minute = end - dt.timedelta(minutes=m)
-        counts, parts = [], []
+        writes = []
         for b in range(BATCHES_PER_MINUTE):
             token = f"hist{m:05d}{b:03d}"
             scopes = [ScopeCount(scope_id(k), minute, 100, 100.0) for k in (ROUTE, PROVIDER)]
-            counts.append((token, scopes))
+            group = GroupCount(iid, "errors", TIMEOUTS, scope_id(ROUTE), minute, 2, 2.0)
             part = Contribution(iid, "errors", TIMEOUTS, scope_id(ROUTE), minute)
             part.events, part.weight = 2, 2.0
             part.first = minute + dt.timedelta(seconds=b)
             part.last = minute + dt.timedelta(seconds=b + 1)
-            parts.append((token, [part]))
-        await asyncio.gather(
-            *(store.add_scope_counts(batch, token=token) for token, batch in counts),
-            *(store.add_contributions(part, token=token) for token, part in parts),
-        )
-        written += sum(len(batch) for _, batch in counts) + len(parts)
+            writes.append(store.add_batch(scopes, [group], [part], token=token))
+            written += len(scopes) + 2
+        await asyncio.gather(*writes)
+    # The worker that wrote that history, stopped an hour ago: a new one starts from its mark
+    # (reading back only the last window's minutes), as after a deploy.
+    newest = end - dt.timedelta(seconds=1)
+    stopped = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+    await store.publish_watermark("previous", WorkerMark(newest, stopped))
     await store.close()
     return written
 

@@ -12,8 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from widelog.incidents.model import Contribution, MessageStat, ScopeCount, Transition, WindowStats
+from widelog.incidents.model import (
+    Contribution,
+    GroupCount,
+    MessageStat,
+    ScopeCount,
+    Transition,
+    WindowStats,
+)
 from widelog.incidents.ports import IncidentStore
+from widelog.incidents.watermark import WorkerMark
 
 T0 = dt.datetime(2026, 11, 27, 10, 0, tzinfo=dt.UTC)
 MIN = dt.timedelta(minutes=1)
@@ -45,6 +53,17 @@ def part(
     return item
 
 
+def group(
+    minute: dt.datetime,
+    events: int = 1,
+    weight: float = 1.0,
+    incident: str = "inc_a",
+    *,
+    late: bool = False,
+) -> GroupCount:
+    return GroupCount(incident, "errors", KEY, "scope_chat", minute, events, weight, late)
+
+
 def step(incident: str = "inc_a", episode: int = 1, kind: str = "open") -> Transition:
     window = WindowStats(T0, 300, 12, 12.0, 1000.0)
     return Transition(
@@ -62,40 +81,61 @@ class IncidentStoreContract:
     def second(self) -> IncidentStore:
         raise NotImplementedError
 
-    async def test_scope_counts_sum_per_minute_and_a_batch_counts_once(self, store, second):
-        counts = [ScopeCount("scope_chat", T0, 10, 250.0), ScopeCount("scope_chat", T0 + MIN, 1, 1)]
-        await store.add_scope_counts(counts, token="b1")
-        await second.add_scope_counts(counts, token="b1")  # the same batch, retried elsewhere
-        await second.add_scope_counts([ScopeCount("scope_chat", T0, 3, 3.5)], token="b2")
-        await store.add_scope_counts([ScopeCount("scope_other", T0, 7, 7.0)], token="b2")
+    async def test_counts_of_a_minute_range_read_back_once_per_batch(self, store, second):
+        scopes = [ScopeCount("scope_chat", T0, 10, 250.0), ScopeCount("scope_chat", T0 + MIN, 1, 1)]
+        groups = [group(T0, 3, 3.0), group(T0 + MIN, 1, 1.0)]
+        await store.add_batch(scopes, groups, [], token="b1")
+        await second.add_batch(scopes, groups, [], token="b1")  # the same batch, retried elsewhere
+        await second.add_batch([ScopeCount("scope_chat", T0, 3, 3.5)], [], [], token="b2")
+        late = [ScopeCount("scope_chat", T0, 2, 2.0, late=True)]
+        await store.add_batch(late, [group(T0, 2, 2.0, late=True)], [], token="b3")
+        await store.add_batch([ScopeCount("scope_x", T0 + 5 * MIN, 7, 7.0)], [], [], token="b4")
+
+        read = await second.counts(T0, T0 + MIN)
+        assert sorted(
+            [*scopes, ScopeCount("scope_chat", T0, 3, 3.5), *late],
+            key=repr,
+        ) == sorted(read.scopes, key=repr)
+        assert sorted([*groups, group(T0, 2, 2.0, late=True)], key=repr) == sorted(
+            read.groups, key=repr
+        )
+        assert [T0 + MIN] == [c.minute for c in (await store.counts(T0 + MIN, T0 + MIN)).scopes]
+        assert 5 == len((await store.counts(None, T0 + 9 * MIN)).scopes)
+
+    async def test_scope_series_sums_the_on_time_requests_per_minute(self, store, second):
+        await store.add_batch([ScopeCount("scope_chat", T0, 10, 250.0)], [], [], token="b1")
+        await second.add_batch([ScopeCount("scope_chat", T0, 3, 3.5)], [], [], token="b2")
+        await second.add_batch([ScopeCount("scope_chat", T0, 3, 9, late=True)], [], [], token="b3")
+        await store.add_batch([ScopeCount("scope_chat", T0 + MIN, 1, 1)], [], [], token="b3")
 
         series = await store.scope_series(["scope_chat", "scope_x"], T0, T0 + 5 * MIN)
         assert {"scope_chat": {T0: 253.5, T0 + MIN: 1.0}} == series
-        assert {"scope_chat": {T0 + MIN: 1.0}} == await second.scope_series(
-            ["scope_chat"], T0 + MIN, T0 + MIN
-        )
         assert {} == await store.scope_series([], T0, T0)
 
-    async def test_contributions_add_up_per_minute_and_a_batch_counts_once(self, store, second):
-        await store.add_contributions([part(), part(minute=T0 + MIN)], token="b1")
-        await second.add_contributions([part()], token="b1")
-        await second.add_contributions(
-            [part(first_s=1.5, last_s=59.999, events=3, weight=4)], token="b2"
-        )
+    async def test_each_worker_publishes_its_own_watermark(self, store, second):
+        await store.publish_watermark("w1", WorkerMark(None, T0))
+        await second.publish_watermark("w2", WorkerMark(T0 + MIN, T0 + 2 * MIN))
+        await store.publish_watermark("w1", WorkerMark(T0 + 3 * MIN, T0 + 4 * MIN))
+        assert {
+            "w1": WorkerMark(T0 + 3 * MIN, T0 + 4 * MIN),
+            "w2": WorkerMark(T0 + MIN, T0 + 2 * MIN),
+        } == await second.watermarks()
 
-        series = await store.group_series(["inc_a", "inc_b"], T0, T0 + MIN)
-        minute0 = series["inc_a"][T0]
-        assert ["inc_a"] == list(series)
-        assert (5, 6.0) == (minute0.events, minute0.weight)
-        assert (T0 + dt.timedelta(seconds=1.5), T0 + dt.timedelta(seconds=59.999)) == (
-            minute0.first,
-            minute0.last,
-        )
-        assert 2 == series["inc_a"][T0 + MIN].events
+    async def test_contributions_are_stored_once_per_batch_and_read_from_a_minute(
+        self, store, second
+    ):
+        await store.add_batch([], [], [part(), part(minute=T0 + MIN)], token="b1")
+        await second.add_batch([], [], [part()], token="b1")
+        await second.add_batch([], [], [part(events=3, weight=4)], token="b2")
+        await store.add_batch([], [], [part("inc_b")], token="b2")
+
+        parts = await store.contributions("inc_a", T0)
+        assert [(T0, 2), (T0, 3), (T0 + MIN, 2)] == sorted((p.minute, p.events) for p in parts)
+        assert [T0 + MIN] == [p.minute for p in await second.contributions("inc_a", T0 + MIN)]
 
     async def test_a_contribution_reads_back_with_every_fact(self, store, second):
         written = part(users=("u1",), sessions=("s1", "s2"))
-        await store.add_contributions([written], token="b1")
+        await store.add_batch([], [], [written], token="b1")
 
         [read] = await second.contributions("inc_a", T0)
         assert written.to_doc() == read.to_doc()
@@ -104,9 +144,12 @@ class IncidentStoreContract:
     async def test_members_are_counted_once_by_kind_from_when_they_were_first_seen(
         self, store, second
     ):
-        await store.add_contributions([part(users=("u1", "u2"), sessions=("s1",))], token="b1")
-        await second.add_contributions(
-            [part(minute=T0 + 2 * MIN, users=("u2", "u3"), sessions=("s1", "s2"))], token="b2"
+        await store.add_batch([], [], [part(users=("u1", "u2"), sessions=("s1",))], token="b1")
+        await second.add_batch(
+            [],
+            [],
+            [part(minute=T0 + 2 * MIN, users=("u2", "u3"), sessions=("s1", "s2"))],
+            token="b2",
         )
         assert {"user": 3, "session": 2} == await store.member_counts("inc_a", T0)
         assert {"user": 1, "session": 1} == await store.member_counts("inc_a", T0 + MIN)
@@ -132,43 +175,45 @@ class IncidentStoreContract:
 
     async def test_concurrent_batches_lose_no_count(self, store, second):
         async def batch(writer: IncidentStore, n: int) -> None:
-            await writer.add_scope_counts([ScopeCount("scope_chat", T0, 1, 1.0)], token=f"b{n}")
-            await writer.add_contributions([part(events=1, weight=1.0)], token=f"b{n}")
+            scopes = [ScopeCount("scope_chat", T0, 1, 1.0)]
+            await writer.add_batch(scopes, [group(T0, 1, 1.0)], [], token=f"b{n}")
+            await writer.add_batch([], [], [part(events=1, weight=1.0)], token=f"b{n}")
 
         await asyncio.gather(*(batch(w, n) for n, w in enumerate([store, second] * 15)))
         assert {T0: 30.0} == (await store.scope_series(["scope_chat"], T0, T0))["scope_chat"]
-        assert 30 == (await second.group_series(["inc_a"], T0, T0))["inc_a"][T0].events
-
-    async def test_the_last_event_before_a_minute(self, store, second):
-        await store.add_contributions([part(), part(minute=T0 + 3 * MIN, last_s=10)], token="b1")
-        assert T0 + dt.timedelta(seconds=50.5) == await second.last_event_before("inc_a", T0 + MIN)
-        assert T0 + 3 * MIN + dt.timedelta(seconds=10) == await second.last_event_before(
-            "inc_a", T0 + 9 * MIN
-        )
-        assert await second.last_event_before("inc_a", T0) is None
+        assert 30 == sum(g.events for g in (await second.counts(T0, T0)).groups)
+        assert 30 == sum(p.events for p in await store.contributions("inc_a", T0))
 
     async def test_prune_keeps_opened_incidents_and_drops_old_counts_and_noise(self, store, second):
-        await store.add_scope_counts([ScopeCount("scope_chat", T0, 1, 1.0)], token="b1")
-        await store.add_scope_counts([ScopeCount("scope_chat", T0 + 9 * MIN, 1, 1.0)], token="b1")
+        for minute in (T0, T0 + 9 * MIN):
+            scopes = [ScopeCount("scope_chat", minute, 1, 1.0)]
+            groups = [group(minute, 1, 1.0, "inc_opened"), group(minute, 1, 1.0, "inc_noise")]
+            await store.add_batch(scopes, groups, [], token="b1")
         for incident in ("inc_opened", "inc_noise"):
-            await store.add_contributions(
-                [part(incident, users=("u",)), part(incident, T0 + 9 * MIN)], token="b1"
+            await store.add_batch(
+                [], [], [part(incident, users=("u",)), part(incident, T0 + 9 * MIN)], token="b1"
             )
 
         deleted = await second.prune(before=T0 + 5 * MIN, keep=["inc_opened"])
-        assert 3 == deleted  # one scope count, the noise's old facts and its member
+        # three counts of T0, the noise's old facts and its member
+        assert 5 == deleted
         assert [T0 + 9 * MIN] == list(
             (await store.scope_series(["scope_chat"], T0, T0 + 9 * MIN))["scope_chat"]
         )
         assert 2 == len(await store.contributions("inc_opened", T0))
         assert 1 == len(await store.contributions("inc_noise", T0))
+        assert {"user": 1, "session": 0} == await store.member_counts("inc_opened", T0)
+        assert {"user": 0, "session": 0} == await store.member_counts("inc_noise", T0)
 
     async def test_clear_deletes_every_record(self, store, second):
-        await store.add_scope_counts([ScopeCount("scope_chat", T0, 1, 1.0)], token="b1")
-        await store.add_contributions([part(users=("u",))], token="b1")
+        await store.add_batch([ScopeCount("scope_chat", T0, 1, 1.0)], [group(T0)], [], token="b1")
+        await store.add_batch([], [], [part(users=("u",))], token="b1")
         await store.add_transition(step())
+        await store.publish_watermark("w1", WorkerMark(T0, T0))
 
         await second.clear()
+        assert {} == await store.watermarks()
+        assert [] == (await store.counts(None, T0 + MIN)).groups
         assert {} == await store.transitions()
         assert [] == await store.contributions("inc_a", T0)
         assert {} == await store.scope_series(["scope_chat"], T0, T0)
@@ -177,6 +222,22 @@ class IncidentStoreContract:
 
     async def test_the_store_answers_a_ping(self, store):
         await store.ping()
+
+
+class TestInMemoryIncidentStore(IncidentStoreContract):
+    @pytest.fixture
+    def shared(self):
+        from widelog.incidents.memory_store import InMemoryIncidentStore
+
+        return InMemoryIncidentStore()
+
+    @pytest.fixture
+    def store(self, shared):
+        return shared
+
+    @pytest.fixture
+    def second(self, shared):
+        return shared
 
 
 class TestSQLiteIncidentStore(IncidentStoreContract):

@@ -133,9 +133,18 @@ class Contribution:
     users: set[str] = field(default_factory=set)
     sessions: set[str] = field(default_factory=set)
     masking: str = MASKING_VERSION
+    late: int = 0  # events that arrived after their minute was judged (counted, never judged)
 
-    def add(self, doc: Mapping[str, Any], moment: dt.datetime, weight: float) -> None:
+    def add(
+        self,
+        doc: Mapping[str, Any],
+        moment: dt.datetime,
+        weight: float,
+        *,
+        late: bool = False,
+    ) -> None:
         self.events += 1
+        self.late += late
         self.weight += weight
         self.first = moment if self.first is None else min(self.first, moment)
         self.last = moment if self.last is None else max(self.last, moment)
@@ -170,6 +179,7 @@ class Contribution:
         """Fold another contribution of the same incident in (used when reading)."""
         self.events += other.events
         self.weight += other.weight
+        self.late += other.late
         for moment in (other.first, other.last):
             if moment is not None:
                 self.first = moment if self.first is None else min(self.first, moment)
@@ -189,15 +199,12 @@ class Contribution:
         self.samples = latest_samples([*self.samples, *other.samples])
 
     def record_id(self, token: str) -> str:
-        return f"{self.incident_id}|{minute_number(self.minute)}|{token}"
+        return f"{self.incident_id}|{minute_key(self.minute)}|{token}"
 
     def to_doc(self) -> dict[str, Any]:
         """A JSON/BSON-ready document: maps become lists, so no value is ever a field name."""
         return {
-            "incident": self.incident_id,
-            "rule": self.rule_id,
-            "key": _key_doc(self.key),
-            "scope": self.scope_id,
+            **_group_doc(self.incident_id, self.rule_id, self.key, self.scope_id),
             "minute": self.minute,
             "events": self.events,
             "weight": self.weight,
@@ -215,6 +222,7 @@ class Contribution:
             ],
             "samples": [{"at": moment, "id": rid} for moment, rid in self.samples],
             "masking": self.masking,
+            "late": self.late,
         }
 
     @classmethod
@@ -233,6 +241,7 @@ class Contribution:
             first=parse_time(doc.get("first")),
             last=parse_time(doc.get("last")),
             masking=str(doc.get("masking", MASKING_VERSION)),
+            late=int(doc.get("late", 0)),
         )
         item.durations = {int(d["b"]): int(d["n"]) for d in doc.get("durations", [])}
         for d in doc.get("dims", []):
@@ -246,6 +255,10 @@ class Contribution:
             for sample in doc.get("samples", [])
         ]
         return item
+
+
+def _group_doc(incident: str, rule: str, key: Key, scope: str) -> dict[str, Any]:
+    return {"incident": incident, "rule": rule, "key": _key_doc(key), "scope": scope}
 
 
 def _key_doc(key: Key) -> list[dict[str, str | None]]:
@@ -266,35 +279,130 @@ def latest_samples(samples: Iterable[tuple[dt.datetime, str]]) -> list[tuple[dt.
     return ordered[:MAX_SAMPLES]
 
 
+def minute_key(minute: dt.datetime) -> str:
+    """A minute as fixed-width text, so `_id`s that start with it sort (and range) by time."""
+    return f"{minute_number(minute):010d}"
+
+
+def _late_suffix(*, late: bool) -> str:
+    return "|late" if late else ""
+
+
 @dataclass(slots=True, frozen=True)
 class ScopeCount:
-    """Requests of one scope (e.g. one route) in one minute, from one batch."""
+    """Requests of one scope (e.g. one route) in one minute, from one batch.
+
+    `late`: these events arrived after their minute was complete (past the watermark); they
+    count in totals, never in the judged windows.
+    """
 
     scope_id: str
     minute: dt.datetime
     events: int
     weight: float
+    late: bool = False
 
     def record_id(self, token: str) -> str:
-        return f"{self.scope_id}|{minute_number(self.minute)}|{token}"
+        return f"{minute_key(self.minute)}|s|{self.scope_id}|{token}{_late_suffix(late=self.late)}"
 
 
 @dataclass(slots=True, frozen=True)
-class MinuteTotals:
-    """A group's matching events in one minute, summed over every batch."""
+class GroupCount:
+    """One group's matching requests in one minute, from one batch: what windows are judged on.
+
+    Stored beside the scope counts under a minute-first id, so every worker reads a completed
+    minute's counts (all workers' batches) with one `_id` range query.
+    """
+
+    incident_id: str
+    rule_id: str
+    key: Key
+    scope_id: str
+    minute: dt.datetime
+    events: int
+    weight: float
+    late: bool = False
+
+    def record_id(self, token: str) -> str:
+        return (
+            f"{minute_key(self.minute)}|g|{self.incident_id}|{token}{_late_suffix(late=self.late)}"
+        )
+
+    def to_doc(self) -> dict[str, Any]:
+        return _group_doc(self.incident_id, self.rule_id, self.key, self.scope_id)
+
+    @classmethod
+    def from_doc(
+        cls, doc: Mapping[str, Any], minute: dt.datetime, events: int, weight: float, *, late: bool
+    ) -> GroupCount:
+        return cls(
+            str(doc["incident"]),
+            str(doc["rule"]),
+            _key_from(doc["key"]),
+            str(doc["scope"]),
+            minute,
+            events,
+            weight,
+            late,
+        )
+
+
+@dataclass(slots=True)
+class MinuteCounts:
+    """Every count record of a range of minutes, as a store returns them (late ones flagged)."""
+
+    scopes: list[ScopeCount] = field(default_factory=list)
+    groups: list[GroupCount] = field(default_factory=list)
+
+    def add_record(
+        self, record_id: str, events: int, weight: float, doc: Mapping[str, Any] | None
+    ) -> None:
+        """Add a stored count by its id (`minute|s|scope|token[|late]` or `minute|g|…`)."""
+        minute_text, kind, ident, *rest = record_id.split("|")
+        minute = EPOCH + int(minute_text) * MINUTE
+        late = bool(rest) and rest[-1] == "late"
+        if kind == "s":
+            self.scopes.append(ScopeCount(ident, minute, events, weight, late))
+        elif kind == "g" and doc is not None:
+            self.groups.append(GroupCount.from_doc(doc, minute, events, weight, late=late))
+
+
+def count_id_range(start: dt.datetime | None, end: dt.datetime) -> tuple[str, str]:
+    """`[low, high)` of the count ids of minutes [start, end]."""
+    return ("" if start is None else minute_key(start), minute_key(end + MINUTE))
+
+
+def scope_id_ranges(
+    scope_ids: Iterable[str], start: dt.datetime, end: dt.datetime
+) -> list[tuple[str, dt.datetime, str, str]]:
+    """`(scope, minute, low, high)` for each scope and each minute of [start, end].
+
+    `[low, high)` holds the scope's count ids in that minute: counts are minute-first, so one
+    scope is one range per minute.
+    """
+    ranges = []
+    minute = start
+    while minute <= end:
+        for scope in scope_ids:
+            prefix = f"{minute_key(minute)}|s|{scope}|"
+            ranges.append((scope, minute, prefix, prefix + "~"))
+        minute += MINUTE
+    return ranges
+
+
+def is_late_record(record_id: str) -> bool:
+    return record_id.endswith(_late_suffix(late=True))
+
+
+@dataclass(slots=True, frozen=True)
+class Tally:
+    """Matching events and the requests they stand for (re-weighted), in one minute."""
 
     events: int
     weight: float
-    first: dt.datetime
-    last: dt.datetime
 
-    def plus(self, other: MinuteTotals) -> MinuteTotals:
-        return MinuteTotals(
-            self.events + other.events,
-            self.weight + other.weight,
-            min(self.first, other.first),
-            max(self.last, other.last),
-        )
+    def plus(self, other: Tally) -> Tally:
+        return Tally(self.events + other.events, self.weight + other.weight)
 
 
 @dataclass(slots=True, frozen=True)
@@ -406,7 +514,7 @@ def ordered(transitions: Iterable[Transition]) -> list[Transition]:
 def window_at(
     window_s: int,
     end_minute: dt.datetime,
-    series: Mapping[dt.datetime, MinuteTotals],
+    series: Mapping[dt.datetime, Tally],
     scope: Mapping[dt.datetime, float],
 ) -> WindowStats:
     """The group's counts and its scope's requests in the window ending with `end_minute`."""
@@ -432,110 +540,18 @@ def crosses(rule: Rule, window: WindowStats) -> bool:
     return rule.min_rate is None or window.rate >= rule.min_rate
 
 
-def _why_open(rule: Rule, window: WindowStats, scope: str) -> str:
+def why_open(rule: Rule, window: WindowStats, scope: str) -> str:
     parts = [f"{window.matched:,.0f} matching requests"]
     if rule.min_count is not None:
         parts[0] += f" (at least {rule.min_count:,.0f})"
     if rule.min_rate is not None:
         parts.append(f"{window.rate:.2%} of the requests (at least {rule.min_rate:.2%})")
     parts.append(f"out of ~{window.requests:,.0f} requests{scope} (at least {rule.min_requests:g})")
-    return f"{', '.join(parts)} in the {window.window_s // 60}-minute window to {_hm(window.end)}"
+    return f"{', '.join(parts)} in the {window.window_s // 60}-minute window to {hm(window.end)}"
 
 
-def _hm(moment: dt.datetime) -> str:
+def hm(moment: dt.datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M UTC")
-
-
-@dataclass(slots=True)
-class GroupView:
-    """Everything `plan` needs about one group, read from the store after a batch's inserts."""
-
-    rule: Rule
-    incident_id: str
-    key: Key
-    scope_id: str
-    transitions: Sequence[Transition]
-    series: Mapping[dt.datetime, MinuteTotals]  # the group's minutes around the batch
-    scope: Mapping[dt.datetime, float]  # the scope's re-weighted requests per minute
-    earlier_last: dt.datetime | None = None  # last matching event before `series` begins
-
-
-def plan(view: GroupView, minutes: Iterable[dt.datetime]) -> list[Transition]:
-    """The lifecycle steps the evaluated `minutes` (a batch's) call for, in event-time order.
-
-    - closed (never opened, or resolved) → open when the window ending at a minute crosses the
-      thresholds; a reopening is episode n+1, a regression;
-    - open → resolved at `last event + quiet` when a minute's first event comes that much later
-      (the sweep resolves groups that get no event at all), or at a minute whose rate fell
-      under `resolve_below × min_rate` (with enough requests to judge).
-
-    Minutes before the latest step are history: late events count, but never rewrite it.
-    """
-    rule = view.rule
-    quiet = dt.timedelta(seconds=rule.quiet)
-    history = ordered(view.transitions)
-    last = history[-1] if history else None
-    is_open = last is not None and last.kind == "open"
-    episode = last.episode if last is not None else 0
-    cursor = last.at if last is not None else None
-    opened_minute = minute_of(last.at) if is_open and last is not None else None
-    active = sorted(view.series)
-    pairs = _scope_pairs(rule, view.key)
-    scope_text = " with " + " and ".join(f"{f}={v}" for f, v in pairs) if pairs else ""
-    steps: list[Transition] = []
-
-    def step(kind: TransitionKind, at: dt.datetime, reason: str, window: WindowStats) -> None:
-        nonlocal is_open, episode, cursor, opened_minute
-        episode += kind == "open"
-        steps.append(
-            Transition(
-                view.incident_id,
-                episode,
-                kind,
-                at,
-                reason,
-                rule.snapshot(),
-                view.key,
-                view.scope_id,
-                window,
-            )
-        )
-        is_open, cursor = kind == "open", at
-        opened_minute = minute_of(at) if kind == "open" else None
-
-    for minute in sorted(set(minutes)):
-        totals = view.series.get(minute)
-        if totals is None or (cursor is not None and minute < minute_of(cursor)):
-            continue
-        window = window_at(rule.window, minute, view.series, view.scope)
-        if is_open and cursor is not None:
-            earlier = [m for m in active if m < minute]
-            previous = view.series[earlier[-1]].last if earlier else view.earlier_last
-            if previous is not None and totals.first >= previous + quiet > cursor:
-                gap = window_at(rule.window, minute_of(previous), view.series, view.scope)
-                step(
-                    "resolve",
-                    previous + quiet,
-                    f"no matching event for {describe_span(quiet)}",
-                    gap,
-                )
-            elif (
-                rule.min_rate is not None
-                and opened_minute is not None
-                and minute > opened_minute
-                and window.requests >= rule.min_requests
-                and window.rate < rule.min_rate * rule.resolve_below
-            ):
-                reason = (
-                    f"the rate fell to {window.rate:.2%}, under {rule.resolve_below:g} x "
-                    f"{rule.min_rate:.2%}, in the window to {_hm(window.end)}"
-                )
-                step("resolve", max(totals.last, cursor), reason, window)
-                continue
-        if not is_open and crosses(rule, window):
-            at = totals.first if cursor is None else max(totals.first, cursor)
-            step("open", at, _why_open(rule, window, scope_text), window)
-    return steps
 
 
 def describe_key(key: Key) -> str:
@@ -543,7 +559,7 @@ def describe_key(key: Key) -> str:
     return ", ".join(f"{field}={'(none)' if value is None else value}" for field, value in key)
 
 
-def _scope_pairs(rule: Rule, key: Key) -> list[tuple[str, str | None]]:
+def scope_pairs(rule: Rule, key: Key) -> list[tuple[str, str | None]]:
     return [(f, v) for f, v in key if f in rule.rate_scope]
 
 
@@ -604,8 +620,10 @@ def life_start(transitions: Sequence[Transition]) -> dt.datetime | None:
     if not opens:
         return None
     first = opens[0]
+    if first.window is not None:
+        return first.window.start
     window_s = int(first.rule.get("window_s", 300))
-    return minute_of(first.at) + MINUTE - dt.timedelta(seconds=window_s)
+    return minute_of(first.at) - dt.timedelta(seconds=window_s)
 
 
 def episodes_of(transitions: Sequence[Transition]) -> list[Episode]:
@@ -639,15 +657,12 @@ def assemble(
     opening = [t for t in history if t.kind == "open"][-1]
     rule_id = str(opening.rule.get("id"))
     facts = Contribution(opening.incident_id, rule_id, opening.key, opening.scope_id, EPOCH)
-    series: dict[dt.datetime, MinuteTotals] = {}
+    series: dict[dt.datetime, Tally] = {}
     for part in contributions:
         facts.merge(part)
         facts.masking = part.masking
-        if part.first is not None and part.last is not None:
-            totals = MinuteTotals(part.events, part.weight, part.first, part.last)
-            series[part.minute] = (
-                series[part.minute].plus(totals) if part.minute in series else totals
-            )
+        totals = Tally(part.events, part.weight)
+        series[part.minute] = series[part.minute].plus(totals) if part.minute in series else totals
     window = history[-1].window
     window_s = int(opening.rule.get("window_s", 300))
     if scope and facts.last is not None:

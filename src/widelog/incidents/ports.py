@@ -9,7 +9,14 @@ if TYPE_CHECKING:
     import datetime as dt
     from collections.abc import Collection
 
-    from widelog.incidents.model import Contribution, MinuteTotals, ScopeCount, Transition
+    from widelog.incidents.model import (
+        Contribution,
+        GroupCount,
+        MinuteCounts,
+        ScopeCount,
+        Transition,
+    )
+    from widelog.incidents.watermark import WorkerMark
 
 
 class IncidentStore(Protocol):
@@ -19,30 +26,43 @@ class IncidentStore(Protocol):
     makes re-delivered and retried batches harmless and needs no atomic update (FerretDB loses
     concurrent updates of one document). Counts are summed when read. `token` identifies the
     batch a record came from. Times are aware UTC datetimes; minutes are whole minutes.
+
+    Every read the aggregator makes while judging is a range of `_id`s (the minute-first count
+    ids, the incident-first fact and transition ids): the one index FerretDB reliably uses.
     """
 
-    async def add_scope_counts(self, counts: Sequence[ScopeCount], *, token: str) -> None:
-        """Store each (scope, minute) count of this batch once."""
+    async def add_batch(
+        self,
+        scopes: Sequence[ScopeCount],
+        groups: Sequence[GroupCount],
+        contributions: Sequence[Contribution],
+        *,
+        token: str,
+    ) -> None:
+        """Store what one batch adds, each record once.
+
+        Its (scope or group, minute, late) counts, its (incident, minute) contributions, and
+        the members they name first. One write where the server allows it (MongoDB: one
+        `insert_many`): each round trip costs the store as much as the events' own write.
+        """
         ...
 
-    async def add_contributions(self, contributions: Sequence[Contribution], *, token: str) -> None:
-        """Store each (incident, minute) contribution of this batch once, and its new members."""
-        ...
-
-    async def group_series(
-        self, incident_ids: Collection[str], start: dt.datetime, end: dt.datetime
-    ) -> dict[str, dict[dt.datetime, MinuteTotals]]:
-        """Per incident, per minute in [start, end], the sum of its contributions."""
+    async def counts(self, start: dt.datetime | None, end: dt.datetime) -> MinuteCounts:
+        """Every count record of the minutes [start, end] (from the first if start is None)."""
         ...
 
     async def scope_series(
         self, scope_ids: Collection[str], start: dt.datetime, end: dt.datetime
     ) -> dict[str, dict[dt.datetime, float]]:
-        """Per scope, per minute in [start, end], the re-weighted requests."""
+        """Per scope, per minute in [start, end], the re-weighted requests counted on time."""
         ...
 
-    async def last_event_before(self, incident_id: str, before: dt.datetime) -> dt.datetime | None:
-        """The time of the incident's last matching event in a minute before `before`."""
+    async def publish_watermark(self, worker: str, mark: WorkerMark) -> None:
+        """Record how far this worker has read (one document per worker, one writer each)."""
+        ...
+
+    async def watermarks(self) -> dict[str, WorkerMark]:
+        """Every worker's last published mark."""
         ...
 
     async def add_transition(self, transition: Transition) -> bool:
@@ -64,11 +84,15 @@ class IncidentStore(Protocol):
         ...
 
     async def prune(self, *, before: dt.datetime, keep: Collection[str]) -> int:
-        """Delete scope counts before `before`, and older records of groups not in `keep`."""
+        """Delete counts of minutes before `before` and older records of never-opened groups.
+
+        The groups are those the deleted counts name, less `keep` (the opened ones); the marks
+        of workers silent since `before` go too.
+        """
         ...
 
     async def clear(self) -> None:
-        """Delete every incident record (before a rebuild)."""
+        """Delete every incident record and watermark (before a rebuild)."""
         ...
 
     async def ping(self) -> None: ...

@@ -15,25 +15,35 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from widelog.incidents.model import Contribution, MinuteTotals, Transition, parse_time
+from widelog.incidents.model import (
+    Contribution,
+    MinuteCounts,
+    Transition,
+    count_id_range,
+    minute_key,
+    parse_time,
+    scope_id_ranges,
+)
+from widelog.incidents.watermark import WorkerMark
 from widelog.sqlite_db import SQLiteDatabase
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Sequence
 
-    from widelog.sqlite_db import SQLiteDatabase
-from widelog.incidents.model import ScopeCount
+    from widelog.incidents.model import GroupCount, ScopeCount
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS incident_scope_counts (
+CREATE TABLE IF NOT EXISTS incident_counts (
     id      TEXT PRIMARY KEY,
-    scope   TEXT NOT NULL,
-    minute  TEXT NOT NULL,
     events  INTEGER NOT NULL,
-    weight  REAL NOT NULL
+    weight  REAL NOT NULL,
+    doc     TEXT
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS incident_scope_counts_scope ON incident_scope_counts (scope, minute);
-CREATE INDEX IF NOT EXISTS incident_scope_counts_minute ON incident_scope_counts (minute);
+CREATE TABLE IF NOT EXISTS incident_watermarks (
+    worker  TEXT PRIMARY KEY,
+    newest  TEXT,
+    arrival TEXT NOT NULL
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS incident_facts (
     id        TEXT PRIMARY KEY,
     incident  TEXT NOT NULL,
@@ -60,7 +70,13 @@ CREATE TABLE IF NOT EXISTS incident_transitions (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS incident_transitions_incident ON incident_transitions (incident);
 """
-_TABLES = ("incident_scope_counts", "incident_facts", "incident_members", "incident_transitions")
+_TABLES = (
+    "incident_counts",
+    "incident_facts",
+    "incident_members",
+    "incident_transitions",
+    "incident_watermarks",
+)
 _encoder = msgspec.json.Encoder()
 
 
@@ -80,6 +96,34 @@ def _json(values: Collection[str]) -> str:
     return json.dumps(list(values))
 
 
+def _fact_rows(
+    contributions: Sequence[Contribution], token: str
+) -> tuple[list[tuple[str, str, str, int, float, str, str, str]], list[tuple[str, str, str, str]]]:
+    facts, members = [], []
+    for part in contributions:
+        if part.first is None or part.last is None:
+            continue  # nothing matched: nothing to record
+        minute = _t(part.minute)
+        doc = _encoder.encode(part.to_doc()).decode()
+        facts.append(
+            (
+                part.record_id(token),
+                part.incident_id,
+                minute,
+                part.events,
+                part.weight,
+                _t(part.first),
+                _t(part.last),
+                doc,
+            )
+        )
+        for kind, hashes in (("user", part.users), ("session", part.sessions)):
+            members += [
+                (f"{part.incident_id}|{kind}|{h}", part.incident_id, kind, minute) for h in hashes
+            ]
+    return facts, members
+
+
 class SQLiteIncidentStore:
     """`IncidentStore` on SQLite, in the same file as the events (`sqlite_db.py`)."""
 
@@ -87,47 +131,30 @@ class SQLiteIncidentStore:
         self._db = SQLiteDatabase(path, schema=_SCHEMA)
         self._run = self._db.run
 
-    async def add_scope_counts(self, counts: Sequence[ScopeCount], *, token: str) -> None:
-        rows = [(c.record_id(token), c.scope_id, _t(c.minute), c.events, c.weight) for c in counts]
+    async def add_batch(
+        self,
+        scopes: Sequence[ScopeCount],
+        groups: Sequence[GroupCount],
+        contributions: Sequence[Contribution],
+        *,
+        token: str,
+    ) -> None:
+        rows: list[tuple[str, int, float, str | None]] = [
+            (c.record_id(token), c.events, c.weight, None) for c in scopes
+        ]
+        rows += [
+            (g.record_id(token), g.events, g.weight, _encoder.encode(g.to_doc()).decode())
+            for g in groups
+        ]
+        facts, members = _fact_rows(contributions, token)
 
         def insert(db: sqlite3.Connection) -> None:
             with db:
                 db.executemany(
-                    "INSERT OR IGNORE INTO incident_scope_counts"
-                    " (id, scope, minute, events, weight) VALUES (?, ?, ?, ?, ?)",
+                    "INSERT OR IGNORE INTO incident_counts (id, events, weight, doc)"
+                    " VALUES (?, ?, ?, ?)",
                     rows,
                 )
-
-        if rows:
-            await self._run(insert)
-
-    async def add_contributions(self, contributions: Sequence[Contribution], *, token: str) -> None:
-        facts, members = [], []
-        for part in contributions:
-            if part.first is None or part.last is None:
-                continue  # nothing matched: nothing to record
-            minute = _t(part.minute)
-            doc = _encoder.encode(part.to_doc()).decode()
-            facts.append(
-                (
-                    part.record_id(token),
-                    part.incident_id,
-                    minute,
-                    part.events,
-                    part.weight,
-                    _t(part.first),
-                    _t(part.last),
-                    doc,
-                )
-            )
-            for kind, hashes in (("user", part.users), ("session", part.sessions)):
-                members += [
-                    (f"{part.incident_id}|{kind}|{h}", part.incident_id, kind, minute)
-                    for h in hashes
-                ]
-
-        def insert(db: sqlite3.Connection) -> None:
-            with db:
                 db.executemany(
                     "INSERT OR IGNORE INTO incident_facts"
                     " (id, incident, minute, events, weight, first, last, doc)"
@@ -140,51 +167,57 @@ class SQLiteIncidentStore:
                     members,
                 )
 
-        if facts:
+        if rows or facts:
             await self._run(insert)
 
-    async def group_series(
-        self, incident_ids: Collection[str], start: dt.datetime, end: dt.datetime
-    ) -> dict[str, dict[dt.datetime, MinuteTotals]]:
-        ids = list(incident_ids)
-        if not ids:
-            return {}
-        sql = (
-            "SELECT incident, minute, sum(events), sum(weight), min(first), max(last)"
-            " FROM incident_facts WHERE incident IN (SELECT value FROM json_each(?))"
-            " AND minute BETWEEN ? AND ?"
-            " GROUP BY incident, minute"
-        )
-        args = (_json(ids), _t(start), _t(end))
+    async def counts(self, start: dt.datetime | None, end: dt.datetime) -> MinuteCounts:
+        sql = "SELECT id, events, weight, doc FROM incident_counts WHERE id >= ? AND id < ?"
+        args = count_id_range(start, end)
         rows = await self._run(lambda db: db.execute(sql, args).fetchall())
-        result: dict[str, dict[dt.datetime, MinuteTotals]] = {}
-        for incident, minute, events, weight, first, last in rows:
-            totals = MinuteTotals(int(events), float(weight), _parse(first), _parse(last))
-            result.setdefault(incident, {})[_parse(minute)] = totals
+        result = MinuteCounts()
+        for record_id, events, weight, doc in rows:
+            decoded = None if doc is None else msgspec.json.decode(doc)
+            result.add_record(record_id, int(events), float(weight), decoded)
         return result
+
+    async def publish_watermark(self, worker: str, mark: WorkerMark) -> None:
+        newest = None if mark.newest is None else _t(mark.newest)
+        args = (worker, newest, _t(mark.arrival))
+
+        def upsert(db: sqlite3.Connection) -> None:
+            with db:
+                db.execute("INSERT OR REPLACE INTO incident_watermarks VALUES (?, ?, ?)", args)
+
+        await self._run(upsert)
+
+    async def watermarks(self) -> dict[str, WorkerMark]:
+        sql = "SELECT worker, newest, arrival FROM incident_watermarks"
+        rows = await self._run(lambda db: db.execute(sql).fetchall())
+        return {
+            worker: WorkerMark(None if newest is None else _parse(newest), _parse(arrival))
+            for worker, newest, arrival in rows
+        }
 
     async def scope_series(
         self, scope_ids: Collection[str], start: dt.datetime, end: dt.datetime
     ) -> dict[str, dict[dt.datetime, float]]:
-        ids = list(scope_ids)
-        if not ids:
-            return {}
+        ranges = scope_id_ranges(scope_ids, start, end)
         sql = (
-            "SELECT scope, minute, sum(weight) FROM incident_scope_counts"
-            " WHERE scope IN (SELECT value FROM json_each(?)) AND minute BETWEEN ? AND ?"
-            " GROUP BY scope, minute"
+            "SELECT sum(weight) FROM incident_counts"
+            " WHERE id >= ? AND id < ? AND id NOT LIKE '%|late'"
         )
-        args = (_json(ids), _t(start), _t(end))
-        rows = await self._run(lambda db: db.execute(sql, args).fetchall())
-        result: dict[str, dict[dt.datetime, float]] = {}
-        for scope, minute, weight in rows:
-            result.setdefault(scope, {})[_parse(minute)] = float(weight)
-        return result
 
-    async def last_event_before(self, incident_id: str, before: dt.datetime) -> dt.datetime | None:
-        sql = "SELECT max(last) FROM incident_facts WHERE incident = ? AND minute < ?"
-        row = await self._run(lambda db: db.execute(sql, (incident_id, _t(before))).fetchone())
-        return None if row is None or row[0] is None else _parse(row[0])
+        def read(db: sqlite3.Connection) -> list[tuple[str, dt.datetime, float | None]]:
+            return [
+                (scope, minute, db.execute(sql, (low, high)).fetchone()[0])
+                for scope, minute, low, high in ranges
+            ]
+
+        result: dict[str, dict[dt.datetime, float]] = {}
+        for scope, minute, weight in await self._run(read):
+            if weight is not None:
+                result.setdefault(scope, {})[minute] = float(weight)
+        return result
 
     async def add_transition(self, transition: Transition) -> bool:
         doc = _encoder.encode(transition.to_doc()).decode()
@@ -233,23 +266,25 @@ class SQLiteIncidentStore:
         return counts
 
     async def prune(self, *, before: dt.datetime, keep: Collection[str]) -> int:
-        args = (_t(before), _json(keep))
+        cut = minute_key(before)
 
         def delete(db: sqlite3.Connection) -> int:
             with db:
-                deleted = db.execute(
-                    "DELETE FROM incident_scope_counts WHERE minute < ?", args[:1]
-                ).rowcount
-                deleted += db.execute(
-                    "DELETE FROM incident_facts WHERE minute < ?"
-                    " AND incident NOT IN (SELECT value FROM json_each(?))",
-                    args,
-                ).rowcount
-                deleted += db.execute(
-                    "DELETE FROM incident_members WHERE minute < ?"
-                    " AND incident NOT IN (SELECT value FROM json_each(?))",
-                    args,
-                ).rowcount
+                old = db.execute(
+                    "SELECT id FROM incident_counts WHERE id < ? AND doc IS NOT NULL", (cut,)
+                ).fetchall()
+                noise = {record_id.split("|")[2] for (record_id,) in old} - set(keep)
+                deleted = db.execute("DELETE FROM incident_counts WHERE id < ?", (cut,)).rowcount
+                for iid in sorted(noise):
+                    deleted += db.execute(
+                        "DELETE FROM incident_facts WHERE incident = ? AND minute < ?",
+                        (iid, _t(before)),
+                    ).rowcount
+                    deleted += db.execute(
+                        "DELETE FROM incident_members WHERE incident = ? AND minute < ?",
+                        (iid, _t(before)),
+                    ).rowcount
+                db.execute("DELETE FROM incident_watermarks WHERE arrival < ?", (_t(before),))
             return int(deleted)
 
         return int(await self._run(delete))
