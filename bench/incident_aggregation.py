@@ -5,7 +5,8 @@ FerretDB four times: incidents off, incidents on over an empty incident store, a
 over a store that already holds 24 h of per-minute records (what a day of the same traffic, about
 2,000 requests a minute, leaves behind), plus off again with that history present. It reports
 events/s, the ratio to incidents off, and the mean ms per batch in each quarter of the drain:
-a store query that scans a growing collection shows as a rising ms per batch.
+a store query that scans a growing collection shows as a rising ms per batch. The events' times
+are spread at 2,000 a minute up to now, so minutes complete (and are judged) during the drain.
 
     python bench/incident_aggregation.py [--events 20000] [--quick]
 """
@@ -18,8 +19,10 @@ import datetime as dt
 import json
 from typing import Any
 
+import msgspec
+
 from bench_common import Services, log
-from widelog.incidents.model import Contribution, GroupCount, ScopeCount, minute_of
+from widelog.incidents.model import Contribution, GroupCount, WorkerMinute, minute_of
 from widelog.incidents.mongo_store import MongoIncidentStore
 from widelog.incidents.rules import incident_id, scope_id
 from widelog.incidents.watermark import WorkerMark
@@ -40,22 +43,24 @@ async def _seed(url: str, hours: int) -> int:
     for m in range(hours * 60, 0, -1):
         minute = end - dt.timedelta(minutes=m)
         writes = []
-        for b in range(BATCHES_PER_MINUTE):
-            token = f"hist{m:05d}{b:03d}"
-            scopes = [ScopeCount(scope_id(k), minute, 100, 100.0) for k in (ROUTE, PROVIDER)]
-            group = GroupCount(iid, "errors", TIMEOUTS, scope_id(ROUTE), minute, 2, 2.0)
+        for b in range(BATCHES_PER_MINUTE):  # a batch of facts every 3 s, as the errors came
             part = Contribution(iid, "errors", TIMEOUTS, scope_id(ROUTE), minute)
             part.events, part.weight = 2, 2.0
-            part.first = minute + dt.timedelta(seconds=b)
-            part.last = minute + dt.timedelta(seconds=b + 1)
-            writes.append(store.add_batch(scopes, [group], [part], token=token))
-            written += len(scopes) + 2
+            part.first = minute + dt.timedelta(seconds=3 * b)
+            part.last = minute + dt.timedelta(seconds=3 * b + 1)
+            writes.append(store.add_batch([part], [], token=f"hist{m:05d}{b:03d}"))
+        group = GroupCount(iid, "errors", TIMEOUTS, scope_id(ROUTE), 40, 40.0)
+        counts = WorkerMinute(minute, "previous", {scope_id(k): 2000.0 for k in (ROUTE, PROVIDER)})
+        counts.groups[iid] = group
+        writes.append(store.add_batch([], [counts], token=f"hist{m:05d}"))
+        written += BATCHES_PER_MINUTE + 1
         await asyncio.gather(*writes)
     # The worker that wrote that history, stopped an hour ago: a new one starts from its mark
     # (reading back only the last window's minutes), as after a deploy.
     newest = end - dt.timedelta(seconds=1)
     stopped = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
-    await store.publish_watermark("previous", WorkerMark(newest, stopped))
+    first = end - dt.timedelta(hours=hours)
+    await store.publish_watermark("previous", WorkerMark(newest, stopped, first))
     await store.close()
     return written
 
@@ -68,8 +73,21 @@ def seed_history(hours: int) -> Any:
     return prepare
 
 
+def spread_in_time(records: list[tuple[str, bytes]], per_minute: int) -> list[tuple[str, bytes]]:
+    """Event times `per_minute` a minute up to now (not all in one second), so minutes complete
+    while the worker drains and get judged: what live traffic does."""
+    start = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=len(records) / per_minute)
+    spread = []
+    for i, (key, payload) in enumerate(records):
+        doc = msgspec.json.decode(payload)
+        at = start + dt.timedelta(seconds=60 * i / per_minute)
+        doc["timestamp"] = at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        spread.append((key, msgspec.json.encode(doc)))
+    return spread
+
+
 def run(services: Services, *, events: int, quick: bool) -> dict[str, Any]:
-    records = realistic_records(events)
+    records = spread_in_time(realistic_records(events), BATCHES_PER_MINUTE * 100)
     rows = []
     cases = [(False, 0), (True, 0), (True, 24)]
     if not quick:

@@ -1,6 +1,6 @@
 """`make bench`: every benchmark in one run, then `docs/benchmarks.md` and its charts regenerated.
 
-    python bench/run_all.py [--quick] [--only latency,transport,worker,hot_path,storage]
+    python bench/run_all.py [--quick] [--only latency,transport,worker,hot_path,storage,incidents]
 
 Raw results go to `docs/benchmarks/results.json`, charts to `docs/benchmarks/*.png`. `--quick`
 runs a reduced matrix (shorter windows, fewer events, fewer worker configurations) and says so
@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import incident_aggregation
 import latency_decoupling
 import publish_hot_path
 import storage
@@ -26,7 +27,7 @@ import worker_drain
 from bench_common import ROOT, Services, Toxiproxy, free_port, log, machine
 from bench_report import write_report
 
-SECTIONS = ["latency", "transport", "worker", "hot_path", "storage"]
+SECTIONS = ["latency", "transport", "worker", "hot_path", "storage", "incidents"]
 
 
 def main() -> None:
@@ -78,6 +79,10 @@ def main() -> None:
                 requests=20_000 if quick else 100_000,
                 distinct=2000 if quick else 5000,
             )
+        )
+    if "incidents" in only:
+        results["incidents"] = incident_aggregation.run(
+            services, events=5000 if quick else 20_000, quick=quick
         )
     results["elapsed_s"] = round(time.monotonic() - started)
     results_path.write_text(json.dumps(results, indent=2, default=str) + "\n")

@@ -16,9 +16,9 @@ from widelog.incidents.model import (
     Contribution,
     GroupCount,
     MessageStat,
-    ScopeCount,
     Transition,
     WindowStats,
+    WorkerMinute,
 )
 from widelog.incidents.ports import IncidentStore
 from widelog.incidents.watermark import WorkerMark
@@ -53,15 +53,10 @@ def part(
     return item
 
 
-def group(
-    minute: dt.datetime,
-    events: int = 1,
-    weight: float = 1.0,
-    incident: str = "inc_a",
-    *,
-    late: bool = False,
-) -> GroupCount:
-    return GroupCount(incident, "errors", KEY, "scope_chat", minute, events, weight, late)
+def counts(minute: dt.datetime, worker: str = "w1", n: int = 1) -> WorkerMinute:
+    """A worker's counts of one minute: n requests on the chat scope, n matches of inc_a."""
+    group = GroupCount("inc_a", "errors", KEY, "scope_chat", n, float(n))
+    return WorkerMinute(minute, worker, {"scope_chat": 10.0 * n}, {"inc_a": group})
 
 
 def step(incident: str = "inc_a", episode: int = 1, kind: str = "open") -> Transition:
@@ -81,53 +76,37 @@ class IncidentStoreContract:
     def second(self) -> IncidentStore:
         raise NotImplementedError
 
-    async def test_counts_of_a_minute_range_read_back_once_per_batch(self, store, second):
-        scopes = [ScopeCount("scope_chat", T0, 10, 250.0), ScopeCount("scope_chat", T0 + MIN, 1, 1)]
-        groups = [group(T0, 3, 3.0), group(T0 + MIN, 1, 1.0)]
-        await store.add_batch(scopes, groups, [], token="b1")
-        await second.add_batch(scopes, groups, [], token="b1")  # the same batch, retried elsewhere
-        await second.add_batch([ScopeCount("scope_chat", T0, 3, 3.5)], [], [], token="b2")
-        late = [ScopeCount("scope_chat", T0, 2, 2.0, late=True)]
-        await store.add_batch(late, [group(T0, 2, 2.0, late=True)], [], token="b3")
-        await store.add_batch([ScopeCount("scope_x", T0 + 5 * MIN, 7, 7.0)], [], [], token="b4")
+    async def test_a_worker_minute_is_replaced_whole_and_found_by_minute_and_worker(
+        self, store, second
+    ):
+        await store.add_batch([], [counts(T0), counts(T0 + MIN)], token="b1")
+        await store.add_batch([], [counts(T0, n=3)], token="b2")  # the same worker, later
+        await second.add_batch([], [counts(T0, "w2", 2)], token="b3")
 
-        read = await second.counts(T0, T0 + MIN)
-        assert sorted(
-            [*scopes, ScopeCount("scope_chat", T0, 3, 3.5), *late],
-            key=repr,
-        ) == sorted(read.scopes, key=repr)
-        assert sorted([*groups, group(T0, 2, 2.0, late=True)], key=repr) == sorted(
-            read.groups, key=repr
+        found = await second.worker_minutes(
+            [(T0, "w1"), (T0, "w2"), (T0 + MIN, "w1"), (T0 + MIN, "w2"), (T0, "w3")]
         )
-        assert [T0 + MIN] == [c.minute for c in (await store.counts(T0 + MIN, T0 + MIN)).scopes]
-        assert 5 == len((await store.counts(None, T0 + 9 * MIN)).scopes)
-
-    async def test_scope_series_sums_the_on_time_requests_per_minute(self, store, second):
-        await store.add_batch([ScopeCount("scope_chat", T0, 10, 250.0)], [], [], token="b1")
-        await second.add_batch([ScopeCount("scope_chat", T0, 3, 3.5)], [], [], token="b2")
-        await second.add_batch([ScopeCount("scope_chat", T0, 3, 9, late=True)], [], [], token="b3")
-        await store.add_batch([ScopeCount("scope_chat", T0 + MIN, 1, 1)], [], [], token="b3")
-
-        series = await store.scope_series(["scope_chat", "scope_x"], T0, T0 + 5 * MIN)
-        assert {"scope_chat": {T0: 253.5, T0 + MIN: 1.0}} == series
-        assert {} == await store.scope_series([], T0, T0)
+        assert sorted(
+            [counts(T0, n=3), counts(T0, "w2", 2), counts(T0 + MIN)], key=lambda c: c.record_id
+        ) == sorted(found, key=lambda c: c.record_id)
+        assert [] == await store.worker_minutes([])
 
     async def test_each_worker_publishes_its_own_watermark(self, store, second):
         await store.publish_watermark("w1", WorkerMark(None, T0))
-        await second.publish_watermark("w2", WorkerMark(T0 + MIN, T0 + 2 * MIN))
-        await store.publish_watermark("w1", WorkerMark(T0 + 3 * MIN, T0 + 4 * MIN))
+        await second.publish_watermark("w2", WorkerMark(T0 + MIN, T0 + 2 * MIN, T0))
+        await store.publish_watermark("w1", WorkerMark(T0 + 3 * MIN, T0 + 4 * MIN, T0 + MIN))
         assert {
-            "w1": WorkerMark(T0 + 3 * MIN, T0 + 4 * MIN),
-            "w2": WorkerMark(T0 + MIN, T0 + 2 * MIN),
+            "w1": WorkerMark(T0 + 3 * MIN, T0 + 4 * MIN, T0 + MIN),
+            "w2": WorkerMark(T0 + MIN, T0 + 2 * MIN, T0),
         } == await second.watermarks()
 
     async def test_contributions_are_stored_once_per_batch_and_read_from_a_minute(
         self, store, second
     ):
-        await store.add_batch([], [], [part(), part(minute=T0 + MIN)], token="b1")
-        await second.add_batch([], [], [part()], token="b1")
-        await second.add_batch([], [], [part(events=3, weight=4)], token="b2")
-        await store.add_batch([], [], [part("inc_b")], token="b2")
+        await store.add_batch([part(), part(minute=T0 + MIN)], [], token="b1")
+        await second.add_batch([part()], [], token="b1")
+        await second.add_batch([part(events=3, weight=4)], [], token="b2")
+        await store.add_batch([part("inc_b")], [], token="b2")
 
         parts = await store.contributions("inc_a", T0)
         assert [(T0, 2), (T0, 3), (T0 + MIN, 2)] == sorted((p.minute, p.events) for p in parts)
@@ -135,7 +114,7 @@ class IncidentStoreContract:
 
     async def test_a_contribution_reads_back_with_every_fact(self, store, second):
         written = part(users=("u1",), sessions=("s1", "s2"))
-        await store.add_batch([], [], [written], token="b1")
+        await store.add_batch([written], [], token="b1")
 
         [read] = await second.contributions("inc_a", T0)
         assert written.to_doc() == read.to_doc()
@@ -144,12 +123,9 @@ class IncidentStoreContract:
     async def test_members_are_counted_once_by_kind_from_when_they_were_first_seen(
         self, store, second
     ):
-        await store.add_batch([], [], [part(users=("u1", "u2"), sessions=("s1",))], token="b1")
+        await store.add_batch([part(users=("u1", "u2"), sessions=("s1",))], [], token="b1")
         await second.add_batch(
-            [],
-            [],
-            [part(minute=T0 + 2 * MIN, users=("u2", "u3"), sessions=("s1", "s2"))],
-            token="b2",
+            [part(minute=T0 + 2 * MIN, users=("u2", "u3"), sessions=("s1", "s2"))], [], token="b2"
         )
         assert {"user": 3, "session": 2} == await store.member_counts("inc_a", T0)
         assert {"user": 1, "session": 1} == await store.member_counts("inc_a", T0 + MIN)
@@ -175,48 +151,44 @@ class IncidentStoreContract:
 
     async def test_concurrent_batches_lose_no_count(self, store, second):
         async def batch(writer: IncidentStore, n: int) -> None:
-            scopes = [ScopeCount("scope_chat", T0, 1, 1.0)]
-            await writer.add_batch(scopes, [group(T0, 1, 1.0)], [], token=f"b{n}")
-            await writer.add_batch([], [], [part(events=1, weight=1.0)], token=f"b{n}")
+            mine = counts(T0, f"w{n}")
+            await writer.add_batch([part(events=1, weight=1.0)], [mine], token=f"b{n}")
 
         await asyncio.gather(*(batch(w, n) for n, w in enumerate([store, second] * 15)))
-        assert {T0: 30.0} == (await store.scope_series(["scope_chat"], T0, T0))["scope_chat"]
-        assert 30 == sum(g.events for g in (await second.counts(T0, T0)).groups)
+        found = await second.worker_minutes([(T0, f"w{n}") for n in range(30)])
+        assert 30 == sum(c.groups["inc_a"].events for c in found)
         assert 30 == sum(p.events for p in await store.contributions("inc_a", T0))
 
     async def test_prune_keeps_opened_incidents_and_drops_old_counts_and_noise(self, store, second):
-        for minute in (T0, T0 + 9 * MIN):
-            scopes = [ScopeCount("scope_chat", minute, 1, 1.0)]
-            groups = [group(minute, 1, 1.0, "inc_opened"), group(minute, 1, 1.0, "inc_noise")]
-            await store.add_batch(scopes, groups, [], token="b1")
+        await store.add_batch([], [counts(T0), counts(T0 + 9 * MIN)], token="b1")
         for incident in ("inc_opened", "inc_noise"):
             await store.add_batch(
-                [], [], [part(incident, users=("u",)), part(incident, T0 + 9 * MIN)], token="b1"
+                [part(incident, users=("u",)), part(incident, T0 + 9 * MIN)], [], token="b1"
             )
+        await store.publish_watermark("gone", WorkerMark(T0, T0, T0))
+        await store.publish_watermark("here", WorkerMark(T0 + 9 * MIN, T0 + 9 * MIN, T0))
 
         deleted = await second.prune(before=T0 + 5 * MIN, keep=["inc_opened"])
-        # three counts of T0, the noise's old facts and its member
-        assert 5 == deleted
-        assert [T0 + 9 * MIN] == list(
-            (await store.scope_series(["scope_chat"], T0, T0 + 9 * MIN))["scope_chat"]
-        )
+        assert 3 == deleted  # the old worker minute, the noise's old facts and its member
+        assert [T0 + 9 * MIN] == [
+            c.minute for c in await store.worker_minutes([(T0, "w1"), (T0 + 9 * MIN, "w1")])
+        ]
         assert 2 == len(await store.contributions("inc_opened", T0))
         assert 1 == len(await store.contributions("inc_noise", T0))
         assert {"user": 1, "session": 0} == await store.member_counts("inc_opened", T0)
         assert {"user": 0, "session": 0} == await store.member_counts("inc_noise", T0)
+        assert ["here"] == list(await store.watermarks())
 
     async def test_clear_deletes_every_record(self, store, second):
-        await store.add_batch([ScopeCount("scope_chat", T0, 1, 1.0)], [group(T0)], [], token="b1")
-        await store.add_batch([], [], [part(users=("u",))], token="b1")
+        await store.add_batch([part(users=("u",))], [counts(T0)], token="b1")
         await store.add_transition(step())
         await store.publish_watermark("w1", WorkerMark(T0, T0))
 
         await second.clear()
         assert {} == await store.watermarks()
-        assert [] == (await store.counts(None, T0 + MIN)).groups
+        assert [] == await store.worker_minutes([(T0, "w1")])
         assert {} == await store.transitions()
         assert [] == await store.contributions("inc_a", T0)
-        assert {} == await store.scope_series(["scope_chat"], T0, T0)
         assert {"user": 0, "session": 0} == await store.member_counts("inc_a", T0)
         assert await store.add_transition(step())  # and recording starts afresh
 

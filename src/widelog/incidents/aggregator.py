@@ -1,13 +1,14 @@
 """The incident aggregator: stored events in, incidents (open → update → resolve → reopen) out.
 
 `observe` is the consumer's `on_stored` hook: it gets each batch's newly stored events (never a
-re-delivery) and writes what they add to the shared store as insert-only records keyed by batch:
-per-minute counts (`ScopeCount`, `GroupCount`) and facts (`Contribution`). Nothing is judged on
-a partial minute: once the watermark (`watermark.py`) has passed a minute, the aggregator reads
-that minute's counts, every worker's, with one `_id` range query, keeps them in memory (a window's
-worth), and judges every group on it (`lifecycle.py`). Judging a batch therefore does no scanning
-query, and the history is the same however the events were batched, split between workers,
-replayed by `rebuild` or read as a backlog.
+re-delivery) and writes what they add to the shared store: facts (`Contribution`, insert-only,
+keyed by batch) and this worker's running counts of each minute (`WorkerMinute`, one record per
+minute and worker, replaced by its one writer). Nothing is judged on a partial minute: once the
+watermark (`watermark.py`) has passed a minute, the aggregator looks that minute up for every
+worker (`_id` equality), keeps the complete minutes in memory (a window's worth), and judges every
+group on them (`lifecycle.py`). Judging a batch therefore does no scanning query, and the
+history is the same however the events were batched, split between workers, replayed by
+`rebuild` or read as a backlog.
 
 `sweep` advances the watermark when no batch comes (on wall time, see `watermark.py`), so silence
 resolves, and prunes old records; run it every minute or so in every process that consumes.
@@ -32,9 +33,9 @@ from widelog.incidents.model import (
     MINUTE,
     Contribution,
     GroupCount,
-    ScopeCount,
     Tally,
     Transition,
+    WorkerMinute,
     describe_key,
     event_time,
     minute_of,
@@ -59,6 +60,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("widelog.incidents")
 FAR_FUTURE = dt.datetime(9999, 1, 1, tzinfo=dt.UTC)
 Clock = Callable[[], dt.datetime]
+TOKENS_REMEMBERED = 1000  # batches counted lately: a retried `on_stored` counts nothing twice
 MEMBERS_REMEMBERED = 100_000  # members known to be written, so not written again (then forgotten)
 
 
@@ -80,10 +82,9 @@ class _OutOfRangeError(ValueError):
 
 @dataclass(slots=True)
 class _Batch:
-    """What one batch adds: counts by (id, minute, late) and facts by (incident, minute)."""
+    """What one batch adds: on-time counts by minute, facts by (incident, minute)."""
 
-    scopes: dict[tuple[str, dt.datetime, bool], list[float]]
-    groups: dict[tuple[str, dt.datetime, bool], GroupCount]
+    minutes: dict[dt.datetime, WorkerMinute]
     parts: dict[tuple[str, dt.datetime], Contribution]
     late: int = 0
 
@@ -156,6 +157,10 @@ class IncidentAggregator:
         self._arrival: dt.datetime | None = None  # wall time of this worker's last batch
         self._published: WorkerMark | None = None
         self._members_written: set[str] = set()
+        self._mine: dict[dt.datetime, WorkerMinute] = {}  # my counts of minutes not judged yet
+        self._first: dt.datetime | None = None  # the first minute this worker counted
+        self._tokens: collections.deque[str] = collections.deque(maxlen=TOKENS_REMEMBERED)
+        self._marks: dict[str, WorkerMark] = {}  # every worker's, as last read
 
     @property
     def skipped(self) -> int:
@@ -190,8 +195,9 @@ class IncidentAggregator:
         marks = await self._store.watermarks()
         seen = [mark.newest for mark in marks.values() if mark.newest is not None]
         watermark = min(seen) - self._lateness if seen else None
-        await self._store.publish_watermark(self.worker, WorkerMark(None, now))
-        self._published = WorkerMark(None, now)
+        self._marks = dict(marks)
+        self._marks[self.worker] = self._published = WorkerMark(None, now)
+        await self._store.publish_watermark(self.worker, self._published)
         self._arrival = now
         for iid, steps in (await self._store.transitions()).items():
             latest = ordered(steps)[-1]
@@ -209,15 +215,37 @@ class IncidentAggregator:
                 state.judged = max(state.judged or through, through)
 
     async def _load(self, start: dt.datetime | None, end: dt.datetime) -> None:
-        """Fold the on-time counts of minutes [start, end] (every worker's) into memory."""
-        counts = await self._store.counts(start, end)
-        for scope in counts.scopes:
-            if not scope.late:
-                series = self._scopes.setdefault(scope.scope_id, {})
-                series[scope.minute] = series.get(scope.minute, 0.0) + scope.weight
-        for group in counts.groups:
-            if group.late:
-                continue
+        """Fold every worker's counts of the minutes [start, end] into memory.
+
+        One `_id` lookup per (minute, worker) that can have counts: between the worker's first
+        minute and its newest event. This worker's own come from memory.
+        """
+        others = [
+            (mark.first, minute_of(mark.newest), worker)
+            for worker, mark in sorted(self._marks.items())
+            if worker != self.worker and mark.first is not None and mark.newest is not None
+        ]
+        if start is None:
+            firsts = [first for first, _, _ in others] + list(self._mine)
+            start = min(firsts, default=end)
+        last = max([newest for _, newest, _ in others] + list(self._mine), default=start)
+        keys = []
+        minute = start
+        while minute <= min(end, last):
+            keys += [(minute, w) for first, newest, w in others if first <= minute <= newest]
+            minute += MINUTE
+        counts = await self._store.worker_minutes(keys)
+        counts += [self._mine.pop(m) for m in sorted(self._mine) if start <= m <= end]
+        for old in [m for m in self._mine if m < start]:
+            del self._mine[old]  # judged before this worker counted them (should not happen)
+        for worker_minute in counts:
+            self._fold(worker_minute)
+
+    def _fold(self, counts: WorkerMinute) -> None:
+        for sid, weight in counts.scopes.items():
+            series = self._scopes.setdefault(sid, {})
+            series[counts.minute] = series.get(counts.minute, 0.0) + weight
+        for group in counts.groups.values():
             state = self._groups.get(group.incident_id)
             if state is None:
                 rule = self._by_id.get(group.rule_id)
@@ -226,7 +254,7 @@ class IncidentAggregator:
                 state = GroupState(rule, group.incident_id, group.key, group.scope_id)
                 state.judged = self._judged
                 self._groups[group.incident_id] = state
-            state.add(group.minute, Tally(group.events, group.weight))
+            state.add(counts.minute, Tally(group.events, group.weight))
 
     # --- observe: count a batch, then judge the minutes it completed ---------------------------
 
@@ -249,7 +277,10 @@ class IncidentAggregator:
         await self.start()
         now = now or self._clock()
         token = batch_token(new_events)
-        batch = _Batch({}, {}, {})
+        if token in self._tokens:
+            return 0  # a retried `on_stored` of a batch already counted
+        newest = self._newest
+        batch = _Batch({}, {})
         for doc in new_events:
             try:
                 self._count(doc, now, batch)
@@ -259,12 +290,19 @@ class IncidentAggregator:
                 # `on_stored` is retried: an event this code cannot read would block every batch
                 # behind it. Skip it (it is stored; `rebuild` sees it again).
                 self._skip(f"an event this code cannot count ({type(exc).__name__})", exc_info=True)
-        scopes = [
-            ScopeCount(s, m, int(n), w, late) for (s, m, late), (n, w) in batch.scopes.items()
-        ]
+        minutes = [self._plus_mine(delta) for delta in batch.minutes.values()]
         parts = list(batch.parts.values())
         written = self._known_members(parts)
-        await self._store.add_batch(scopes, list(batch.groups.values()), parts, token=token)
+        try:
+            await self._store.add_batch(parts, minutes, token=token)
+        except BaseException:
+            self._newest = newest  # the retry counts the same events the same way
+            raise
+        for counted in minutes:
+            self._mine[counted.minute] = counted
+            if self._first is None or counted.minute < self._first:
+                self._first = counted.minute
+        self._tokens.append(token)
         self._members_written |= written
         if batch.late:
             if not self.late_events:
@@ -278,6 +316,17 @@ class IncidentAggregator:
         self._arrival = now
         result = await self._advance(now)
         return result.opened + result.resolved
+
+    def _plus_mine(self, delta: WorkerMinute) -> WorkerMinute:
+        """Return the worker's counts of the minute so far plus this batch's (memory unchanged)."""
+        known = self._mine.get(delta.minute)
+        total = known.copy() if known is not None else WorkerMinute(delta.minute, self.worker)
+        for sid, weight in delta.scopes.items():
+            total.scopes[sid] = total.scopes.get(sid, 0.0) + weight
+        for iid, group in delta.groups.items():
+            mine = total.groups.get(iid)
+            total.groups[iid] = group if mine is None else mine.plus(group.events, group.weight)
+        return total
 
     def _known_members(self, parts: Sequence[Contribution]) -> set[str]:
         """Leave out the members this worker already wrote; return the ones left.
@@ -319,14 +368,19 @@ class IncidentAggregator:
         matched = [
             (compiled, compiled.key(doc)) for compiled in self._compiled if compiled.matches(doc)
         ]
-        for fields in self._scope_fields:
-            key = tuple((f, field_value(doc, f)) for f in fields)
-            count = batch.scopes.setdefault((scope_id(key), minute, late), [0, 0.0])
-            count[0] += 1
-            count[1] += weight
+        counts = None
+        if not late:
+            counts = batch.minutes.get(minute)
+            if counts is None:
+                counts = batch.minutes[minute] = WorkerMinute(minute, self.worker)
+            for fields in self._scope_fields:
+                sid = scope_id(tuple((f, field_value(doc, f)) for f in fields))
+                counts.scopes[sid] = counts.scopes.get(sid, 0.0) + weight
         batch.late += late
         for compiled, key in matched:
-            self._match(compiled, key, doc, moment=moment, weight=weight, batch=batch, late=late)
+            self._match(
+                compiled, key, doc, moment=moment, weight=weight, batch=batch, counts=counts
+            )
 
     @staticmethod
     def _match(
@@ -337,37 +391,32 @@ class IncidentAggregator:
         moment: dt.datetime,
         weight: float,
         batch: _Batch,
-        late: bool,
+        counts: WorkerMinute | None,
     ) -> None:
+        """Add a matching event to its group's facts, and (on time: `counts`) to its count."""
         iid = incident_id(compiled.rule.id, key)
         minute = minute_of(moment)
-        group = batch.groups.get((iid, minute, late))
-        if group is None:
-            sid = scope_id(compiled.scope_key(doc))
-            group = GroupCount(iid, compiled.rule.id, key, sid, minute, 0, 0.0, late)
-        batch.groups[(iid, minute, late)] = GroupCount(
-            iid,
-            group.rule_id,
-            key,
-            group.scope_id,
-            minute,
-            group.events + 1,
-            group.weight + weight,
-            late,
-        )
         part = batch.parts.get((iid, minute))
         if part is None:
+            sid = scope_id(compiled.scope_key(doc))
             part = batch.parts[(iid, minute)] = Contribution(
-                iid, compiled.rule.id, key, group.scope_id, minute
+                iid, compiled.rule.id, key, sid, minute
             )
-        part.add(doc, moment, weight, late=late)
+        part.add(doc, moment, weight, late=counts is None)
+        if counts is not None:
+            group = counts.groups.get(iid)
+            counts.groups[iid] = (
+                GroupCount(iid, compiled.rule.id, key, part.scope_id, 1, weight)
+                if group is None
+                else group.plus(1, weight)
+            )
 
     # --- advancing the watermark ---------------------------------------------------------------
 
     async def _publish(self, now: dt.datetime) -> None:
         """Tell the other workers how far this one has read (after its counts are written)."""
         arrival = self._arrival or now
-        mark = WorkerMark(self._newest, arrival)
+        mark = WorkerMark(self._newest, arrival, self._first)
         published = self._published
         newer_minute = (
             published is None
@@ -382,7 +431,7 @@ class IncidentAggregator:
         stale = published is None or arrival - published.arrival >= self._idle_after / 4
         if newer_minute or stale:
             await self._store.publish_watermark(self.worker, mark)
-            self._published = mark
+            self._published = self._marks[self.worker] = mark
 
     async def _advance(
         self, now: dt.datetime, *, ask: bool = False, floor: dt.datetime | None = None
@@ -398,7 +447,7 @@ class IncidentAggregator:
         mine = own is not None and (self._judged is None or own > self._judged)
         if not (ask or mine or floor is not None):
             return result
-        marks = await self._store.watermarks()
+        self._marks = marks = await self._store.watermarks()
         watermark = global_watermark(
             marks, now=now, lateness=self._lateness, idle_after=self._idle_after
         )

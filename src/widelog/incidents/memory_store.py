@@ -7,53 +7,31 @@ incidents without a database.
 from __future__ import annotations
 
 import datetime as dt
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from widelog.incidents.model import (
-    Contribution,
-    MinuteCounts,
-    Transition,
-    count_id_range,
-    is_late_record,
-    minute_key,
-    scope_id_ranges,
-)
+from widelog.incidents.model import Contribution, WorkerMinute, minute_key, worker_minute_id
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Sequence
 
-    from widelog.incidents.model import GroupCount, ScopeCount
+    from widelog.incidents.model import Transition
     from widelog.incidents.watermark import WorkerMark
 
 
 class InMemoryIncidentStore:
-    """Dicts keyed by record id; ranges by sorted id, like the `_id` index of the others."""
+    """Dicts keyed by record id."""
 
     def __init__(self) -> None:
-        self._counts: dict[str, tuple[int, float, dict[str, Any] | None]] = {}
+        self._minutes: dict[str, WorkerMinute] = {}
         self._facts: dict[str, Contribution] = {}
         self._members: dict[str, dt.datetime] = {}
         self._transitions: dict[str, Transition] = {}
         self._marks: dict[str, WorkerMark] = {}
-        self.count_reads = 0  # how many range reads of the counts (a test checks it is bounded)
-
-    def _range(self, low: str, high: str) -> list[str]:
-        return sorted(k for k in self._counts if low <= k < high)
+        self.lookups = 0  # worker minutes looked up (a test checks judging stays bounded)
 
     async def add_batch(
-        self,
-        scopes: Sequence[ScopeCount],
-        groups: Sequence[GroupCount],
-        contributions: Sequence[Contribution],
-        *,
-        token: str,
+        self, contributions: Sequence[Contribution], minutes: Sequence[WorkerMinute], *, token: str
     ) -> None:
-        for scope in scopes:
-            self._counts.setdefault(scope.record_id(token), (scope.events, scope.weight, None))
-        for group in groups:
-            self._counts.setdefault(
-                group.record_id(token), (group.events, group.weight, group.to_doc())
-            )
         for part in contributions:
             if part.first is None or part.last is None:
                 continue
@@ -61,25 +39,13 @@ class InMemoryIncidentStore:
             for kind, hashes in (("user", part.users), ("session", part.sessions)):
                 for h in hashes:
                     self._members.setdefault(f"{part.incident_id}|{kind}|{h}", part.minute)
+        for minute in minutes:
+            self._minutes[minute.record_id] = WorkerMinute.from_doc(minute.to_doc())
 
-    async def counts(self, start: dt.datetime | None, end: dt.datetime) -> MinuteCounts:
-        self.count_reads += 1
-        result = MinuteCounts()
-        for key in self._range(*count_id_range(start, end)):
-            events, weight, doc = self._counts[key]
-            result.add_record(key, events, weight, doc)
-        return result
-
-    async def scope_series(
-        self, scope_ids: Collection[str], start: dt.datetime, end: dt.datetime
-    ) -> dict[str, dict[dt.datetime, float]]:
-        result: dict[str, dict[dt.datetime, float]] = {}
-        for scope, minute, low, high in scope_id_ranges(scope_ids, start, end):
-            for key in self._range(low, high):
-                if not is_late_record(key):
-                    series = result.setdefault(scope, {})
-                    series[minute] = series.get(minute, 0.0) + self._counts[key][1]
-        return result
+    async def worker_minutes(self, keys: Sequence[tuple[dt.datetime, str]]) -> list[WorkerMinute]:
+        self.lookups += len(keys)
+        found = (self._minutes.get(worker_minute_id(m, w)) for m, w in keys)
+        return [WorkerMinute.from_doc(f.to_doc()) for f in found if f is not None]
 
     async def publish_watermark(self, worker: str, mark: WorkerMark) -> None:
         self._marks[worker] = mark
@@ -120,26 +86,26 @@ class InMemoryIncidentStore:
         return counts
 
     async def prune(self, *, before: dt.datetime, keep: Collection[str]) -> int:
-        cut = minute_key(before)
-        old = [k for k in self._counts if k < cut]
-        noise = {k.split("|")[2] for k in old if k.split("|")[1] == "g"} - set(keep)
+        kept = set(keep)
+        old = [k for k, m in self._minutes.items() if m.minute < before]
+        facts = [
+            k for k, f in self._facts.items() if f.minute < before and f.incident_id not in kept
+        ]
+        members = [
+            k for k, m in self._members.items() if m < before and k.split("|")[0] not in kept
+        ]
         for key in old:
-            del self._counts[key]
-        deleted = len(old)
-        for key in [k for k in self._facts if k.split("|")[0] in noise]:
-            if self._facts[key].minute < before:
-                del self._facts[key]
-                deleted += 1
-        for key in [k for k, m in self._members.items() if k.split("|")[0] in noise]:
-            if self._members[key] < before:
-                del self._members[key]
-                deleted += 1
+            del self._minutes[key]
+        for key in facts:
+            del self._facts[key]
+        for key in members:
+            del self._members[key]
         for worker in [w for w, m in self._marks.items() if m.arrival < before]:
             del self._marks[worker]
-        return deleted
+        return len(old) + len(facts) + len(members)
 
     async def clear(self) -> None:
-        for table in (self._counts, self._facts, self._members, self._transitions, self._marks):
+        for table in (self._minutes, self._facts, self._members, self._transitions, self._marks):
             table.clear()
 
     async def ping(self) -> None:

@@ -284,114 +284,91 @@ def minute_key(minute: dt.datetime) -> str:
     return f"{minute_number(minute):010d}"
 
 
-def _late_suffix(*, late: bool) -> str:
-    return "|late" if late else ""
-
-
-@dataclass(slots=True, frozen=True)
-class ScopeCount:
-    """Requests of one scope (e.g. one route) in one minute, from one batch.
-
-    `late`: these events arrived after their minute was complete (past the watermark); they
-    count in totals, never in the judged windows.
-    """
-
-    scope_id: str
-    minute: dt.datetime
-    events: int
-    weight: float
-    late: bool = False
-
-    def record_id(self, token: str) -> str:
-        return f"{minute_key(self.minute)}|s|{self.scope_id}|{token}{_late_suffix(late=self.late)}"
-
-
 @dataclass(slots=True, frozen=True)
 class GroupCount:
-    """One group's matching requests in one minute, from one batch: what windows are judged on.
-
-    Stored beside the scope counts under a minute-first id, so every worker reads a completed
-    minute's counts (all workers' batches) with one `_id` range query.
-    """
+    """One group's on-time matching requests in one minute: what its windows are judged on."""
 
     incident_id: str
     rule_id: str
     key: Key
     scope_id: str
-    minute: dt.datetime
     events: int
     weight: float
-    late: bool = False
 
-    def record_id(self, token: str) -> str:
-        return (
-            f"{minute_key(self.minute)}|g|{self.incident_id}|{token}{_late_suffix(late=self.late)}"
+    def plus(self, events: int, weight: float) -> GroupCount:
+        return GroupCount(
+            self.incident_id,
+            self.rule_id,
+            self.key,
+            self.scope_id,
+            self.events + events,
+            self.weight + weight,
         )
 
     def to_doc(self) -> dict[str, Any]:
-        return _group_doc(self.incident_id, self.rule_id, self.key, self.scope_id)
+        return {
+            **_group_doc(self.incident_id, self.rule_id, self.key, self.scope_id),
+            "events": self.events,
+            "weight": self.weight,
+        }
 
     @classmethod
-    def from_doc(
-        cls, doc: Mapping[str, Any], minute: dt.datetime, events: int, weight: float, *, late: bool
-    ) -> GroupCount:
+    def from_doc(cls, doc: Mapping[str, Any]) -> GroupCount:
         return cls(
             str(doc["incident"]),
             str(doc["rule"]),
             _key_from(doc["key"]),
             str(doc["scope"]),
-            minute,
-            events,
-            weight,
-            late,
+            int(doc["events"]),
+            float(doc["weight"]),
         )
 
 
 @dataclass(slots=True)
-class MinuteCounts:
-    """Every count record of a range of minutes, as a store returns them (late ones flagged)."""
+class WorkerMinute:
+    """One worker's on-time counts of one minute, every batch so far.
 
-    scopes: list[ScopeCount] = field(default_factory=list)
-    groups: list[GroupCount] = field(default_factory=list)
-
-    def add_record(
-        self, record_id: str, events: int, weight: float, doc: Mapping[str, Any] | None
-    ) -> None:
-        """Add a stored count by its id (`minute|s|scope|token[|late]` or `minute|g|…`)."""
-        minute_text, kind, ident, *rest = record_id.split("|")
-        minute = EPOCH + int(minute_text) * MINUTE
-        late = bool(rest) and rest[-1] == "late"
-        if kind == "s":
-            self.scopes.append(ScopeCount(ident, minute, events, weight, late))
-        elif kind == "g" and doc is not None:
-            self.groups.append(GroupCount.from_doc(doc, minute, events, weight, late=late))
-
-
-def count_id_range(start: dt.datetime | None, end: dt.datetime) -> tuple[str, str]:
-    """`[low, high)` of the count ids of minutes [start, end]."""
-    return ("" if start is None else minute_key(start), minute_key(end + MINUTE))
-
-
-def scope_id_ranges(
-    scope_ids: Iterable[str], start: dt.datetime, end: dt.datetime
-) -> list[tuple[str, dt.datetime, str, str]]:
-    """`(scope, minute, low, high)` for each scope and each minute of [start, end].
-
-    `[low, high)` holds the scope's count ids in that minute: counts are minute-first, so one
-    scope is one range per minute.
+    Only that worker writes it (a replace of the whole record after each batch), so there is no
+    update race even on FerretDB, and every reader finds it by `_id` equality (`minute|worker`),
+    the one lookup FerretDB 1.24 pushes down to SQLite (it scans for an `_id` range).
     """
-    ranges = []
-    minute = start
-    while minute <= end:
-        for scope in scope_ids:
-            prefix = f"{minute_key(minute)}|s|{scope}|"
-            ranges.append((scope, minute, prefix, prefix + "~"))
-        minute += MINUTE
-    return ranges
+
+    minute: dt.datetime
+    worker: str
+    scopes: dict[str, float] = field(default_factory=dict)  # scope id -> re-weighted requests
+    groups: dict[str, GroupCount] = field(default_factory=dict)  # incident id -> its count
+
+    @property
+    def record_id(self) -> str:
+        return worker_minute_id(self.minute, self.worker)
+
+    def copy(self) -> WorkerMinute:
+        return WorkerMinute(self.minute, self.worker, dict(self.scopes), dict(self.groups))
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "minute": self.minute,
+            "worker": self.worker,
+            "scopes": [{"scope": k, "weight": w} for k, w in sorted(self.scopes.items())],
+            "groups": [g.to_doc() for _, g in sorted(self.groups.items())],
+        }
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any]) -> WorkerMinute:
+        minute = parse_time(doc["minute"])
+        if minute is None:
+            raise ValueError(f"worker minute without a minute: {doc!r}")
+        groups = [GroupCount.from_doc(g) for g in doc.get("groups", [])]
+        return cls(
+            minute,
+            str(doc["worker"]),
+            {str(s["scope"]): float(s["weight"]) for s in doc.get("scopes", [])},
+            {g.incident_id: g for g in groups},
+        )
 
 
-def is_late_record(record_id: str) -> bool:
-    return record_id.endswith(_late_suffix(late=True))
+def worker_minute_id(minute: dt.datetime, worker: str) -> str:
+    return f"{minute_key(minute)}|{worker}"
 
 
 @dataclass(slots=True, frozen=True)

@@ -12,18 +12,16 @@ from __future__ import annotations
 import datetime as dt
 from typing import TYPE_CHECKING, Any
 
-from pymongo import ASCENDING
+from pymongo import ASCENDING, ReplaceOne
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from widelog.incidents.model import (
     Contribution,
-    MinuteCounts,
     Transition,
-    count_id_range,
-    is_late_record,
+    WorkerMinute,
     minute_key,
     parse_time,
-    scope_id_ranges,
+    worker_minute_id,
 )
 from widelog.incidents.watermark import WorkerMark
 from widelog.pipeline.mongo_store import mongo_client
@@ -33,7 +31,6 @@ if TYPE_CHECKING:
 
     from pymongo.asynchronous.collection import AsyncCollection
 
-    from widelog.incidents.model import GroupCount, ScopeCount
 
 DUPLICATE_KEY = 11000
 
@@ -82,69 +79,53 @@ class MongoIncidentStore:
     ) -> None:
         self._client = mongo_client(url, timeout_ms=timeout_ms)
         self.database = self._client.get_default_database(database or "widelog")
-        self._records = self.database[f"{prefix}records"]  # counts, facts and members
+        self._minutes = self.database[f"{prefix}minutes"]  # each worker's counts per minute
+        self._records = self.database[f"{prefix}records"]  # facts and members
         self._transitions = self.database[f"{prefix}transitions"]
         self._marks = self.database[f"{prefix}watermarks"]
 
     async def add_batch(
-        self,
-        scopes: Sequence[ScopeCount],
-        groups: Sequence[GroupCount],
-        contributions: Sequence[Contribution],
-        *,
-        token: str,
+        self, contributions: Sequence[Contribution], minutes: Sequence[WorkerMinute], *, token: str
     ) -> None:
-        # One collection, one `insert_many`: the counts (`minute|…` ids), the facts
-        # (`incident|minute|…`) and the members (`incident|user|…`) never share an id range.
-        docs: list[dict[str, Any]] = [
-            {"_id": c.record_id(token), "events": c.events, "weight": float(c.weight)}
-            for c in scopes
-        ]
-        docs += [
-            {
-                "_id": g.record_id(token),
-                "events": g.events,
-                "weight": float(g.weight),
-                **g.to_doc(),
-            }
-            for g in groups
-        ]
+        # Facts and members in one collection (`incident|minute|…`, `incident|user|…`): one
+        # `insert_many`. Then this worker's minutes, replaced whole: it is their only writer.
+        docs: list[dict[str, Any]] = []
         for part in contributions:
             if part.first is None or part.last is None:
                 continue
             docs.append({"_id": part.record_id(token), **part.to_doc()})
             for kind, hashes in (("user", part.users), ("session", part.sessions)):
                 docs += [
-                    {"_id": f"{part.incident_id}|{kind}|{h}", "minute": part.minute}
+                    {"_id": f"{part.incident_id}|{kind}|{h}", "incident": part.incident_id,
+                     "minute": part.minute}
                     for h in sorted(hashes)
-                ]
+                ]  # fmt: skip
         await _insert_new(self._records, docs)
+        if minutes:
+            await self._minutes.bulk_write(
+                [ReplaceOne({"_id": m.record_id}, m.to_doc(), upsert=True) for m in minutes],
+                ordered=True,
+            )
 
-    async def counts(self, start: dt.datetime | None, end: dt.datetime) -> MinuteCounts:
-        result = MinuteCounts()
-        async for doc in self._records.find(_id_range(*count_id_range(start, end))):
-            result.add_record(str(doc["_id"]), int(doc["events"]), float(doc["weight"]), doc)
-        return result
-
-    async def scope_series(
-        self, scope_ids: Collection[str], start: dt.datetime, end: dt.datetime
-    ) -> dict[str, dict[dt.datetime, float]]:
-        result: dict[str, dict[dt.datetime, float]] = {}
-        for scope, minute, low, high in scope_id_ranges(scope_ids, start, end):
-            async for doc in self._records.find(_id_range(low, high), {"weight": 1}):
-                if not is_late_record(str(doc["_id"])):
-                    series = result.setdefault(scope, {})
-                    series[minute] = series.get(minute, 0.0) + float(doc["weight"])
-        return result
+    async def worker_minutes(self, keys: Sequence[tuple[dt.datetime, str]]) -> list[WorkerMinute]:
+        # One `_id` equality each: FerretDB 1.24 scans for `$in` and for `_id` ranges.
+        found = []
+        for minute, worker in keys:
+            doc = await self._minutes.find_one({"_id": worker_minute_id(minute, worker)})
+            if doc is not None:
+                found.append(WorkerMinute.from_doc(doc))
+        return found
 
     async def publish_watermark(self, worker: str, mark: WorkerMark) -> None:
         # One writer per document (the worker itself), so a replace is safe even on FerretDB.
-        doc = {"newest": mark.newest, "arrival": mark.arrival}
+        doc = {"newest": mark.newest, "arrival": mark.arrival, "first": mark.first}
         await self._marks.replace_one({"_id": worker}, doc, upsert=True)
 
     async def watermarks(self) -> dict[str, WorkerMark]:
         return {
-            str(doc["_id"]): WorkerMark(parse_time(doc.get("newest")), _time(doc["arrival"]))
+            str(doc["_id"]): WorkerMark(
+                parse_time(doc.get("newest")), _time(doc["arrival"]), parse_time(doc.get("first"))
+            )
             async for doc in self._marks.find({})
         }
 
@@ -187,21 +168,16 @@ class MongoIncidentStore:
         return counts
 
     async def prune(self, *, before: dt.datetime, keep: Collection[str]) -> int:
-        old = _id_range("", minute_key(before))
-        noise: set[str] = set()
-        async for doc in self._records.find({**old, "incident": {"$exists": True}}, {"_id": 1}):
-            noise.add(str(doc["_id"]).split("|")[2])
-        noise -= set(keep)
-        deleted = (await self._records.delete_many(old)).deleted_count
-        for iid in sorted(noise):
-            # its facts and members before `before` (the `_id` range, then the minute)
-            query = {**_id_range(f"{iid}|", f"{iid}|~"), "minute": {"$lt": before}}
-            deleted += (await self._records.delete_many(query)).deleted_count
+        # A few scans, once a sweep (not per batch): of the small minutes collection, and of the
+        # facts for the groups that never opened.
+        deleted = (await self._minutes.delete_many({"minute": {"$lt": before}})).deleted_count
+        query = {"minute": {"$lt": before}, "incident": {"$nin": list(keep)}}
+        deleted += (await self._records.delete_many(query)).deleted_count
         await self._marks.delete_many({"arrival": {"$lt": before}})
         return deleted
 
     async def clear(self) -> None:
-        for collection in (self._records, self._transitions, self._marks):
+        for collection in (self._minutes, self._records, self._transitions, self._marks):
             await collection.delete_many({})
 
     async def ping(self) -> None:

@@ -9,13 +9,7 @@ if TYPE_CHECKING:
     import datetime as dt
     from collections.abc import Collection
 
-    from widelog.incidents.model import (
-        Contribution,
-        GroupCount,
-        MinuteCounts,
-        ScopeCount,
-        Transition,
-    )
+    from widelog.incidents.model import Contribution, Transition, WorkerMinute
     from widelog.incidents.watermark import WorkerMark
 
 
@@ -27,34 +21,23 @@ class IncidentStore(Protocol):
     concurrent updates of one document). Counts are summed when read. `token` identifies the
     batch a record came from. Times are aware UTC datetimes; minutes are whole minutes.
 
-    Every read the aggregator makes while judging is a range of `_id`s (the minute-first count
-    ids, the incident-first fact and transition ids): the one index FerretDB reliably uses.
+    Every read the aggregator makes while judging is an `_id` equality (a worker's minute), the
+    one lookup FerretDB 1.24 pushes down to SQLite; it scans for an `_id` range.
     """
 
     async def add_batch(
-        self,
-        scopes: Sequence[ScopeCount],
-        groups: Sequence[GroupCount],
-        contributions: Sequence[Contribution],
-        *,
-        token: str,
+        self, contributions: Sequence[Contribution], minutes: Sequence[WorkerMinute], *, token: str
     ) -> None:
-        """Store what one batch adds, each record once.
+        """Store what one batch adds.
 
-        Its (scope or group, minute, late) counts, its (incident, minute) contributions, and
-        the members they name first. One write where the server allows it (MongoDB: one
-        `insert_many`): each round trip costs the store as much as the events' own write.
+        Its (incident, minute) contributions and the members they name first, each once; and
+        this worker's counts of the minutes it touched, replaced whole (one writer per record:
+        the worker).
         """
         ...
 
-    async def counts(self, start: dt.datetime | None, end: dt.datetime) -> MinuteCounts:
-        """Every count record of the minutes [start, end] (from the first if start is None)."""
-        ...
-
-    async def scope_series(
-        self, scope_ids: Collection[str], start: dt.datetime, end: dt.datetime
-    ) -> dict[str, dict[dt.datetime, float]]:
-        """Per scope, per minute in [start, end], the re-weighted requests counted on time."""
+    async def worker_minutes(self, keys: Sequence[tuple[dt.datetime, str]]) -> list[WorkerMinute]:
+        """The stored (minute, worker) counts among `keys`, each looked up by `_id` equality."""
         ...
 
     async def publish_watermark(self, worker: str, mark: WorkerMark) -> None:
@@ -84,10 +67,10 @@ class IncidentStore(Protocol):
         ...
 
     async def prune(self, *, before: dt.datetime, keep: Collection[str]) -> int:
-        """Delete counts of minutes before `before` and older records of never-opened groups.
+        """Delete what is older than `before` and no longer needed.
 
-        The groups are those the deleted counts name, less `keep` (the opened ones); the marks
-        of workers silent since `before` go too.
+        The worker minutes, the contributions and members of groups not in `keep` (never
+        opened), and the marks of workers silent since then.
         """
         ...
 

@@ -29,8 +29,7 @@ async def _load(store: IncidentStore, steps: list[Transition]) -> Incident | Non
         end = minute_of(max(lasts))
         window_s = int(opening.rule.get("window_s", 300))
         begin = end + MINUTE - dt.timedelta(seconds=window_s)
-        series = await store.scope_series([opening.scope_id], begin, end)
-        scope = series.get(opening.scope_id, {})
+        scope = await scope_series(store, opening.scope_id, begin, end)
     return assemble(
         steps,
         parts,
@@ -38,6 +37,30 @@ async def _load(store: IncidentStore, steps: list[Transition]) -> Incident | Non
         sessions=members.get("session", 0),
         scope=scope,
     )
+
+
+async def scope_series(
+    store: IncidentStore, scope_id: str, start: dt.datetime, end: dt.datetime
+) -> dict[dt.datetime, float]:
+    """The scope's re-weighted requests (counted on time) per minute in [start, end].
+
+    Summed over every worker: one `_id` lookup per (minute, worker that had counted by then).
+    """
+    marks = await store.watermarks()
+    keys = []
+    minute = start
+    while minute <= end:
+        keys += [
+            (minute, worker)
+            for worker, mark in sorted(marks.items())
+            if mark.first is not None and mark.first <= minute
+        ]
+        minute += MINUTE
+    series: dict[dt.datetime, float] = {}
+    for counts in await store.worker_minutes(keys):
+        if scope_id in counts.scopes:
+            series[counts.minute] = series.get(counts.minute, 0.0) + counts.scopes[scope_id]
+    return series
 
 
 async def get_incident(store: IncidentStore, incident_id: str) -> Incident | None:

@@ -17,12 +17,10 @@ import msgspec
 
 from widelog.incidents.model import (
     Contribution,
-    MinuteCounts,
     Transition,
-    count_id_range,
-    minute_key,
+    WorkerMinute,
     parse_time,
-    scope_id_ranges,
+    worker_minute_id,
 )
 from widelog.incidents.watermark import WorkerMark
 from widelog.sqlite_db import SQLiteDatabase
@@ -30,19 +28,18 @@ from widelog.sqlite_db import SQLiteDatabase
 if TYPE_CHECKING:
     from collections.abc import Collection, Sequence
 
-    from widelog.incidents.model import GroupCount, ScopeCount
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS incident_counts (
+CREATE TABLE IF NOT EXISTS incident_minutes (
     id      TEXT PRIMARY KEY,
-    events  INTEGER NOT NULL,
-    weight  REAL NOT NULL,
-    doc     TEXT
+    minute  TEXT NOT NULL,
+    doc     TEXT NOT NULL
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS incident_watermarks (
+CREATE TABLE IF NOT EXISTS incident_marks (
     worker  TEXT PRIMARY KEY,
     newest  TEXT,
-    arrival TEXT NOT NULL
+    arrival TEXT NOT NULL,
+    first   TEXT
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS incident_facts (
     id        TEXT PRIMARY KEY,
@@ -71,11 +68,11 @@ CREATE TABLE IF NOT EXISTS incident_transitions (
 CREATE INDEX IF NOT EXISTS incident_transitions_incident ON incident_transitions (incident);
 """
 _TABLES = (
-    "incident_counts",
+    "incident_minutes",
     "incident_facts",
     "incident_members",
     "incident_transitions",
-    "incident_watermarks",
+    "incident_marks",
 )
 _encoder = msgspec.json.Encoder()
 
@@ -132,29 +129,13 @@ class SQLiteIncidentStore:
         self._run = self._db.run
 
     async def add_batch(
-        self,
-        scopes: Sequence[ScopeCount],
-        groups: Sequence[GroupCount],
-        contributions: Sequence[Contribution],
-        *,
-        token: str,
+        self, contributions: Sequence[Contribution], minutes: Sequence[WorkerMinute], *, token: str
     ) -> None:
-        rows: list[tuple[str, int, float, str | None]] = [
-            (c.record_id(token), c.events, c.weight, None) for c in scopes
-        ]
-        rows += [
-            (g.record_id(token), g.events, g.weight, _encoder.encode(g.to_doc()).decode())
-            for g in groups
-        ]
         facts, members = _fact_rows(contributions, token)
+        rows = [(m.record_id, _t(m.minute), _encoder.encode(m.to_doc()).decode()) for m in minutes]
 
         def insert(db: sqlite3.Connection) -> None:
             with db:
-                db.executemany(
-                    "INSERT OR IGNORE INTO incident_counts (id, events, weight, doc)"
-                    " VALUES (?, ?, ?, ?)",
-                    rows,
-                )
                 db.executemany(
                     "INSERT OR IGNORE INTO incident_facts"
                     " (id, incident, minute, events, weight, first, last, doc)"
@@ -166,58 +147,43 @@ class SQLiteIncidentStore:
                     " VALUES (?, ?, ?, ?)",
                     members,
                 )
+                db.executemany("INSERT OR REPLACE INTO incident_minutes VALUES (?, ?, ?)", rows)
 
-        if rows or facts:
+        if facts or rows:
             await self._run(insert)
 
-    async def counts(self, start: dt.datetime | None, end: dt.datetime) -> MinuteCounts:
-        sql = "SELECT id, events, weight, doc FROM incident_counts WHERE id >= ? AND id < ?"
-        args = count_id_range(start, end)
-        rows = await self._run(lambda db: db.execute(sql, args).fetchall())
-        result = MinuteCounts()
-        for record_id, events, weight, doc in rows:
-            decoded = None if doc is None else msgspec.json.decode(doc)
-            result.add_record(record_id, int(events), float(weight), decoded)
-        return result
+    async def worker_minutes(self, keys: Sequence[tuple[dt.datetime, str]]) -> list[WorkerMinute]:
+        ids = [worker_minute_id(m, w) for m, w in keys]
+        sql = "SELECT doc FROM incident_minutes WHERE id = ?"
+
+        def read(db: sqlite3.Connection) -> list[str]:
+            rows = (db.execute(sql, (i,)).fetchone() for i in ids)
+            return [row[0] for row in rows if row is not None]
+
+        return [WorkerMinute.from_doc(msgspec.json.decode(doc)) for doc in await self._run(read)]
 
     async def publish_watermark(self, worker: str, mark: WorkerMark) -> None:
         newest = None if mark.newest is None else _t(mark.newest)
-        args = (worker, newest, _t(mark.arrival))
+        first = None if mark.first is None else _t(mark.first)
+        args = (worker, newest, _t(mark.arrival), first)
 
         def upsert(db: sqlite3.Connection) -> None:
             with db:
-                db.execute("INSERT OR REPLACE INTO incident_watermarks VALUES (?, ?, ?)", args)
+                db.execute("INSERT OR REPLACE INTO incident_marks VALUES (?, ?, ?, ?)", args)
 
         await self._run(upsert)
 
     async def watermarks(self) -> dict[str, WorkerMark]:
-        sql = "SELECT worker, newest, arrival FROM incident_watermarks"
+        sql = "SELECT worker, newest, arrival, first FROM incident_marks"
         rows = await self._run(lambda db: db.execute(sql).fetchall())
         return {
-            worker: WorkerMark(None if newest is None else _parse(newest), _parse(arrival))
-            for worker, newest, arrival in rows
+            worker: WorkerMark(
+                None if newest is None else _parse(newest),
+                _parse(arrival),
+                None if first is None else _parse(first),
+            )
+            for worker, newest, arrival, first in rows
         }
-
-    async def scope_series(
-        self, scope_ids: Collection[str], start: dt.datetime, end: dt.datetime
-    ) -> dict[str, dict[dt.datetime, float]]:
-        ranges = scope_id_ranges(scope_ids, start, end)
-        sql = (
-            "SELECT sum(weight) FROM incident_counts"
-            " WHERE id >= ? AND id < ? AND id NOT LIKE '%|late'"
-        )
-
-        def read(db: sqlite3.Connection) -> list[tuple[str, dt.datetime, float | None]]:
-            return [
-                (scope, minute, db.execute(sql, (low, high)).fetchone()[0])
-                for scope, minute, low, high in ranges
-            ]
-
-        result: dict[str, dict[dt.datetime, float]] = {}
-        for scope, minute, weight in await self._run(read):
-            if weight is not None:
-                result.setdefault(scope, {})[minute] = float(weight)
-        return result
 
     async def add_transition(self, transition: Transition) -> bool:
         doc = _encoder.encode(transition.to_doc()).decode()
@@ -266,25 +232,20 @@ class SQLiteIncidentStore:
         return counts
 
     async def prune(self, *, before: dt.datetime, keep: Collection[str]) -> int:
-        cut = minute_key(before)
+        args = (_t(before), _json(keep))
 
         def delete(db: sqlite3.Connection) -> int:
             with db:
-                old = db.execute(
-                    "SELECT id FROM incident_counts WHERE id < ? AND doc IS NOT NULL", (cut,)
-                ).fetchall()
-                noise = {record_id.split("|")[2] for (record_id,) in old} - set(keep)
-                deleted = db.execute("DELETE FROM incident_counts WHERE id < ?", (cut,)).rowcount
-                for iid in sorted(noise):
+                deleted = db.execute(
+                    "DELETE FROM incident_minutes WHERE minute < ?", args[:1]
+                ).rowcount
+                for table in ("incident_facts", "incident_members"):
                     deleted += db.execute(
-                        "DELETE FROM incident_facts WHERE incident = ? AND minute < ?",
-                        (iid, _t(before)),
+                        f"DELETE FROM {table} WHERE minute < ?"  # noqa: S608 - constant names
+                        " AND incident NOT IN (SELECT value FROM json_each(?))",
+                        args,
                     ).rowcount
-                    deleted += db.execute(
-                        "DELETE FROM incident_members WHERE incident = ? AND minute < ?",
-                        (iid, _t(before)),
-                    ).rowcount
-                db.execute("DELETE FROM incident_watermarks WHERE arrival < ?", (_t(before),))
+                db.execute("DELETE FROM incident_marks WHERE arrival < ?", args[:1])
             return int(deleted)
 
         return int(await self._run(delete))

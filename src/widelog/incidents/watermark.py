@@ -34,6 +34,7 @@ class WorkerMark:
 
     newest: dt.datetime | None
     arrival: dt.datetime  # wall time of the worker's last batch (or of its registration)
+    first: dt.datetime | None = None  # the first minute it counted (where judging can start)
 
 
 def global_watermark(
