@@ -184,7 +184,8 @@ class IncidentAggregator:
         """Register this worker's watermark and load the recent minutes and the lifecycles.
 
         Called by the first `observe` or `sweep` if not before. The look-back read is bounded:
-        the longest window or quiet period before the watermark, by `_id` range.
+        the longest window or quiet period before the watermark, one `_id` lookup per minute and
+        worker.
         """
         if self._started:
             return

@@ -1,9 +1,10 @@
 """Incidents: what a batch adds to a group, the lifecycle judged on event time, the assembled view.
 
-Shared state is **insert-only**, each record under a deterministic id, so several workers, a
-re-delivered batch and a retried `on_stored` call all converge on the same records:
+Shared state is **insert-only** (or has exactly one writer), each record under a deterministic
+id, so several workers, a re-delivered batch and a retried `on_stored` call all converge:
 
-- `ScopeCount` — (scope, minute, batch): requests seen, re-weighted (the rate's denominator);
+- `WorkerMinute` — (minute, worker): that worker's on-time requests per scope (the rate's
+  denominator) and matches per group, replaced whole by that worker after each batch;
 - `Contribution` — (incident, minute, batch): the group's matching events and their facts;
 - members — (incident, user or session): who was affected;
 - `Transition` — (incident, episode, open|resolve): one lifecycle step. The first writer wins, so
@@ -11,7 +12,8 @@ re-delivered batch and a retried `on_stored` call all converge on the same recor
 
 Counters updated in place (`$inc`) would be simpler, but FerretDB 1.24 (SQLite backend) applies
 concurrent updates of one document as read-modify-write and loses some of them; unique inserts
-are atomic on every server. Counts are sums over records, computed when read.
+are atomic on every server, and a record with one writer has no race. Counts are sums over
+records (over workers), computed when read.
 
 Times are event times (`timestamp`), cut to milliseconds (what BSON dates keep), so streaming and
 `rebuild` judge the same events the same way, whenever a consumer happened to read them.

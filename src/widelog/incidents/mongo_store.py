@@ -63,10 +63,12 @@ def _id_range(low: str, high: str) -> dict[str, Any]:
 
 
 class MongoIncidentStore:
-    """The incident store on MongoDB or FerretDB; every read is an `_id` range or equality.
+    """The incident store on MongoDB or FerretDB; the judging reads are `_id` equalities.
 
-    FerretDB 1.24 (SQLite) did not use the secondary index of the old scope-count query: a scan
-    grew to 660 ms at 16,000 records, while an `_id` range stays under a few ms (`explain`).
+    FerretDB 1.24 (SQLite) pushes only an `_id` equality down to SQLite (`explain`:
+    `filterPushdown`); an `_id` range, `$in` or a secondary field scans every document. The
+    summaries' reads (one incident's facts, its members, the transitions) and the prune still
+    scan; they run per request or per sweep, never per batch.
     """
 
     def __init__(
