@@ -816,3 +816,28 @@ async def test_odd_events_are_counted_or_skipped_but_never_stall_the_consumer(wo
     assert "skipped an event this code cannot count" in caplog.text
     [incident] = await world.summaries()
     assert 30 == incident["events"]
+
+
+async def test_judging_looks_up_each_complete_minute_once_per_other_worker_and_never_scans():
+    """Two workers, 12 minutes of traffic in batches of 50: each looks up the other's counts
+    of each complete minute once (by `_id`), whatever the number of batches."""
+    from widelog.incidents.memory_store import InMemoryIncidentStore
+
+    store = InMemoryIncidentStore()
+    clock = {"now": T0}
+    one, two = (
+        IncidentAggregator(store, IncidentRules(), clock=lambda: clock["now"]) for _ in "12"
+    )
+    await one.start()
+    await two.start()
+    events = burst(T0, seconds=720, successes=2400, errors={"LLM_TIMEOUT": 120})
+    for n, batch in enumerate(batches(events, 50)):
+        clock["now"] = dt.datetime.fromisoformat(batch[-1]["timestamp"])
+        await (one if n % 2 else two).observe(batch)
+
+    judged = one.judged_through
+    assert judged is not None
+    assert two.judged_through is not None
+    minutes = (max(judged, two.judged_through) - T0) // MIN + 1
+    assert 9 <= minutes <= 12  # the last minutes wait for the lateness
+    assert store.lookups <= 2 * minutes  # one per minute per other worker, not per batch
