@@ -841,3 +841,21 @@ async def test_judging_looks_up_each_complete_minute_once_per_other_worker_and_n
     minutes = (max(judged, two.judged_through) - T0) // MIN + 1
     assert 9 <= minutes <= 12  # the last minutes wait for the lateness
     assert store.lookups <= 2 * minutes  # one per minute per other worker, not per batch
+
+
+async def test_every_recorded_step_is_handed_to_the_on_recorded_hook_once(tmp_path):
+    """The seam for notifications: the one place steps are recorded calls the hook."""
+    seen = []
+
+    async def record(step: Any) -> None:
+        seen.append((step.kind, step.episode))
+
+    world = World(tmp_path / "i.sqlite3")
+    world.aggregator = IncidentAggregator(
+        world.store, world.rules, clock=lambda: world.newest or T0, on_recorded=record
+    )
+    await world.feed(burst(T0, errors={"LLM_TIMEOUT": 30}))
+    await world.aggregator.sweep(T0 + 60 * MIN)
+    await world.feed(burst(T0, errors={"LLM_TIMEOUT": 30}))  # late: records nothing
+    assert [("open", 1), ("resolve", 1)] == seen
+    await world.store.close()

@@ -24,7 +24,7 @@ import datetime as dt
 import hashlib
 import logging
 import uuid
-from collections.abc import AsyncIterable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -119,8 +119,12 @@ class IncidentAggregator:
         clock: Clock | None = None,
         worker: str | None = None,
         idle_after: dt.timedelta | None = None,
+        on_recorded: Callable[[Transition], Awaitable[None]] | None = None,
     ) -> None:
         self._store = store
+        # Called with each step this aggregator recorded (first), after its log line: the
+        # notifications' outbox insert (h-notify). It must not raise (the consumer would retry).
+        self._on_recorded = on_recorded
         self.rules = rules
         self._clock = clock or _wall_clock
         self.worker = worker or f"worker-{uuid.uuid4().hex[:12]}"
@@ -488,6 +492,8 @@ class IncidentAggregator:
                 if await self._store.add_transition(step):
                     recorded.append(step)
                     _log_step(step)
+                    if self._on_recorded is not None:
+                        await self._on_recorded(step)
                     continue
                 stored = (await self._store.transitions([state.incident_id])).get(
                     state.incident_id, []
