@@ -286,6 +286,46 @@ def _worker(section: dict[str, Any], charts: Path) -> list[str]:
     ]
 
 
+def _incidents(section: dict[str, Any]) -> list[str]:
+    rows = [
+        [
+            "on" if r["incidents"] else "off",
+            f"{r['history_h']} h",
+            r["events_per_s"],
+            f"{r['vs_off']:.2f}×",
+            " / ".join(f"{ms:.0f}" for ms in r["ms_per_batch"]) or "n/a",
+            r["worker_cpu_s"],
+            r["ferretdb_cpu_s"],
+            "yes" if r["complete"] else "NO",
+        ]
+        for r in section["rows"]
+    ]
+    return [
+        "## 6. Incident aggregation against the store",
+        "",
+        f"`bench/incident_aggregation.py`: {section['events']:,} events (times spread at 2,000 a"
+        " minute, so minutes complete and are judged during the drain) drained from Kafka into"
+        f" FerretDB by one `widelog worker`, batches of {section['batch']}, with incidents off and"
+        " on, over an empty incident store and over 24 h of incident records. ms per batch is the"
+        " mean in each quarter of the drain: flat means no query grows with the store.",
+        "",
+        _table(
+            [
+                "incidents",
+                "history",
+                "events/s",
+                "vs off",
+                "ms per batch by quarter",
+                "worker CPU s",
+                "FerretDB CPU s",
+                "complete",
+            ],
+            rows,
+        ),
+        "",
+    ]
+
+
 def _hot_path(section: dict[str, Any]) -> list[str]:
     rows = section["rows"]
     floor = next(r for r in rows if r["variant"].startswith("floor"))
@@ -461,6 +501,8 @@ def write_report(results: dict[str, Any], page: Path, charts: Path) -> None:
         lines += _hot_path(results["hot_path"])
     if "storage" in results:
         lines += _storage(results["storage"])
+    if "incidents" in results:
+        lines += _incidents(results["incidents"])
     if "replay" in results:
         lines += _replay(results["replay"])
     page.write_text("\n".join(lines).rstrip() + "\n")

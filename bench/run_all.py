@@ -1,6 +1,7 @@
 """`make bench`: every benchmark in one run, then `docs/benchmarks.md` and its charts regenerated.
 
-    python bench/run_all.py [--quick] [--only latency,transport,worker,hot_path,storage,replay]
+    python bench/run_all.py [--quick]
+        [--only latency,transport,worker,hot_path,storage,incidents,replay]
 
 `replay` (`bench/replay_recovery.py`) stops and starts Kafka, so it runs only when named in
 `--only`, against services of your own (`WIDELOG_SERVICES_*` variables).
@@ -21,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import incident_aggregation
 import latency_decoupling
 import publish_hot_path
 import replay_recovery
@@ -30,7 +32,7 @@ import worker_drain
 from bench_common import ROOT, Services, Toxiproxy, free_port, log, machine
 from bench_report import write_report
 
-SECTIONS = ["latency", "transport", "worker", "hot_path", "storage"]
+SECTIONS = ["latency", "transport", "worker", "hot_path", "storage", "incidents"]
 
 
 def main() -> None:
@@ -82,6 +84,10 @@ def main() -> None:
                 requests=20_000 if quick else 100_000,
                 distinct=2000 if quick else 5000,
             )
+        )
+    if "incidents" in only:
+        results["incidents"] = incident_aggregation.run(
+            services, events=5000 if quick else 20_000, quick=quick
         )
     if "replay" in only:  # never by default: it stops Kafka
         replay_recovery.refuse_shared_services(allowed=False)

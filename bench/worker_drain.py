@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import subprocess
 import sys
@@ -25,7 +26,7 @@ import time
 import urllib.request
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 from pymongo import MongoClient
@@ -37,6 +38,9 @@ from widelog.events.logging_service import LoggingService
 from widelog.pipeline.mongo_store import MongoEventStore, _to_document
 from widelog.policies import load_sampling_policy
 from widelog.sampling.policy import TailSampler
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 
 class _Capture:
@@ -104,21 +108,41 @@ def _prefill(
         client.close()
 
 
-def _stored(port: int) -> int:
-    """Events a worker stored (first time + duplicates), from its Prometheus text."""
+def _metrics(port: int) -> tuple[int, float, float]:
+    """A worker's events stored (first time + duplicates), batches, and seconds in batches."""
     try:
         url = f"http://127.0.0.1:{port}/metrics"
         with urllib.request.urlopen(url, timeout=2) as response:
             text = response.read().decode()
     except OSError:
-        return 0
-    return int(
-        sum(
-            float(line.split()[-1])
-            for line in text.splitlines()
-            if line.startswith(("widelog_events_stored_total", "widelog_events_duplicates_total"))
-        )
-    )
+        return 0, 0.0, 0.0
+    stored = batches = seconds = 0.0
+    for line in text.splitlines():
+        if line.startswith(("widelog_events_stored_total", "widelog_events_duplicates_total")):
+            stored += float(line.split()[-1])
+        elif line.startswith("widelog_batch_duration_seconds_count"):
+            batches += float(line.split()[-1])
+        elif line.startswith("widelog_batch_duration_seconds_sum"):
+            seconds += float(line.split()[-1])
+    return int(stored), batches, seconds
+
+
+def ms_per_batch(samples: list[tuple[int, float, float]], parts: int = 4) -> list[float]:
+    """Mean ms per batch in each of `parts` equal shares of the events drained (flat = good)."""
+    if len(samples) < 2 or samples[-1][0] <= samples[0][0]:
+        return []
+    first, last = samples[0][0], samples[-1][0]
+    marks = [first + (last - first) * i / parts for i in range(parts + 1)]
+
+    def nearest(mark: float) -> tuple[int, float, float]:
+        return min(samples, key=lambda sample: abs(sample[0] - mark))
+
+    picked = [nearest(m) for m in marks]
+    result = []
+    for a, b in itertools.pairwise(picked):
+        n = b[1] - a[1]
+        result.append(round((b[2] - a[2]) / n * 1000, 1) if n > 0 else 0.0)
+    return result
 
 
 def ceiling(
@@ -160,10 +184,14 @@ def drain(
     batch: int,
     incidents: bool,
     timeout: float = 180.0,
+    prepare: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
+    """One drain; `prepare(database)` runs before the workers start (e.g. to seed a history)."""
     run_id = uuid.uuid4().hex[:8]
     name, db = f"bench-drain-{run_id}", f"bench_drain_{run_id}"
     _prefill(services, transport, name, records)
+    if prepare is not None:
+        prepare(services.mongo_url(db))
     client: MongoClient[dict[str, Any]] = MongoClient(services.mongo_url(db))
     collection = client[db]["events"]
     with tempfile.TemporaryDirectory(prefix="wl-bench-") as tmp:
@@ -199,9 +227,12 @@ def drain(
         cpu_first: list[float] = []
         ferret_first = 0.0
         done = 0
+        samples: list[tuple[int, float, float]] = []
         try:
             while time.monotonic() < deadline:
-                done = sum(_stored(port) for port in ports)
+                readings = [_metrics(port) for port in ports]
+                done = sum(r[0] for r in readings)
+                samples.append((done, sum(r[1] for r in readings), sum(r[2] for r in readings)))
                 now = time.perf_counter()
                 if first_at is None and done:
                     first_at, first_count = now, done
@@ -240,6 +271,7 @@ def drain(
         "ferretdb_cpu_s": ferret_cpu,
         "seconds": elapsed,
         "worker_peak_rss_mb": max(rss),
+        "ms_per_batch": ms_per_batch([s for s in samples if s[0]]),
     }
 
 

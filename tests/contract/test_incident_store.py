@@ -12,8 +12,16 @@ from pathlib import Path
 
 import pytest
 
-from widelog.incidents.model import Contribution, MessageStat, ScopeCount, Transition, WindowStats
+from widelog.incidents.model import (
+    Contribution,
+    GroupCount,
+    MessageStat,
+    Transition,
+    WindowStats,
+    WorkerMinute,
+)
 from widelog.incidents.ports import IncidentStore
+from widelog.incidents.watermark import WorkerMark
 
 T0 = dt.datetime(2026, 11, 27, 10, 0, tzinfo=dt.UTC)
 MIN = dt.timedelta(minutes=1)
@@ -45,6 +53,12 @@ def part(
     return item
 
 
+def counts(minute: dt.datetime, worker: str = "w1", n: int = 1) -> WorkerMinute:
+    """A worker's counts of one minute: n requests on the chat scope, n matches of inc_a."""
+    group = GroupCount("inc_a", "errors", KEY, "scope_chat", n, float(n))
+    return WorkerMinute(minute, worker, {"scope_chat": 10.0 * n}, {"inc_a": group})
+
+
 def step(incident: str = "inc_a", episode: int = 1, kind: str = "open") -> Transition:
     window = WindowStats(T0, 300, 12, 12.0, 1000.0)
     return Transition(
@@ -62,40 +76,45 @@ class IncidentStoreContract:
     def second(self) -> IncidentStore:
         raise NotImplementedError
 
-    async def test_scope_counts_sum_per_minute_and_a_batch_counts_once(self, store, second):
-        counts = [ScopeCount("scope_chat", T0, 10, 250.0), ScopeCount("scope_chat", T0 + MIN, 1, 1)]
-        await store.add_scope_counts(counts, token="b1")
-        await second.add_scope_counts(counts, token="b1")  # the same batch, retried elsewhere
-        await second.add_scope_counts([ScopeCount("scope_chat", T0, 3, 3.5)], token="b2")
-        await store.add_scope_counts([ScopeCount("scope_other", T0, 7, 7.0)], token="b2")
+    async def test_a_worker_minute_is_replaced_whole_and_found_by_minute_and_worker(
+        self, store, second
+    ):
+        await store.add_batch([], [counts(T0), counts(T0 + MIN)], token="b1")
+        await store.add_batch([], [counts(T0, n=3)], token="b2")  # the same worker, later
+        await second.add_batch([], [counts(T0, "w2", 2)], token="b3")
 
-        series = await store.scope_series(["scope_chat", "scope_x"], T0, T0 + 5 * MIN)
-        assert {"scope_chat": {T0: 253.5, T0 + MIN: 1.0}} == series
-        assert {"scope_chat": {T0 + MIN: 1.0}} == await second.scope_series(
-            ["scope_chat"], T0 + MIN, T0 + MIN
+        found = await second.worker_minutes(
+            [(T0, "w1"), (T0, "w2"), (T0 + MIN, "w1"), (T0 + MIN, "w2"), (T0, "w3")]
         )
-        assert {} == await store.scope_series([], T0, T0)
+        assert sorted(
+            [counts(T0, n=3), counts(T0, "w2", 2), counts(T0 + MIN)], key=lambda c: c.record_id
+        ) == sorted(found, key=lambda c: c.record_id)
+        assert [] == await store.worker_minutes([])
 
-    async def test_contributions_add_up_per_minute_and_a_batch_counts_once(self, store, second):
-        await store.add_contributions([part(), part(minute=T0 + MIN)], token="b1")
-        await second.add_contributions([part()], token="b1")
-        await second.add_contributions(
-            [part(first_s=1.5, last_s=59.999, events=3, weight=4)], token="b2"
-        )
+    async def test_each_worker_publishes_its_own_watermark(self, store, second):
+        await store.publish_watermark("w1", WorkerMark(None, T0))
+        await second.publish_watermark("w2", WorkerMark(T0 + MIN, T0 + 2 * MIN, T0))
+        await store.publish_watermark("w1", WorkerMark(T0 + 3 * MIN, T0 + 4 * MIN, T0 + MIN))
+        assert {
+            "w1": WorkerMark(T0 + 3 * MIN, T0 + 4 * MIN, T0 + MIN),
+            "w2": WorkerMark(T0 + MIN, T0 + 2 * MIN, T0),
+        } == await second.watermarks()
 
-        series = await store.group_series(["inc_a", "inc_b"], T0, T0 + MIN)
-        minute0 = series["inc_a"][T0]
-        assert ["inc_a"] == list(series)
-        assert (5, 6.0) == (minute0.events, minute0.weight)
-        assert (T0 + dt.timedelta(seconds=1.5), T0 + dt.timedelta(seconds=59.999)) == (
-            minute0.first,
-            minute0.last,
-        )
-        assert 2 == series["inc_a"][T0 + MIN].events
+    async def test_contributions_are_stored_once_per_batch_and_read_from_a_minute(
+        self, store, second
+    ):
+        await store.add_batch([part(), part(minute=T0 + MIN)], [], token="b1")
+        await second.add_batch([part()], [], token="b1")
+        await second.add_batch([part(events=3, weight=4)], [], token="b2")
+        await store.add_batch([part("inc_b")], [], token="b2")
+
+        parts = await store.contributions("inc_a", T0)
+        assert [(T0, 2), (T0, 3), (T0 + MIN, 2)] == sorted((p.minute, p.events) for p in parts)
+        assert [T0 + MIN] == [p.minute for p in await second.contributions("inc_a", T0 + MIN)]
 
     async def test_a_contribution_reads_back_with_every_fact(self, store, second):
         written = part(users=("u1",), sessions=("s1", "s2"))
-        await store.add_contributions([written], token="b1")
+        await store.add_batch([written], [], token="b1")
 
         [read] = await second.contributions("inc_a", T0)
         assert written.to_doc() == read.to_doc()
@@ -104,9 +123,9 @@ class IncidentStoreContract:
     async def test_members_are_counted_once_by_kind_from_when_they_were_first_seen(
         self, store, second
     ):
-        await store.add_contributions([part(users=("u1", "u2"), sessions=("s1",))], token="b1")
-        await second.add_contributions(
-            [part(minute=T0 + 2 * MIN, users=("u2", "u3"), sessions=("s1", "s2"))], token="b2"
+        await store.add_batch([part(users=("u1", "u2"), sessions=("s1",))], [], token="b1")
+        await second.add_batch(
+            [part(minute=T0 + 2 * MIN, users=("u2", "u3"), sessions=("s1", "s2"))], [], token="b2"
         )
         assert {"user": 3, "session": 2} == await store.member_counts("inc_a", T0)
         assert {"user": 1, "session": 1} == await store.member_counts("inc_a", T0 + MIN)
@@ -132,51 +151,65 @@ class IncidentStoreContract:
 
     async def test_concurrent_batches_lose_no_count(self, store, second):
         async def batch(writer: IncidentStore, n: int) -> None:
-            await writer.add_scope_counts([ScopeCount("scope_chat", T0, 1, 1.0)], token=f"b{n}")
-            await writer.add_contributions([part(events=1, weight=1.0)], token=f"b{n}")
+            mine = counts(T0, f"w{n}")
+            await writer.add_batch([part(events=1, weight=1.0)], [mine], token=f"b{n}")
 
         await asyncio.gather(*(batch(w, n) for n, w in enumerate([store, second] * 15)))
-        assert {T0: 30.0} == (await store.scope_series(["scope_chat"], T0, T0))["scope_chat"]
-        assert 30 == (await second.group_series(["inc_a"], T0, T0))["inc_a"][T0].events
-
-    async def test_the_last_event_before_a_minute(self, store, second):
-        await store.add_contributions([part(), part(minute=T0 + 3 * MIN, last_s=10)], token="b1")
-        assert T0 + dt.timedelta(seconds=50.5) == await second.last_event_before("inc_a", T0 + MIN)
-        assert T0 + 3 * MIN + dt.timedelta(seconds=10) == await second.last_event_before(
-            "inc_a", T0 + 9 * MIN
-        )
-        assert await second.last_event_before("inc_a", T0) is None
+        found = await second.worker_minutes([(T0, f"w{n}") for n in range(30)])
+        assert 30 == sum(c.groups["inc_a"].events for c in found)
+        assert 30 == sum(p.events for p in await store.contributions("inc_a", T0))
 
     async def test_prune_keeps_opened_incidents_and_drops_old_counts_and_noise(self, store, second):
-        await store.add_scope_counts([ScopeCount("scope_chat", T0, 1, 1.0)], token="b1")
-        await store.add_scope_counts([ScopeCount("scope_chat", T0 + 9 * MIN, 1, 1.0)], token="b1")
+        await store.add_batch([], [counts(T0), counts(T0 + 9 * MIN)], token="b1")
         for incident in ("inc_opened", "inc_noise"):
-            await store.add_contributions(
-                [part(incident, users=("u",)), part(incident, T0 + 9 * MIN)], token="b1"
+            await store.add_batch(
+                [part(incident, users=("u",)), part(incident, T0 + 9 * MIN)], [], token="b1"
             )
+        await store.publish_watermark("gone", WorkerMark(T0, T0, T0))
+        await store.publish_watermark("here", WorkerMark(T0 + 9 * MIN, T0 + 9 * MIN, T0))
 
         deleted = await second.prune(before=T0 + 5 * MIN, keep=["inc_opened"])
-        assert 3 == deleted  # one scope count, the noise's old facts and its member
-        assert [T0 + 9 * MIN] == list(
-            (await store.scope_series(["scope_chat"], T0, T0 + 9 * MIN))["scope_chat"]
-        )
+        assert 3 == deleted  # the old worker minute, the noise's old facts and its member
+        assert [T0 + 9 * MIN] == [
+            c.minute for c in await store.worker_minutes([(T0, "w1"), (T0 + 9 * MIN, "w1")])
+        ]
         assert 2 == len(await store.contributions("inc_opened", T0))
         assert 1 == len(await store.contributions("inc_noise", T0))
+        assert {"user": 1, "session": 0} == await store.member_counts("inc_opened", T0)
+        assert {"user": 0, "session": 0} == await store.member_counts("inc_noise", T0)
+        assert ["here"] == list(await store.watermarks())
 
     async def test_clear_deletes_every_record(self, store, second):
-        await store.add_scope_counts([ScopeCount("scope_chat", T0, 1, 1.0)], token="b1")
-        await store.add_contributions([part(users=("u",))], token="b1")
+        await store.add_batch([part(users=("u",))], [counts(T0)], token="b1")
         await store.add_transition(step())
+        await store.publish_watermark("w1", WorkerMark(T0, T0))
 
         await second.clear()
+        assert {} == await store.watermarks()
+        assert [] == await store.worker_minutes([(T0, "w1")])
         assert {} == await store.transitions()
         assert [] == await store.contributions("inc_a", T0)
-        assert {} == await store.scope_series(["scope_chat"], T0, T0)
         assert {"user": 0, "session": 0} == await store.member_counts("inc_a", T0)
         assert await store.add_transition(step())  # and recording starts afresh
 
     async def test_the_store_answers_a_ping(self, store):
         await store.ping()
+
+
+class TestInMemoryIncidentStore(IncidentStoreContract):
+    @pytest.fixture
+    def shared(self):
+        from widelog.incidents.memory_store import InMemoryIncidentStore
+
+        return InMemoryIncidentStore()
+
+    @pytest.fixture
+    def store(self, shared):
+        return shared
+
+    @pytest.fixture
+    def second(self, shared):
+        return shared
 
 
 class TestSQLiteIncidentStore(IncidentStoreContract):

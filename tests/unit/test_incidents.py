@@ -56,16 +56,37 @@ def rules(*overrides: dict[str, Any], **top: Any) -> IncidentRules:
 
 
 class World:
-    """One incident store and aggregators on it; events go in as the consumer's batches would."""
+    """One incident store and aggregators on it; events go in as the consumer's batches would.
+
+    Live: each batch arrives (wall clock) at its newest event's time. `feed` then lets wall time
+    pass (a sweep `lateness` + 2 minutes after the newest event), so every fed minute is complete
+    and judged; `settle=False` stops short of that (more events of the same minutes follow).
+    """
 
     def __init__(self, path: Path, incident_rules: IncidentRules | None = None) -> None:
         self.store = SQLiteIncidentStore(path)
         self.rules = incident_rules or IncidentRules()
-        self.aggregator = IncidentAggregator(self.store, self.rules)
+        self.newest: dt.datetime | None = None
+        # The wall clock: the newest event fed (live), for batches that come without a `now`.
+        self.aggregator = IncidentAggregator(
+            self.store, self.rules, clock=lambda: self.newest or T0
+        )
 
-    async def feed(self, events: list[dict[str, Any]], size: int = 100) -> None:
+    async def feed(
+        self, events: list[dict[str, Any]], size: int = 100, *, settle: bool = True
+    ) -> None:
         for batch in batches(events, size):
-            await self.aggregator.observe(batch)
+            arrival = max(dt.datetime.fromisoformat(e["timestamp"]) for e in batch)
+            self.newest = arrival if self.newest is None else max(self.newest, arrival)
+            await self.aggregator.observe(batch, now=self.newest)
+        if settle:
+            await self.settle()
+
+    async def settle(self) -> None:
+        """Wall time passes after the last batch: every minute fed so far is judged."""
+        if self.newest is not None:
+            lateness = dt.timedelta(seconds=self.rules.lateness)
+            await self.aggregator.sweep(self.newest + lateness + 2 * MIN)
 
     async def summaries(self) -> list[dict[str, Any]]:
         return await incident_summaries(self.store)
@@ -151,20 +172,23 @@ async def test_the_volume_guard_needs_enough_requests_before_a_rate_can_open_an_
     await world.store.close()
 
 
-async def test_a_quiet_period_resolves_the_incident_at_the_last_event_plus_quiet(world):
+async def test_a_quiet_period_resolves_at_the_minute_boundary_quiet_after_the_last_match(world):
+    """Matches up to 10:01:59; quiet 15 min: resolved at 10:17:00, once the watermark (wall
+    time less the lateness, in silence) has passed that minute, and not a second before."""
     await world.feed(burst(T0, errors={"LLM_TIMEOUT": 30}))
     [open_] = await world.summaries()
-    last_seen = dt.datetime.fromisoformat(open_["last_seen"])
+    assert "2026-11-27T10:01:5" == open_["last_seen"][:18]
     lateness = dt.timedelta(seconds=world.rules.lateness)
+    boundary = T0 + 17 * MIN
 
-    await world.aggregator.sweep(last_seen + 15 * MIN + lateness - dt.timedelta(seconds=1))
+    await world.aggregator.sweep(boundary + lateness - dt.timedelta(seconds=1))
     assert "open" == (await world.summaries())[0]["status"]
 
-    result = await world.aggregator.sweep(last_seen + 15 * MIN + lateness)
+    result = await world.aggregator.sweep(boundary + lateness)
     [resolved] = await world.summaries()
     assert 1 == result.resolved
     assert "resolved" == resolved["status"]
-    assert (last_seen + 15 * MIN).isoformat(timespec="milliseconds") == resolved["resolved_at"]
+    assert boundary.isoformat(timespec="milliseconds") == resolved["resolved_at"]
     assert "no matching event for 15 min" == resolved["resolve_reason"]
 
 
@@ -224,6 +248,8 @@ async def test_the_consumer_hands_only_newly_stored_events_to_the_aggregator(wor
         )
         for start in range(0, len(payloads), 100):
             await consumer.process(source.pending[start : start + 100])
+        world.newest = T0 + 2 * MIN
+        await world.settle()
         [incident] = await world.summaries()
         assert 30 == incident["events"], f"after a re-delivery: {redelivery}"
     await store.close()
@@ -315,12 +341,15 @@ async def test_an_open_incident_resolves_when_its_rate_falls_well_under_the_thre
 
 async def test_late_events_count_but_never_rewrite_a_resolved_incident(world):
     first = burst(T0, errors={"LLM_TIMEOUT": 30})
-    await world.feed(first[:900])
+    await world.feed(first[:900], settle=False)
     await world.aggregator.sweep(T0 + 60 * MIN)
     await world.feed(first[900:])  # arrives an hour late
 
     [incident] = await world.summaries()
     assert ("resolved", 30, 0) == (incident["status"], incident["events"], incident["regressions"])
+    tail = first[900:]
+    assert len(tail) == world.aggregator.late_events  # counted in totals, flagged
+    assert sum("error" in e for e in tail) == incident["late_events"] > 0
 
 
 async def test_a_worker_restart_keeps_open_incidents_and_carries_on(world, tmp_path):
@@ -341,9 +370,10 @@ async def test_latency_and_llm_provider_rules_open_on_their_own_thresholds(world
     await world.feed(sorted([*burst(T0, successes=900), *slow], key=lambda e: e["timestamp"]))
     await world.feed(failing)
 
+    # The slow minutes ended at 10:02: by 10:30 the latency incident resolved in the silence.
     assert [
         ("errors", "open", (("error.code", "LLM_UNAVAILABLE"), ("http.route", "/v1/chat"))),
-        ("latency", "open", (("http.route", "/v1/chat"),)),
+        ("latency", "resolved", (("http.route", "/v1/chat"),)),
         ("llm_provider", "open", (("llm.provider", "fake"), ("llm.model", "fake-chat-1"))),
     ] == await world.groups()
 
@@ -375,6 +405,7 @@ async def test_an_event_without_a_timestamp_counts_at_the_batch_time(world):
     for event in events:
         del event["timestamp"]
     await world.aggregator.observe(events, now=T0 + 5 * MIN)
+    await world.aggregator.sweep(T0 + 10 * MIN)
 
     [incident] = await world.summaries()
     assert (T0 + 5 * MIN).isoformat(timespec="milliseconds") == incident["first_seen"]
@@ -409,7 +440,7 @@ async def test_the_summary_of_an_open_incident_reads_as_one_paragraph(world):
     [summary] = await world.summaries()
 
     assert (
-        'OPEN since 2026-11-27 10:00:10 UTC: 24 events matched rule "errors" (requests failing'
+        'OPEN since 2026-11-27 10:01:00 UTC: 24 events matched rule "errors" (requests failing'
         " with the same error code on the same route) with error.code = LLM_TIMEOUT and"
         " http.route = /v1/chat. First seen 2026-11-27 10:00:10 UTC, last seen"
         " 2026-11-27 10:00:57 UTC. In the 5 minutes up to 2026-11-27 10:01:00 UTC: 24 of about"
@@ -443,8 +474,8 @@ async def test_the_summary_of_a_resolved_and_regressed_incident_says_so(world):
     [summary] = await world.summaries()
 
     assert (
-        "RESOLVED at 2026-11-27 12:15:28 UTC (no matching event for 15 min), after opening at"
-        ' 2026-11-27 12:00:01 UTC: 36 events matched rule "errors" (requests failing with the'
+        "RESOLVED at 2026-11-27 12:16:00 UTC (no matching event for 15 min), after opening at"
+        ' 2026-11-27 12:01:00 UTC: 36 events matched rule "errors" (requests failing with the'
         " same error code on the same route) with error.code = LLM_TIMEOUT and http.route ="
         " /v1/chat. First seen 2026-11-27 10:00:10 UTC, last seen 2026-11-27 12:00:28 UTC. It"
         " came back after being resolved 1 time. In the 5 minutes up to 2026-11-27 12:01:00 UTC:"
@@ -778,8 +809,53 @@ async def test_odd_events_are_counted_or_skipped_but_never_stall_the_consumer(wo
         {"event_id": "odd-4", "http": Unreadable(route="/v1/chat")},
     ]
     await world.aggregator.observe([*burst(T0, errors={"LLM_TIMEOUT": 30}), *odd], now=T0)
+    world.newest = T0 + 2 * MIN
+    await world.settle()
 
     assert 1 == world.aggregator.skipped
     assert "skipped an event this code cannot count" in caplog.text
     [incident] = await world.summaries()
     assert 30 == incident["events"]
+
+
+async def test_judging_looks_up_each_complete_minute_once_per_other_worker_and_never_scans():
+    """Two workers, 12 minutes of traffic in batches of 50: each looks up the other's counts
+    of each complete minute once (by `_id`), whatever the number of batches."""
+    from widelog.incidents.memory_store import InMemoryIncidentStore
+
+    store = InMemoryIncidentStore()
+    clock = {"now": T0}
+    one, two = (
+        IncidentAggregator(store, IncidentRules(), clock=lambda: clock["now"]) for _ in "12"
+    )
+    await one.start()
+    await two.start()
+    events = burst(T0, seconds=720, successes=2400, errors={"LLM_TIMEOUT": 120})
+    for n, batch in enumerate(batches(events, 50)):
+        clock["now"] = dt.datetime.fromisoformat(batch[-1]["timestamp"])
+        await (one if n % 2 else two).observe(batch)
+
+    judged = one.judged_through
+    assert judged is not None
+    assert two.judged_through is not None
+    minutes = (max(judged, two.judged_through) - T0) // MIN + 1
+    assert 9 <= minutes <= 12  # the last minutes wait for the lateness
+    assert store.lookups <= 2 * minutes  # one per minute per other worker, not per batch
+
+
+async def test_every_recorded_step_is_handed_to_the_on_recorded_hook_once(tmp_path):
+    """The seam for notifications: the one place steps are recorded calls the hook."""
+    seen = []
+
+    async def record(step: Any) -> None:
+        seen.append((step.kind, step.episode))
+
+    world = World(tmp_path / "i.sqlite3")
+    world.aggregator = IncidentAggregator(
+        world.store, world.rules, clock=lambda: world.newest or T0, on_recorded=record
+    )
+    await world.feed(burst(T0, errors={"LLM_TIMEOUT": 30}))
+    await world.aggregator.sweep(T0 + 60 * MIN)
+    await world.feed(burst(T0, errors={"LLM_TIMEOUT": 30}))  # late: records nothing
+    assert [("open", 1), ("resolve", 1)] == seen
+    await world.store.close()

@@ -85,8 +85,12 @@ class World:
         self.notifier = RecordingNotifier()
         self.clock = Clock(T0 + 5 * MIN)
         self.sender = self.new_sender("w1")
+        self.newest: dt.datetime | None = None  # the aggregator's wall clock: live batches
         self.aggregator = IncidentAggregator(
-            self.store, IncidentRules(), on_recorded=self.sender.on_recorded
+            self.store,
+            IncidentRules(),
+            on_recorded=self.sender.on_recorded,
+            clock=lambda: self.newest or T0,
         )
 
     def new_sender(self, worker: str, **options: Any) -> OutboxSender:
@@ -104,8 +108,12 @@ class World:
         )
 
     async def feed(self, events: list[dict[str, Any]]) -> None:
+        """Each batch arrives at its newest event's time; then the fed minutes complete."""
         for batch in batches(events, 100):
-            await self.aggregator.observe(batch)
+            arrival = max(dt.datetime.fromisoformat(e["timestamp"]) for e in batch)
+            self.newest = arrival if self.newest is None else max(self.newest, arrival)
+            await self.aggregator.observe(batch, now=self.newest)
+        await self.aggregator.settle()
 
     async def open_and_resolve(self) -> str:
         await self.feed(burst(T0, errors={"LLM_TIMEOUT": 30}))
@@ -440,9 +448,10 @@ async def test_an_open_incident_gets_an_update_every_repeat_interval_and_not_mor
 
 async def test_reconcile_announces_an_open_incident_whose_message_was_never_enqueued(tmp_path):
     world = World(tmp_path / "events.sqlite3")
-    silent = IncidentAggregator(world.store, IncidentRules())  # no hook: as a lost insert
-    for batch in batches(burst(T0, errors={"LLM_TIMEOUT": 30}), 100):
-        await silent.observe(batch)
+    world.aggregator = IncidentAggregator(  # no hook: as a lost insert
+        world.store, IncidentRules(), clock=lambda: world.newest or T0
+    )
+    await world.feed(burst(T0, errors={"LLM_TIMEOUT": 30}))
 
     assert 1 == await world.sender.reconcile()
     await world.sender.run_once()

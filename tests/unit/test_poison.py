@@ -90,6 +90,7 @@ async def test_an_error_event_at_the_end_of_time_is_stored_and_the_incidents_ski
     assert await sqlite_store.get_event(poison["event_id"]) is not None
     assert {"an event whose time is out of range": 1} == dict(pipeline.aggregator.skipped_by_reason)
     assert 1 == caplog.text.count("skipped an event whose time is out of range")
+    await pipeline.aggregator.settle()  # incidents are judged on complete minutes
     [incident] = await incident_summaries(pipeline.incidents)
     assert 30 == incident["events"]  # the poison's group still counts every good event
     assert 0 == pipeline.consumer.stats.on_stored_failures

@@ -233,10 +233,15 @@ async def _incident_text(tmp_path, *, records: list[CountRecord]) -> dict[str, A
     totals = StoredRequestTotals(store)
     try:
         await store.write_request_counts(records)
-        aggregator = IncidentAggregator(incidents, IncidentRules(), totals=totals)
+        newest = T0  # the wall clock: each batch arrives at its newest event's time
+        aggregator = IncidentAggregator(
+            incidents, IncidentRules(), totals=totals, clock=lambda: newest
+        )
         for batch in batches(events):
+            newest = max(dt.datetime.fromisoformat(e["timestamp"]) for e in batch)
             await store.write_batch(batch)
-            await aggregator.observe(batch)
+            await aggregator.observe(batch, now=newest)
+        await aggregator.settle()  # incidents are judged on complete minutes
         [summary] = await incident_summaries(incidents, totals=totals)
     finally:
         await store.close()

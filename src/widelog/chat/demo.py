@@ -148,6 +148,9 @@ async def run_demo(
             report["pipeline"]["drained"] = drained
             report["traffic"] = dict(Counter(kind for kind, _ in traffic))
             report["cache"]["cached_answers_by_kind"] = dict(cached)
+            if container.pipeline.aggregator is not None:
+                # Incidents are judged on complete minutes only: let event time run to the end.
+                await container.pipeline.aggregator.settle()
             report["incidents"] = await incident_summaries(
                 container.pipeline.incidents, totals=container.pipeline.totals
             )

@@ -1,13 +1,17 @@
 """The incident aggregator: stored events in, incidents (open → update → resolve → reopen) out.
 
 `observe` is the consumer's `on_stored` hook: it gets each batch's newly stored events (never a
-re-delivery), adds them to the shared store as insert-only records keyed by batch, then judges
-every group the batch touched on event time and records any lifecycle step. Because the state is
-in the store and every write is idempotent, several workers produce one incident per group key, a
-retried hook changes nothing twice, and a restarted worker carries on where the store is.
+re-delivery) and writes what they add to the shared store: facts (`Contribution`, insert-only,
+keyed by batch) and this worker's running counts of each minute (`WorkerMinute`, one record per
+minute and worker, replaced by its one writer). Nothing is judged on a partial minute: once the
+watermark (`watermark.py`) has passed a minute, the aggregator looks that minute up for every
+worker (`_id` equality), keeps the complete minutes in memory (a window's worth), and judges every
+group on them (`lifecycle.py`). Judging a batch therefore does no scanning query, and the
+history is the same however the events were batched, split between workers, replayed by
+`rebuild` or read as a backlog.
 
-`sweep` resolves incidents that got no event for their quiet period (a silent group has no batch
-to judge it) and prunes old records; run it every minute or so in every process that consumes.
+`sweep` advances the watermark when no batch comes (on wall time, see `watermark.py`), so silence
+resolves, and prunes old records; run it every minute or so in every process that consumes.
 `rebuild` recomputes everything from stored events, through the same code.
 """
 
@@ -19,23 +23,23 @@ import contextlib
 import datetime as dt
 import hashlib
 import logging
+import uuid
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from widelog.incidents.lifecycle import GroupState, judge, step_minute
 from widelog.incidents.model import (
     MINUTE,
     Contribution,
-    GroupView,
-    ScopeCount,
+    GroupCount,
+    Tally,
     Transition,
+    WorkerMinute,
     describe_key,
-    describe_span,
     event_time,
     minute_of,
     ordered,
-    plan,
-    window_at,
 )
 from widelog.incidents.request_totals import annotate, as_floats
 from widelog.incidents.rules import (
@@ -45,6 +49,7 @@ from widelog.incidents.rules import (
     incident_id,
     scope_id,
 )
+from widelog.incidents.watermark import WorkerMark, global_watermark, last_complete_minute
 from widelog.sampling.reweighting import weight_of
 
 if TYPE_CHECKING:
@@ -52,10 +57,14 @@ if TYPE_CHECKING:
 
     from widelog.incidents.ports import IncidentStore
     from widelog.incidents.request_totals import RequestTotals
-    from widelog.incidents.rules import IncidentRules, Rule
+    from widelog.incidents.rules import IncidentRules
+    from widelog.sampling.totals import Total
 
 log = logging.getLogger("widelog.incidents")
 FAR_FUTURE = dt.datetime(9999, 1, 1, tzinfo=dt.UTC)
+Clock = Callable[[], dt.datetime]
+TOKENS_REMEMBERED = 1000  # batches counted lately: a retried `on_stored` counts nothing twice
+MEMBERS_REMEMBERED = 100_000  # members known to be written, so not written again (then forgotten)
 
 
 def batch_token(events: Sequence[Mapping[str, Any]]) -> str:
@@ -66,21 +75,27 @@ def batch_token(events: Sequence[Mapping[str, Any]]) -> str:
     return hashlib.sha256("\n".join(ids).encode("utf-8", "surrogatepass")).hexdigest()[:24]
 
 
+def _wall_clock() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
 class _OutOfRangeError(ValueError):
     """An event time too close to the ends of `datetime` for window and quiet arithmetic."""
 
 
 @dataclass(slots=True)
-class _Group:
-    rule: Rule
-    key: Key
-    scope_id: str
-    minutes: set[dt.datetime]
+class _Batch:
+    """What one batch adds: on-time counts by minute, facts by (incident, minute)."""
+
+    minutes: dict[dt.datetime, WorkerMinute]
+    parts: dict[tuple[str, dt.datetime], Contribution]
+    late: int = 0
 
 
 @dataclass(slots=True)
 class SweepResult:
     resolved: int = 0
+    opened: int = 0
     pruned: int = 0
 
 
@@ -92,13 +107,21 @@ class RebuildResult:
 
 
 class IncidentAggregator:
-    """Groups stored events into incidents by rules; all state in an `IncidentStore`."""
+    """Groups stored events into incidents by rules; shared state in an `IncidentStore`.
+
+    `clock` is the wall clock (injectable for tests); `worker` names this aggregator's watermark
+    in the store (one per process); `idle_after` (default: the rules' lateness) is how long a
+    worker may get no batch before it stops holding the others' watermark back.
+    """
 
     def __init__(
         self,
         store: IncidentStore,
         rules: IncidentRules,
         *,
+        clock: Clock | None = None,
+        worker: str | None = None,
+        idle_after: dt.timedelta | None = None,
         on_recorded: Callable[[Transition], Awaitable[None]] | None = None,
         totals: RequestTotals | None = None,
     ) -> None:
@@ -106,18 +129,22 @@ class IncidentAggregator:
         # Called with each step this aggregator recorded (first), after its log line: the
         # notifications' outbox insert. It must not raise (the consumer would retry the batch).
         self._on_recorded = on_recorded
-        # Exact-or-estimated scope requests (count records); None: the scope counts' estimates.
+        # Exact-or-estimated scope requests (count records); None: the minute records' estimates.
         self._totals = totals
         self.rules = rules
+        self._clock = clock or _wall_clock
+        self.worker = worker or f"worker-{uuid.uuid4().hex[:12]}"
         self._compiled = [CompiledRule(rule) for rule in rules.active]
+        self._by_id = {c.rule.id: c.rule for c in self._compiled}
         self._scope_fields = sorted({c.scope_fields for c in self._compiled})
+        self._lateness = dt.timedelta(seconds=rules.lateness)
+        self._idle_after = idle_after if idle_after is not None else self._lateness
         longest = max((max(r.window, r.quiet) for r in rules.active), default=0)
-        self._lookback = dt.timedelta(seconds=longest) + MINUTE
+        # Minutes kept in memory behind the last judged one: the longest window or quiet period.
+        self._keep = dt.timedelta(seconds=longest) + MINUTE
         self._max_window = dt.timedelta(seconds=max((r.window for r in rules.active), default=0))
-        # Scope counts and never-opened groups' records are pruned by `sweep` after this.
-        self._retention = self._lookback + dt.timedelta(
-            seconds=rules.lateness + rules.count_retention
-        )
+        # Per-minute records (and never-opened groups) are pruned by `sweep` after this.
+        self._retention = self._keep + self._lateness + dt.timedelta(seconds=rules.count_retention)
         # Event times this code can do date arithmetic on: windows, quiet periods and retention
         # reach this far either side of an event, and `datetime` ends at years 1 and 9999.
         margin = self._retention + self._max_window + dt.timedelta(days=1)
@@ -127,11 +154,33 @@ class IncidentAggregator:
         # What `observe` could not count or judge, by reason (each logged once); the events are
         # stored all the same, and `rebuild` reads them again.
         self.skipped_by_reason: collections.Counter[str] = collections.Counter()
+        # Events that arrived after their minute was judged: in the totals, never in a window.
+        self.late_events = 0
+        self._reset()
+
+    def _reset(self) -> None:
+        self._started = False
+        self._groups: dict[str, GroupState] = {}
+        self._scopes: dict[str, dict[dt.datetime, float]] = {}
+        self._judged: dt.datetime | None = None  # every minute up to this one is judged
+        self._newest: dt.datetime | None = None  # the newest event time this worker has seen
+        self._arrival: dt.datetime | None = None  # wall time of this worker's last batch
+        self._published: WorkerMark | None = None
+        self._members_written: set[str] = set()
+        self._mine: dict[dt.datetime, WorkerMinute] = {}  # my counts of minutes not judged yet
+        self._first: dt.datetime | None = None  # the first minute this worker counted
+        self._tokens: collections.deque[str] = collections.deque(maxlen=TOKENS_REMEMBERED)
+        self._marks: dict[str, WorkerMark] = {}  # every worker's, as last read
 
     @property
     def skipped(self) -> int:
         """Events (and groups) `observe` skipped because this code cannot handle them."""
         return self.skipped_by_reason.total()
+
+    @property
+    def judged_through(self) -> dt.datetime | None:
+        """The last minute judged: the complete minutes, as far as this worker knows."""
+        return self._judged
 
     def _skip(self, reason: str, *, exc_info: bool = False) -> None:
         """Count a skip; log the first of each reason (poison arrives in floods)."""
@@ -139,13 +188,94 @@ class IncidentAggregator:
         if self.skipped_by_reason[reason] == 1:
             log.warning("incidents: skipped %s (stored all the same)", reason, exc_info=exc_info)
 
+    # --- start: register, and seed the memory from the store ---------------------------------
+
+    async def start(self) -> None:
+        """Register this worker's watermark and load the recent minutes and the lifecycles.
+
+        Called by the first `observe` or `sweep` if not before. The look-back read is bounded:
+        the longest window or quiet period before the watermark, one `_id` lookup per minute and
+        worker.
+        """
+        if self._started:
+            return
+        now = self._clock()
+        # Not the live watermark: wall time since a stopped worker's last batch says nothing
+        # about a backlog waiting for this one. The oldest mark is safe: re-judging a minute
+        # someone judged already records nothing new (the same counts give the same steps).
+        marks = await self._store.watermarks()
+        seen = [mark.newest for mark in marks.values() if mark.newest is not None]
+        watermark = min(seen) - self._lateness if seen else None
+        self._marks = dict(marks)
+        self._marks[self.worker] = self._published = WorkerMark(None, now)
+        await self._store.publish_watermark(self.worker, self._published)
+        self._arrival = now
+        for iid, steps in (await self._store.transitions()).items():
+            latest = ordered(steps)[-1]
+            rule = self._by_id.get(str(latest.rule.get("id")))
+            if rule is not None:
+                state = GroupState(rule, iid, latest.key, latest.scope_id)
+                state.adopt(steps)
+                self._groups[iid] = state
+        self._started = True
+        if watermark is not None:
+            through = last_complete_minute(watermark)
+            await self._load(through - self._keep, through)
+            self._judged = through
+            for state in self._groups.values():
+                state.judged = max(state.judged or through, through)
+
+    async def _load(self, start: dt.datetime | None, end: dt.datetime) -> None:
+        """Fold every worker's counts of the minutes [start, end] into memory.
+
+        One `_id` lookup per (minute, worker) that can have counts: between the worker's first
+        minute and its newest event. This worker's own come from memory.
+        """
+        others = [
+            (mark.first, minute_of(mark.newest), worker)
+            for worker, mark in sorted(self._marks.items())
+            if worker != self.worker and mark.first is not None and mark.newest is not None
+        ]
+        if start is None:
+            firsts = [first for first, _, _ in others] + list(self._mine)
+            start = min(firsts, default=end)
+        last = max([newest for _, newest, _ in others] + list(self._mine), default=start)
+        keys = []
+        minute = start
+        while minute <= min(end, last):
+            keys += [(minute, w) for first, newest, w in others if first <= minute <= newest]
+            minute += MINUTE
+        counts = await self._store.worker_minutes(keys)
+        counts += [self._mine.pop(m) for m in sorted(self._mine) if start <= m <= end]
+        for old in [m for m in self._mine if m < start]:
+            del self._mine[old]  # judged before this worker counted them (should not happen)
+        for worker_minute in counts:
+            self._fold(worker_minute)
+
+    def _fold(self, counts: WorkerMinute) -> None:
+        for sid, weight in counts.scopes.items():
+            series = self._scopes.setdefault(sid, {})
+            series[counts.minute] = series.get(counts.minute, 0.0) + weight
+        for group in counts.groups.values():
+            state = self._groups.get(group.incident_id)
+            if state is None:
+                rule = self._by_id.get(group.rule_id)
+                if rule is None:
+                    continue  # a rule since disabled or removed
+                state = GroupState(rule, group.incident_id, group.key, group.scope_id)
+                state.judged = self._judged
+                self._groups[group.incident_id] = state
+            state.add(counts.minute, Tally(group.events, group.weight))
+
+    # --- observe: count a batch, then judge the minutes it completed ---------------------------
+
     async def observe(
         self, new_events: Sequence[Mapping[str, Any]], *, now: dt.datetime | None = None
     ) -> None:
-        """Count a batch of newly stored events and record the lifecycle steps they call for.
+        """Count a batch of newly stored events and judge every minute that is now complete.
 
-        The signature of `BatchConsumer`'s `on_stored`. `now` (default: the wall clock) only
-        stands in for the time of an event without a `timestamp`.
+        The signature of `BatchConsumer`'s `on_stored`. `now` (default: the clock) is when the
+        batch arrived, and stands in for the time of an event without a `timestamp`.
         """
         await self._observe(new_events, now)
 
@@ -155,179 +285,299 @@ class IncidentAggregator:
         """`observe`, returning how many lifecycle steps this call recorded."""
         if not new_events or not self._compiled:
             return 0
-        now = now or dt.datetime.now(dt.UTC)
+        await self.start()
+        now = now or self._clock()
         token = batch_token(new_events)
-        scopes: dict[tuple[str, dt.datetime], list[float]] = {}
-        parts: dict[tuple[str, dt.datetime], Contribution] = {}
-        groups: dict[str, _Group] = {}
+        if token in self._tokens:
+            return 0  # a retried `on_stored` of a batch already counted
+        newest = self._newest
+        batch = _Batch({}, {})
         for doc in new_events:
             try:
-                self._count(doc, now, scopes, parts, groups)
+                self._count(doc, now, batch)
             except _OutOfRangeError:
                 self._skip("an event whose time is out of range")
             except Exception as exc:  # noqa: BLE001 - see below
                 # `on_stored` is retried: an event this code cannot read would block every batch
                 # behind it. Skip it (it is stored; `rebuild` sees it again).
                 self._skip(f"an event this code cannot count ({type(exc).__name__})", exc_info=True)
-        counts = [ScopeCount(s, m, int(n), w) for (s, m), (n, w) in scopes.items()]
-        await self._store.add_scope_counts(counts, token=token)
-        if not groups:
-            return 0
-        await self._store.add_contributions(list(parts.values()), token=token)
-        return await self._judge(groups)
+        minutes = [self._plus_mine(delta) for delta in batch.minutes.values()]
+        parts = list(batch.parts.values())
+        written = self._known_members(parts)
+        try:
+            await self._store.add_batch(parts, minutes, token=token)
+        except BaseException:
+            self._newest = newest  # the retry counts the same events the same way
+            raise
+        for counted in minutes:
+            self._mine[counted.minute] = counted
+            if self._first is None or counted.minute < self._first:
+                self._first = counted.minute
+        self._tokens.append(token)
+        self._members_written |= written
+        if batch.late:
+            if not self.late_events:
+                log.warning(
+                    "incidents: %d events arrived after their minute was judged (later than the"
+                    " lateness of %s); they count in totals, never in a judged window",
+                    batch.late,
+                    self._lateness,
+                )
+            self.late_events += batch.late
+        self._arrival = now
+        result = await self._advance(now)
+        return result.opened + result.resolved
 
-    def _count(
-        self,
-        doc: Mapping[str, Any],
-        now: dt.datetime,
-        scopes: dict[tuple[str, dt.datetime], list[float]],
-        parts: dict[tuple[str, dt.datetime], Contribution],
-        groups: dict[str, _Group],
-    ) -> None:
+    def _plus_mine(self, delta: WorkerMinute) -> WorkerMinute:
+        """Return the worker's counts of the minute so far plus this batch's (memory unchanged)."""
+        known = self._mine.get(delta.minute)
+        total = known.copy() if known is not None else WorkerMinute(delta.minute, self.worker)
+        for sid, weight in delta.scopes.items():
+            total.scopes[sid] = total.scopes.get(sid, 0.0) + weight
+        for iid, group in delta.groups.items():
+            mine = total.groups.get(iid)
+            total.groups[iid] = group if mine is None else mine.plus(group.events, group.weight)
+        return total
+
+    def _known_members(self, parts: Sequence[Contribution]) -> set[str]:
+        """Leave out the members this worker already wrote; return the ones left.
+
+        A duplicate insert costs the store a failed write; the ones left are remembered once
+        they are written.
+        """
+        if len(self._members_written) > MEMBERS_REMEMBERED:
+            self._members_written.clear()
+        fresh: set[str] = set()
+        for part in parts:
+            for kind, hashes in (("user", part.users), ("session", part.sessions)):
+                for h in list(hashes):
+                    member = f"{part.incident_id}|{kind}|{h}"
+                    if member in self._members_written:
+                        hashes.discard(h)
+                    else:
+                        fresh.add(member)
+        return fresh
+
+    def _complete_through(self) -> dt.datetime | None:
+        """Minutes up to this one are complete as far as this worker knows (late after it)."""
+        own = None if self._newest is None else last_complete_minute(self._newest - self._lateness)
+        if own is None or (self._judged is not None and self._judged > own):
+            return self._judged
+        return own
+
+    def _count(self, doc: Mapping[str, Any], now: dt.datetime, batch: _Batch) -> None:
         """Add one event to its scopes' counts and to every group whose rule matches it."""
         moment = event_time(doc, now)
         if not self._earliest <= moment <= self._latest:
             raise _OutOfRangeError
         minute = minute_of(moment)
+        complete = self._complete_through()
+        late = complete is not None and minute <= complete
+        if self._newest is None or moment > self._newest:
+            self._newest = moment
         weight = weight_of(doc)
         matched = [
             (compiled, compiled.key(doc)) for compiled in self._compiled if compiled.matches(doc)
         ]
-        for fields in self._scope_fields:
-            key = tuple((f, field_value(doc, f)) for f in fields)
-            count = scopes.setdefault((scope_id(key), minute), [0, 0.0])
-            count[0] += 1
-            count[1] += weight
+        counts = None
+        if not late:
+            counts = batch.minutes.get(minute)
+            if counts is None:
+                counts = batch.minutes[minute] = WorkerMinute(minute, self.worker)
+            for fields in self._scope_fields:
+                sid = scope_id(tuple((f, field_value(doc, f)) for f in fields))
+                counts.scopes[sid] = counts.scopes.get(sid, 0.0) + weight
+        batch.late += late
         for compiled, key in matched:
-            iid = incident_id(compiled.rule.id, key)
-            group = groups.get(iid)
-            if group is None:
-                sid = scope_id(compiled.scope_key(doc))
-                group = groups[iid] = _Group(compiled.rule, key, sid, set())
-            group.minutes.add(minute)
-            part = parts.get((iid, minute))
-            if part is None:
-                part = parts[(iid, minute)] = Contribution(
-                    iid, compiled.rule.id, key, group.scope_id, minute
-                )
-            part.add(doc, moment, weight)
+            self._match(
+                compiled, key, doc, moment=moment, weight=weight, batch=batch, counts=counts
+            )
 
-    async def _judge(self, groups: Mapping[str, _Group]) -> int:
-        minutes = [m for group in groups.values() for m in group.minutes]
-        start, end = min(minutes) - self._lookback, max(minutes)
-        series = await self._store.group_series(groups.keys(), start, end)
-        scopes = await self._store.scope_series(
-            {g.scope_id for g in groups.values()}, start - self._max_window, end
+    @staticmethod
+    def _match(
+        compiled: CompiledRule,
+        key: Key,
+        doc: Mapping[str, Any],
+        *,
+        moment: dt.datetime,
+        weight: float,
+        batch: _Batch,
+        counts: WorkerMinute | None,
+    ) -> None:
+        """Add a matching event to its group's facts, and (on time: `counts`) to its count."""
+        iid = incident_id(compiled.rule.id, key)
+        minute = minute_of(moment)
+        part = batch.parts.get((iid, minute))
+        if part is None:
+            sid = scope_id(compiled.scope_key(doc))
+            part = batch.parts[(iid, minute)] = Contribution(
+                iid, compiled.rule.id, key, sid, minute
+            )
+        part.add(doc, moment, weight, late=counts is None)
+        if counts is not None:
+            group = counts.groups.get(iid)
+            counts.groups[iid] = (
+                GroupCount(iid, compiled.rule.id, key, part.scope_id, 1, weight)
+                if group is None
+                else group.plus(1, weight)
+            )
+
+    # --- advancing the watermark ---------------------------------------------------------------
+
+    async def _publish(self, now: dt.datetime) -> None:
+        """Tell the other workers how far this one has read (after its counts are written)."""
+        arrival = self._arrival or now
+        mark = WorkerMark(self._newest, arrival, self._first)
+        published = self._published
+        newer_minute = (
+            published is None
+            or (mark.newest is not None and published.newest is None)
+            or (
+                mark.newest is not None
+                and published.newest is not None
+                and minute_of(mark.newest) > minute_of(published.newest)
+            )
         )
-        history = await self._store.transitions(groups.keys())
-        recorded = 0
-        for iid, group in sorted(groups.items()):
-            steps = ordered(history.get(iid, []))
-            earlier: dt.datetime | None = None
-            if steps and steps[-1].kind == "open":
-                group_series = series.get(iid, {})
-                first = min(group.minutes)
-                if not any(m < first for m in group_series):
-                    earlier = await self._store.last_event_before(iid, first)
-            scope = scopes.get(group.scope_id, {})
+        # Refresh the arrival well within `idle_after`, so no one takes this worker for idle.
+        stale = published is None or arrival - published.arrival >= self._idle_after / 4
+        if newer_minute or stale:
+            await self._store.publish_watermark(self.worker, mark)
+            self._published = self._marks[self.worker] = mark
+
+    async def _advance(
+        self, now: dt.datetime, *, ask: bool = False, floor: dt.datetime | None = None
+    ) -> SweepResult:
+        """Publish this worker's mark; judge every minute the (global) watermark completed.
+
+        After a batch, the others are asked only when this worker's own events completed a
+        minute not judged yet (`ask` forces it: the sweep, where wall time may have done so).
+        """
+        await self._publish(now)
+        result = SweepResult()
+        own = self._complete_through()
+        mine = own is not None and (self._judged is None or own > self._judged)
+        if not (ask or mine or floor is not None):
+            return result
+        self._marks = marks = await self._store.watermarks()
+        watermark = global_watermark(
+            marks, now=now, lateness=self._lateness, idle_after=self._idle_after
+        )
+        if floor is not None and (watermark is None or watermark < floor):
+            watermark = floor
+        if watermark is None:
+            return result
+        through = last_complete_minute(watermark)
+        if self._judged is not None and through <= self._judged:
+            return result
+        start = None if self._judged is None else self._judged + MINUTE
+        await self._load(start, through)
+        for iid in sorted(self._groups):
+            state = self._groups[iid]
+            scope: Mapping[dt.datetime, float] = self._scopes.get(state.scope_id, {})
             exact = None
             if self._totals is not None:
-                pairs = tuple((f, v) for f, v in group.key if f in group.rule.rate_scope)
-                # The windows ending at the batch's minutes; other minutes keep the scope counts.
-                first = min(group.minutes) - dt.timedelta(seconds=group.rule.window) + MINUTE
-                exact = await self._totals.scope_totals(pairs, first, max(group.minutes))
+                # The windows ending at the minutes judged now; asked once per completed minute.
+                pairs = tuple((f, v) for f, v in state.key if f in state.rule.rate_scope)
+                first = (start or through - self._keep) - dt.timedelta(seconds=state.rule.window)
+                exact = await self._totals.scope_totals(pairs, first + MINUTE, through)
                 scope = {**scope, **as_floats(exact)}
-            view = GroupView(
-                rule=group.rule,
-                incident_id=iid,
-                key=group.key,
-                scope_id=group.scope_id,
-                transitions=steps,
-                series=series.get(iid, {}),
-                scope=scope,
-                earlier_last=earlier,
-            )
+            for step in await self._judge(state, through, scope, exact):
+                result.opened += step.kind == "open"
+                result.resolved += step.kind == "resolve"
+        self._judged = through
+        self._forget(through)
+        return result
+
+    async def _judge(
+        self,
+        state: GroupState,
+        through: dt.datetime,
+        scope: Mapping[dt.datetime, float],
+        exact: Mapping[dt.datetime, Total] | None = None,
+    ) -> list[Transition]:
+        """Judge one group and record its steps; another worker's recorded steps win.
+
+        `exact`: the request totals behind `scope`, so each step's window says which figures
+        are exact and which estimated (with their interval).
+        """
+        recorded: list[Transition] = []
+        for _ in range(8):
             try:
-                planned = plan(view, group.minutes)
+                steps = judge(state, through, scope)
             except Exception as exc:  # noqa: BLE001 - pure code: only the data can make it fail
                 self._skip(f"a group this code cannot judge ({type(exc).__name__})", exc_info=True)
-                continue
+                state.judged = through
+                return recorded
             if exact is not None:
-                planned = [
-                    step
-                    if step.window is None
-                    else replace(step, window=annotate(step.window, exact))
-                    for step in planned
+                steps = [
+                    s if s.window is None else replace(s, window=annotate(s.window, exact))
+                    for s in steps
                 ]
-            recorded += await self._record(planned)
-        return recorded
-
-    async def _record(self, steps: Iterable[Transition]) -> int:
-        """Record steps in order; stop at one another worker recorded first (its view wins)."""
-        recorded = 0
-        for step in steps:
-            if not await self._store.add_transition(step):
+            conflict = None
+            for step in steps:
+                if await self._store.add_transition(step):
+                    recorded.append(step)
+                    _log_step(step)
+                    if self._on_recorded is not None:
+                        await self._on_recorded(step)
+                    continue
+                stored = (await self._store.transitions([state.incident_id])).get(
+                    state.incident_id, []
+                )
+                same = [s for s in stored if s.record_id == step.record_id]
+                if same and (same[0].kind, same[0].at) == (step.kind, step.at):
+                    continue  # another worker judged the same minutes the same way first
+                conflict = stored
                 break
-            recorded += 1
-            _log_step(step)
-            if self._on_recorded is not None:
-                await self._on_recorded(step)
+            if conflict is None:
+                return recorded
+            # Another worker's history differs (it judged on other counts): it wins; go on
+            # from its latest step.
+            state.adopt(conflict)
+            state.judged = step_minute(ordered(conflict)[-1])
         return recorded
 
-    async def sweep(
-        self, now: dt.datetime | None = None, *, lateness: dt.timedelta | None = None
-    ) -> SweepResult:
-        """Resolve open incidents quiet for their rule's period by `now` - lateness; prune.
+    def _forget(self, through: dt.datetime) -> None:
+        """Keep a window's worth of completed minutes; drop groups over and never opened."""
+        horizon = through - self._keep
+        for series in self._scopes.values():
+            for minute in [m for m in series if m < horizon]:
+                del series[minute]
+        self._scopes = {sid: series for sid, series in self._scopes.items() if series}
+        for iid in list(self._groups):
+            state = self._groups[iid]
+            state.forget_before(horizon)
+            if not state.series and not state.is_open and state.episode == 0:
+                del self._groups[iid]
 
-        `lateness` (default: the rules') is how late an event may still arrive: an incident is
-        resolved only once its quiet period ended that long ago, so a consumer that lags a little
-        does not resolve and then reopen (a false regression) what it has not read yet.
+    # --- sweep and rebuild -----------------------------------------------------------------------
+
+    async def sweep(self, now: dt.datetime | None = None) -> SweepResult:
+        """Judge the minutes that wall time completed (silence), then prune old records.
+
+        With no batch for `idle_after`, event time is taken to flow with wall time from the
+        newest event seen (see `watermark.py`), so a quiet group resolves and a rate that fell
+        during silence is judged, without waiting for the next matching event.
         """
-        now = now or dt.datetime.now(dt.UTC)
-        horizon = now - (
-            lateness if lateness is not None else dt.timedelta(seconds=self.rules.lateness)
-        )
-        result = SweepResult()
-        history = await self._store.transitions()
-        for iid, steps in sorted(history.items()):
-            latest = ordered(steps)[-1]
-            if latest.kind != "open":
-                continue
-            quiet = dt.timedelta(seconds=int(latest.rule.get("quiet_s", 900)))
-            last = await self._store.last_event_before(iid, FAR_FUTURE)
-            if last is None or last + quiet > horizon or last + quiet <= latest.at:
-                continue
-            window_s = int(latest.rule.get("window_s", 300))
-            end = minute_of(last)
-            start = end - dt.timedelta(seconds=window_s)
-            series = (await self._store.group_series([iid], start, end)).get(iid, {})
-            scope = (await self._store.scope_series([latest.scope_id], start, end)).get(
-                latest.scope_id, {}
+        await self.start()
+        now = now or self._clock()
+        result = await self._advance(now, ask=True)
+        if self._judged is not None:
+            opened = [iid for iid, state in self._groups.items() if state.episode > 0]
+            result.pruned = await self._store.prune(
+                before=self._judged - self._retention, keep=opened
             )
-            exact = None
-            if self._totals is not None:
-                pairs = tuple((f, v) for f, v in latest.key if f in latest.rule.get("scope", []))
-                exact = await self._totals.scope_totals(pairs, start, end)
-                scope = as_floats(exact)
-            window = window_at(window_s, end, series, scope)
-            if exact is not None:
-                window = annotate(window, exact)
-            step = Transition(
-                iid,
-                latest.episode,
-                "resolve",
-                last + quiet,
-                f"no matching event for {describe_span(quiet)}",
-                latest.rule,
-                latest.key,
-                latest.scope_id,
-                window,
-            )
-            result.resolved += await self._record([step])
-        result.pruned = await self._store.prune(
-            before=horizon - self._retention, keep=history.keys()
-        )
         return result
+
+    async def settle(self) -> SweepResult:
+        """Judge every minute up to the newest event, as if wall time had run on in silence.
+
+        For the end of a demo or a test's traffic: a sweep `idle_after` + `lateness` + a minute
+        after the last batch. A running worker never needs it (its sweeper does this in time).
+        """
+        await self.start()
+        arrival = self._arrival or self._clock()
+        return await self.sweep(arrival + self._idle_after + self._lateness + MINUTE)
 
     async def rebuild(
         self,
@@ -340,31 +590,28 @@ class IncidentAggregator:
         """Replace every incident with what the stored events from `since` on say.
 
         Clears the incident store, replays the events in time order through `observe` (in chunks,
-        like batches), then sweeps at `now`. Run it with the workers stopped: events they store
-        meanwhile would be counted by both.
+        like batches), then judges every minute up to `now` − lateness: with the workers stopped,
+        every event before that is in the store. Run it with the workers stopped: events they
+        store meanwhile would be counted by both.
         """
-        now = now or dt.datetime.now(dt.UTC)
+        now = now or self._clock()
         await self._store.clear()
+        self._reset()
         result = RebuildResult()
-        chunk: list[tuple[dt.datetime, str, Mapping[str, Any]]] = []
-
-        async def flush() -> None:
-            chunk.sort(key=lambda item: (item[0], item[1]))
-            result.transitions += await self._observe([doc for _, _, doc in chunk], now)
-            chunk.clear()
-
+        replay: list[tuple[dt.datetime, str, Mapping[str, Any]]] = []
         async for doc in _iterate(events):
             moment = event_time(doc, now)
-            if moment < since:
-                continue
-            result.events += 1
-            chunk.append((moment, str(doc.get("event_id", "")), doc))
-            if len(chunk) >= chunk_size:
-                await flush()
-        if chunk:
-            await flush()
-        sweep = await self.sweep(now)
-        result.transitions += sweep.resolved
+            if moment >= since:
+                replay.append((moment, str(doc.get("event_id", "")), doc))
+        replay.sort(key=lambda item: (item[0], item[1]))
+        result.events = len(replay)
+        for start in range(0, len(replay), chunk_size):
+            chunk = [doc for _, _, doc in replay[start : start + chunk_size]]
+            result.transitions += await self._observe(chunk, now)
+        await self.start()
+        newest = self._newest or now
+        final = await self._advance(now, floor=max(now, newest) - self._lateness)
+        result.transitions += final.opened + final.resolved
         history = await self._store.transitions()
         result.opened = len(history)
         return result

@@ -1,9 +1,10 @@
 """Incidents: what a batch adds to a group, the lifecycle judged on event time, the assembled view.
 
-Shared state is **insert-only**, each record under a deterministic id, so several workers, a
-re-delivered batch and a retried `on_stored` call all converge on the same records:
+Shared state is **insert-only** (or has exactly one writer), each record under a deterministic
+id, so several workers, a re-delivered batch and a retried `on_stored` call all converge:
 
-- `ScopeCount` — (scope, minute, batch): requests seen, re-weighted (the rate's denominator);
+- `WorkerMinute` — (minute, worker): that worker's on-time requests per scope (the rate's
+  denominator) and matches per group, replaced whole by that worker after each batch;
 - `Contribution` — (incident, minute, batch): the group's matching events and their facts;
 - members — (incident, user or session): who was affected;
 - `Transition` — (incident, episode, open|resolve): one lifecycle step. The first writer wins, so
@@ -11,7 +12,8 @@ re-delivered batch and a retried `on_stored` call all converge on the same recor
 
 Counters updated in place (`$inc`) would be simpler, but FerretDB 1.24 (SQLite backend) applies
 concurrent updates of one document as read-modify-write and loses some of them; unique inserts
-are atomic on every server. Counts are sums over records, computed when read.
+are atomic on every server, and a record with one writer has no race. Counts are sums over
+records (over workers), computed when read.
 
 Times are event times (`timestamp`), cut to milliseconds (what BSON dates keep), so streaming and
 `rebuild` judge the same events the same way, whenever a consumer happened to read them.
@@ -134,9 +136,18 @@ class Contribution:
     users: set[str] = field(default_factory=set)
     sessions: set[str] = field(default_factory=set)
     masking: str = MASKING_VERSION
+    late: int = 0  # events that arrived after their minute was judged (counted, never judged)
 
-    def add(self, doc: Mapping[str, Any], moment: dt.datetime, weight: float) -> None:
+    def add(
+        self,
+        doc: Mapping[str, Any],
+        moment: dt.datetime,
+        weight: float,
+        *,
+        late: bool = False,
+    ) -> None:
         self.events += 1
+        self.late += late
         self.weight += weight
         self.first = moment if self.first is None else min(self.first, moment)
         self.last = moment if self.last is None else max(self.last, moment)
@@ -171,6 +182,7 @@ class Contribution:
         """Fold another contribution of the same incident in (used when reading)."""
         self.events += other.events
         self.weight += other.weight
+        self.late += other.late
         for moment in (other.first, other.last):
             if moment is not None:
                 self.first = moment if self.first is None else min(self.first, moment)
@@ -190,15 +202,12 @@ class Contribution:
         self.samples = latest_samples([*self.samples, *other.samples])
 
     def record_id(self, token: str) -> str:
-        return f"{self.incident_id}|{minute_number(self.minute)}|{token}"
+        return f"{self.incident_id}|{minute_key(self.minute)}|{token}"
 
     def to_doc(self) -> dict[str, Any]:
         """A JSON/BSON-ready document: maps become lists, so no value is ever a field name."""
         return {
-            "incident": self.incident_id,
-            "rule": self.rule_id,
-            "key": _key_doc(self.key),
-            "scope": self.scope_id,
+            **_group_doc(self.incident_id, self.rule_id, self.key, self.scope_id),
             "minute": self.minute,
             "events": self.events,
             "weight": self.weight,
@@ -216,6 +225,7 @@ class Contribution:
             ],
             "samples": [{"at": moment, "id": rid} for moment, rid in self.samples],
             "masking": self.masking,
+            "late": self.late,
         }
 
     @classmethod
@@ -234,6 +244,7 @@ class Contribution:
             first=parse_time(doc.get("first")),
             last=parse_time(doc.get("last")),
             masking=str(doc.get("masking", MASKING_VERSION)),
+            late=int(doc.get("late", 0)),
         )
         item.durations = {int(d["b"]): int(d["n"]) for d in doc.get("durations", [])}
         for d in doc.get("dims", []):
@@ -247,6 +258,10 @@ class Contribution:
             for sample in doc.get("samples", [])
         ]
         return item
+
+
+def _group_doc(incident: str, rule: str, key: Key, scope: str) -> dict[str, Any]:
+    return {"incident": incident, "rule": rule, "key": _key_doc(key), "scope": scope}
 
 
 def _key_doc(key: Key) -> list[dict[str, str | None]]:
@@ -267,35 +282,107 @@ def latest_samples(samples: Iterable[tuple[dt.datetime, str]]) -> list[tuple[dt.
     return ordered[:MAX_SAMPLES]
 
 
-@dataclass(slots=True, frozen=True)
-class ScopeCount:
-    """Requests of one scope (e.g. one route) in one minute, from one batch."""
+def minute_key(minute: dt.datetime) -> str:
+    """A minute as fixed-width text, so `_id`s that start with it sort (and range) by time."""
+    return f"{minute_number(minute):010d}"
 
+
+@dataclass(slots=True, frozen=True)
+class GroupCount:
+    """One group's on-time matching requests in one minute: what its windows are judged on."""
+
+    incident_id: str
+    rule_id: str
+    key: Key
     scope_id: str
-    minute: dt.datetime
     events: int
     weight: float
 
-    def record_id(self, token: str) -> str:
-        return f"{self.scope_id}|{minute_number(self.minute)}|{token}"
+    def plus(self, events: int, weight: float) -> GroupCount:
+        return GroupCount(
+            self.incident_id,
+            self.rule_id,
+            self.key,
+            self.scope_id,
+            self.events + events,
+            self.weight + weight,
+        )
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            **_group_doc(self.incident_id, self.rule_id, self.key, self.scope_id),
+            "events": self.events,
+            "weight": self.weight,
+        }
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any]) -> GroupCount:
+        return cls(
+            str(doc["incident"]),
+            str(doc["rule"]),
+            _key_from(doc["key"]),
+            str(doc["scope"]),
+            int(doc["events"]),
+            float(doc["weight"]),
+        )
+
+
+@dataclass(slots=True)
+class WorkerMinute:
+    """One worker's on-time counts of one minute, every batch so far.
+
+    Only that worker writes it (a replace of the whole record after each batch), so there is no
+    update race even on FerretDB, and every reader finds it by `_id` equality (`minute|worker`),
+    the one lookup FerretDB 1.24 pushes down to SQLite (it scans for an `_id` range).
+    """
+
+    minute: dt.datetime
+    worker: str
+    scopes: dict[str, float] = field(default_factory=dict)  # scope id -> re-weighted requests
+    groups: dict[str, GroupCount] = field(default_factory=dict)  # incident id -> its count
+
+    @property
+    def record_id(self) -> str:
+        return worker_minute_id(self.minute, self.worker)
+
+    def copy(self) -> WorkerMinute:
+        return WorkerMinute(self.minute, self.worker, dict(self.scopes), dict(self.groups))
+
+    def to_doc(self) -> dict[str, Any]:
+        return {
+            "minute": self.minute,
+            "worker": self.worker,
+            "scopes": [{"scope": k, "weight": w} for k, w in sorted(self.scopes.items())],
+            "groups": [g.to_doc() for _, g in sorted(self.groups.items())],
+        }
+
+    @classmethod
+    def from_doc(cls, doc: Mapping[str, Any]) -> WorkerMinute:
+        minute = parse_time(doc["minute"])
+        if minute is None:
+            raise ValueError(f"worker minute without a minute: {doc!r}")
+        groups = [GroupCount.from_doc(g) for g in doc.get("groups", [])]
+        return cls(
+            minute,
+            str(doc["worker"]),
+            {str(s["scope"]): float(s["weight"]) for s in doc.get("scopes", [])},
+            {g.incident_id: g for g in groups},
+        )
+
+
+def worker_minute_id(minute: dt.datetime, worker: str) -> str:
+    return f"{minute_key(minute)}|{worker}"
 
 
 @dataclass(slots=True, frozen=True)
-class MinuteTotals:
-    """A group's matching events in one minute, summed over every batch."""
+class Tally:
+    """Matching events and the requests they stand for (re-weighted), in one minute."""
 
     events: int
     weight: float
-    first: dt.datetime
-    last: dt.datetime
 
-    def plus(self, other: MinuteTotals) -> MinuteTotals:
-        return MinuteTotals(
-            self.events + other.events,
-            self.weight + other.weight,
-            min(self.first, other.first),
-            max(self.last, other.last),
-        )
+    def plus(self, other: Tally) -> Tally:
+        return Tally(self.events + other.events, self.weight + other.weight)
 
 
 @dataclass(slots=True, frozen=True)
@@ -459,7 +546,7 @@ def ordered(transitions: Iterable[Transition]) -> list[Transition]:
 def window_at(
     window_s: int,
     end_minute: dt.datetime,
-    series: Mapping[dt.datetime, MinuteTotals],
+    series: Mapping[dt.datetime, Tally],
     scope: Mapping[dt.datetime, float],
 ) -> WindowStats:
     """The group's counts and its scope's requests in the window ending with `end_minute`."""
@@ -485,110 +572,18 @@ def crosses(rule: Rule, window: WindowStats) -> bool:
     return rule.min_rate is None or window.rate >= rule.min_rate
 
 
-def _why_open(rule: Rule, window: WindowStats, scope: str) -> str:
+def why_open(rule: Rule, window: WindowStats, scope: str) -> str:
     parts = [f"{window.matched:,.0f} matching requests"]
     if rule.min_count is not None:
         parts[0] += f" (at least {rule.min_count:,.0f})"
     if rule.min_rate is not None:
         parts.append(f"{window.rate:.2%} of the requests (at least {rule.min_rate:.2%})")
     parts.append(f"out of ~{window.requests:,.0f} requests{scope} (at least {rule.min_requests:g})")
-    return f"{', '.join(parts)} in the {window.window_s // 60}-minute window to {_hm(window.end)}"
+    return f"{', '.join(parts)} in the {window.window_s // 60}-minute window to {hm(window.end)}"
 
 
-def _hm(moment: dt.datetime) -> str:
+def hm(moment: dt.datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M UTC")
-
-
-@dataclass(slots=True)
-class GroupView:
-    """Everything `plan` needs about one group, read from the store after a batch's inserts."""
-
-    rule: Rule
-    incident_id: str
-    key: Key
-    scope_id: str
-    transitions: Sequence[Transition]
-    series: Mapping[dt.datetime, MinuteTotals]  # the group's minutes around the batch
-    scope: Mapping[dt.datetime, float]  # the scope's re-weighted requests per minute
-    earlier_last: dt.datetime | None = None  # last matching event before `series` begins
-
-
-def plan(view: GroupView, minutes: Iterable[dt.datetime]) -> list[Transition]:
-    """The lifecycle steps the evaluated `minutes` (a batch's) call for, in event-time order.
-
-    - closed (never opened, or resolved) → open when the window ending at a minute crosses the
-      thresholds; a reopening is episode n+1, a regression;
-    - open → resolved at `last event + quiet` when a minute's first event comes that much later
-      (the sweep resolves groups that get no event at all), or at a minute whose rate fell
-      under `resolve_below × min_rate` (with enough requests to judge).
-
-    Minutes before the latest step are history: late events count, but never rewrite it.
-    """
-    rule = view.rule
-    quiet = dt.timedelta(seconds=rule.quiet)
-    history = ordered(view.transitions)
-    last = history[-1] if history else None
-    is_open = last is not None and last.kind == "open"
-    episode = last.episode if last is not None else 0
-    cursor = last.at if last is not None else None
-    opened_minute = minute_of(last.at) if is_open and last is not None else None
-    active = sorted(view.series)
-    pairs = _scope_pairs(rule, view.key)
-    scope_text = " with " + " and ".join(f"{f}={v}" for f, v in pairs) if pairs else ""
-    steps: list[Transition] = []
-
-    def step(kind: TransitionKind, at: dt.datetime, reason: str, window: WindowStats) -> None:
-        nonlocal is_open, episode, cursor, opened_minute
-        episode += kind == "open"
-        steps.append(
-            Transition(
-                view.incident_id,
-                episode,
-                kind,
-                at,
-                reason,
-                rule.snapshot(),
-                view.key,
-                view.scope_id,
-                window,
-            )
-        )
-        is_open, cursor = kind == "open", at
-        opened_minute = minute_of(at) if kind == "open" else None
-
-    for minute in sorted(set(minutes)):
-        totals = view.series.get(minute)
-        if totals is None or (cursor is not None and minute < minute_of(cursor)):
-            continue
-        window = window_at(rule.window, minute, view.series, view.scope)
-        if is_open and cursor is not None:
-            earlier = [m for m in active if m < minute]
-            previous = view.series[earlier[-1]].last if earlier else view.earlier_last
-            if previous is not None and totals.first >= previous + quiet > cursor:
-                gap = window_at(rule.window, minute_of(previous), view.series, view.scope)
-                step(
-                    "resolve",
-                    previous + quiet,
-                    f"no matching event for {describe_span(quiet)}",
-                    gap,
-                )
-            elif (
-                rule.min_rate is not None
-                and opened_minute is not None
-                and minute > opened_minute
-                and window.requests >= rule.min_requests
-                and window.rate < rule.min_rate * rule.resolve_below
-            ):
-                reason = (
-                    f"the rate fell to {window.rate:.2%}, under {rule.resolve_below:g} x "
-                    f"{rule.min_rate:.2%}, in the window to {_hm(window.end)}"
-                )
-                step("resolve", max(totals.last, cursor), reason, window)
-                continue
-        if not is_open and crosses(rule, window):
-            at = totals.first if cursor is None else max(totals.first, cursor)
-            step("open", at, _why_open(rule, window, scope_text), window)
-    return steps
 
 
 def describe_key(key: Key) -> str:
@@ -596,7 +591,7 @@ def describe_key(key: Key) -> str:
     return ", ".join(f"{field}={'(none)' if value is None else value}" for field, value in key)
 
 
-def _scope_pairs(rule: Rule, key: Key) -> list[tuple[str, str | None]]:
+def scope_pairs(rule: Rule, key: Key) -> list[tuple[str, str | None]]:
     return [(f, v) for f, v in key if f in rule.rate_scope]
 
 
@@ -657,8 +652,10 @@ def life_start(transitions: Sequence[Transition]) -> dt.datetime | None:
     if not opens:
         return None
     first = opens[0]
+    if first.window is not None:
+        return first.window.start
     window_s = int(first.rule.get("window_s", 300))
-    return minute_of(first.at) + MINUTE - dt.timedelta(seconds=window_s)
+    return minute_of(first.at) - dt.timedelta(seconds=window_s)
 
 
 def episodes_of(transitions: Sequence[Transition]) -> list[Episode]:
@@ -692,15 +689,12 @@ def assemble(
     opening = [t for t in history if t.kind == "open"][-1]
     rule_id = str(opening.rule.get("id"))
     facts = Contribution(opening.incident_id, rule_id, opening.key, opening.scope_id, EPOCH)
-    series: dict[dt.datetime, MinuteTotals] = {}
+    series: dict[dt.datetime, Tally] = {}
     for part in contributions:
         facts.merge(part)
         facts.masking = part.masking
-        if part.first is not None and part.last is not None:
-            totals = MinuteTotals(part.events, part.weight, part.first, part.last)
-            series[part.minute] = (
-                series[part.minute].plus(totals) if part.minute in series else totals
-            )
+        totals = Tally(part.events, part.weight)
+        series[part.minute] = series[part.minute].plus(totals) if part.minute in series else totals
     window = history[-1].window
     window_s = int(opening.rule.get("window_s", 300))
     if scope and facts.last is not None:

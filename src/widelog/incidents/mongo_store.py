@@ -12,18 +12,25 @@ from __future__ import annotations
 import datetime as dt
 from typing import TYPE_CHECKING, Any
 
-from pymongo import ASCENDING, DESCENDING
+from pymongo import ASCENDING, ReplaceOne
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
-from widelog.incidents.model import Contribution, MinuteTotals, Transition, parse_time
+from widelog.incidents.model import (
+    Contribution,
+    Transition,
+    WorkerMinute,
+    minute_key,
+    parse_time,
+    worker_minute_id,
+)
+from widelog.incidents.watermark import WorkerMark
 from widelog.pipeline.mongo_store import mongo_client
 
 if TYPE_CHECKING:
-    from collections.abc import Collection, Mapping, Sequence
+    from collections.abc import Collection, Sequence
 
     from pymongo.asynchronous.collection import AsyncCollection
 
-    from widelog.incidents.model import ScopeCount
 
 DUPLICATE_KEY = 11000
 
@@ -51,7 +58,19 @@ async def _insert_new(
     return len(result.inserted_ids)
 
 
+def _id_range(low: str, high: str) -> dict[str, Any]:
+    return {"_id": {"$gte": low, "$lt": high}}
+
+
 class MongoIncidentStore:
+    """The incident store on MongoDB or FerretDB; the judging reads are `_id` equalities.
+
+    FerretDB 1.24 (SQLite) pushes only an `_id` equality down to SQLite (`explain`:
+    `filterPushdown`); an `_id` range, `$in` or a secondary field scans every document. The
+    summaries' reads (one incident's facts, its members, the transitions) and the prune still
+    scan; they run per request or per sweep, never per batch.
+    """
+
     def __init__(
         self,
         url: str,
@@ -62,106 +81,57 @@ class MongoIncidentStore:
     ) -> None:
         self._client = mongo_client(url, timeout_ms=timeout_ms)
         self.database = self._client.get_default_database(database or "widelog")
-        self._scopes = self.database[f"{prefix}scope_counts"]
-        self._facts = self.database[f"{prefix}facts"]
-        self._members = self.database[f"{prefix}members"]
+        self._minutes = self.database[f"{prefix}minutes"]  # each worker's counts per minute
+        self._records = self.database[f"{prefix}records"]  # facts and members
         self._transitions = self.database[f"{prefix}transitions"]
-        self._indexed = False
+        self._marks = self.database[f"{prefix}watermarks"]
 
-    async def ensure_indexes(self) -> None:
-        if self._indexed:
-            return
-        await self._scopes.create_index([("scope", ASCENDING), ("minute", ASCENDING)], name="scope")
-        await self._scopes.create_index([("minute", ASCENDING)], name="minute")
-        await self._facts.create_index(
-            [("incident", ASCENDING), ("minute", ASCENDING)], name="incident"
-        )
-        await self._facts.create_index([("minute", ASCENDING)], name="minute")
-        await self._members.create_index(
-            [("incident", ASCENDING), ("kind", ASCENDING), ("minute", ASCENDING)], name="incident"
-        )
-        await self._transitions.create_index([("incident", ASCENDING)], name="incident")
-        self._indexed = True
-
-    async def add_scope_counts(self, counts: Sequence[ScopeCount], *, token: str) -> None:
-        await self.ensure_indexes()
-        docs = [
-            {
-                "_id": c.record_id(token),
-                "scope": c.scope_id,
-                "minute": c.minute,
-                "events": c.events,
-                "weight": float(c.weight),
-            }
-            for c in counts
-        ]
-        await _insert_new(self._scopes, docs)
-
-    async def add_contributions(self, contributions: Sequence[Contribution], *, token: str) -> None:
-        await self.ensure_indexes()
-        facts, members = [], []
+    async def add_batch(
+        self, contributions: Sequence[Contribution], minutes: Sequence[WorkerMinute], *, token: str
+    ) -> None:
+        # Facts and members in one collection (`incident|minute|…`, `incident|user|…`): one
+        # `insert_many`. Then this worker's minutes, replaced whole: it is their only writer.
+        docs: list[dict[str, Any]] = []
         for part in contributions:
             if part.first is None or part.last is None:
                 continue
-            facts.append({"_id": part.record_id(token), **part.to_doc()})
+            docs.append({"_id": part.record_id(token), **part.to_doc()})
             for kind, hashes in (("user", part.users), ("session", part.sessions)):
-                members += [
-                    {
-                        "_id": f"{part.incident_id}|{kind}|{h}",
-                        "incident": part.incident_id,
-                        "kind": kind,
-                        "minute": part.minute,
-                    }
-                    for h in hashes
-                ]
-        # Facts first: a member is only ever counted for a group whose facts are stored.
-        await _insert_new(self._facts, facts)
-        await _insert_new(self._members, members)
-
-    async def group_series(
-        self, incident_ids: Collection[str], start: dt.datetime, end: dt.datetime
-    ) -> dict[str, dict[dt.datetime, MinuteTotals]]:
-        if not incident_ids:
-            return {}
-        await self.ensure_indexes()
-        query = {"incident": {"$in": list(incident_ids)}, "minute": {"$gte": start, "$lte": end}}
-        fields = {"incident": 1, "minute": 1, "events": 1, "weight": 1, "first": 1, "last": 1}
-        result: dict[str, dict[dt.datetime, MinuteTotals]] = {}
-        async for doc in self._facts.find(query, fields):
-            minute = _time(doc["minute"])
-            totals = MinuteTotals(
-                int(doc["events"]), float(doc["weight"]), _time(doc["first"]), _time(doc["last"])
+                docs += [
+                    {"_id": f"{part.incident_id}|{kind}|{h}", "incident": part.incident_id,
+                     "minute": part.minute}
+                    for h in sorted(hashes)
+                ]  # fmt: skip
+        await _insert_new(self._records, docs)
+        if minutes:
+            await self._minutes.bulk_write(
+                [ReplaceOne({"_id": m.record_id}, m.to_doc(), upsert=True) for m in minutes],
+                ordered=True,
             )
-            series = result.setdefault(str(doc["incident"]), {})
-            series[minute] = series[minute].plus(totals) if minute in series else totals
-        return result
 
-    async def scope_series(
-        self, scope_ids: Collection[str], start: dt.datetime, end: dt.datetime
-    ) -> dict[str, dict[dt.datetime, float]]:
-        if not scope_ids:
-            return {}
-        await self.ensure_indexes()
-        query = {"scope": {"$in": list(scope_ids)}, "minute": {"$gte": start, "$lte": end}}
-        result: dict[str, dict[dt.datetime, float]] = {}
-        async for doc in self._scopes.find(query, {"scope": 1, "minute": 1, "weight": 1}):
-            series = result.setdefault(str(doc["scope"]), {})
-            minute = _time(doc["minute"])
-            series[minute] = series.get(minute, 0.0) + float(doc["weight"])
-        return result
+    async def worker_minutes(self, keys: Sequence[tuple[dt.datetime, str]]) -> list[WorkerMinute]:
+        # One `_id` equality each: FerretDB 1.24 scans for `$in` and for `_id` ranges.
+        found = []
+        for minute, worker in keys:
+            doc = await self._minutes.find_one({"_id": worker_minute_id(minute, worker)})
+            if doc is not None:
+                found.append(WorkerMinute.from_doc(doc))
+        return found
 
-    async def last_event_before(self, incident_id: str, before: dt.datetime) -> dt.datetime | None:
-        cursor = (
-            self._facts.find({"incident": incident_id, "minute": {"$lt": before}}, {"last": 1})
-            .sort([("last", DESCENDING)])
-            .limit(1)
-        )
-        async for doc in cursor:
-            return _time(doc["last"])
-        return None
+    async def publish_watermark(self, worker: str, mark: WorkerMark) -> None:
+        # One writer per document (the worker itself), so a replace is safe even on FerretDB.
+        doc = {"newest": mark.newest, "arrival": mark.arrival, "first": mark.first}
+        await self._marks.replace_one({"_id": worker}, doc, upsert=True)
+
+    async def watermarks(self) -> dict[str, WorkerMark]:
+        return {
+            str(doc["_id"]): WorkerMark(
+                parse_time(doc.get("newest")), _time(doc["arrival"]), parse_time(doc.get("first"))
+            )
+            async for doc in self._marks.find({})
+        }
 
     async def add_transition(self, transition: Transition) -> bool:
-        await self.ensure_indexes()
         try:
             await self._transitions.insert_one({"_id": transition.record_id, **transition.to_doc()})
         except DuplicateKeyError:
@@ -171,40 +141,45 @@ class MongoIncidentStore:
     async def transitions(
         self, incident_ids: Collection[str] | None = None
     ) -> dict[str, list[Transition]]:
-        query: Mapping[str, Any] = (
-            {} if incident_ids is None else {"incident": {"$in": list(incident_ids)}}
-        )
-        if incident_ids is not None and not incident_ids:
-            return {}
+        if incident_ids is None:
+            docs = [doc async for doc in self._transitions.find({})]
+        else:
+            docs = []
+            for iid in incident_ids:
+                docs += [d async for d in self._transitions.find(_id_range(f"{iid}|", f"{iid}|~"))]
         result: dict[str, list[Transition]] = {}
-        async for doc in self._transitions.find(query):
+        for doc in docs:
             step = Transition.from_doc(doc)
             result.setdefault(step.incident_id, []).append(step)
         return result
 
     async def contributions(self, incident_id: str, since: dt.datetime) -> list[Contribution]:
-        cursor = self._facts.find({"incident": incident_id, "minute": {"$gte": since}}).sort(
-            [("minute", ASCENDING)]
-        )
+        # ':' sorts right after the digits: the minute-keyed facts, not the members.
+        query = _id_range(f"{incident_id}|{minute_key(since)}", f"{incident_id}|:")
+        cursor = self._records.find(query).sort([("_id", ASCENDING)])
         return [Contribution.from_doc(doc) async for doc in cursor]
 
     async def member_counts(self, incident_id: str, since: dt.datetime) -> dict[str, int]:
-        return {
-            kind: await self._members.count_documents(
-                {"incident": incident_id, "kind": kind, "minute": {"$gte": since}}
-            )
-            for kind in ("user", "session")
-        }
+        counts = {}
+        for kind in ("user", "session"):
+            query = {
+                **_id_range(f"{incident_id}|{kind}|", f"{incident_id}|{kind}|~"),
+                "minute": {"$gte": since},
+            }
+            counts[kind] = await self._records.count_documents(query)
+        return counts
 
     async def prune(self, *, before: dt.datetime, keep: Collection[str]) -> int:
-        deleted = (await self._scopes.delete_many({"minute": {"$lt": before}})).deleted_count
+        # A few scans, once a sweep (not per batch): of the small minutes collection, and of the
+        # facts for the groups that never opened.
+        deleted = (await self._minutes.delete_many({"minute": {"$lt": before}})).deleted_count
         query = {"minute": {"$lt": before}, "incident": {"$nin": list(keep)}}
-        for collection in (self._facts, self._members):
-            deleted += (await collection.delete_many(query)).deleted_count
+        deleted += (await self._records.delete_many(query)).deleted_count
+        await self._marks.delete_many({"arrival": {"$lt": before}})
         return deleted
 
     async def clear(self) -> None:
-        for collection in (self._scopes, self._facts, self._members, self._transitions):
+        for collection in (self._minutes, self._records, self._transitions, self._marks):
             await collection.delete_many({})
 
     async def ping(self) -> None:

@@ -9,7 +9,8 @@ if TYPE_CHECKING:
     import datetime as dt
     from collections.abc import Collection
 
-    from widelog.incidents.model import Contribution, MinuteTotals, ScopeCount, Transition
+    from widelog.incidents.model import Contribution, Transition, WorkerMinute
+    from widelog.incidents.watermark import WorkerMark
 
 
 class IncidentStore(Protocol):
@@ -19,30 +20,32 @@ class IncidentStore(Protocol):
     makes re-delivered and retried batches harmless and needs no atomic update (FerretDB loses
     concurrent updates of one document). Counts are summed when read. `token` identifies the
     batch a record came from. Times are aware UTC datetimes; minutes are whole minutes.
+
+    Every read the aggregator makes while judging is an `_id` equality (a worker's minute), the
+    one lookup FerretDB 1.24 pushes down to SQLite; it scans for an `_id` range.
     """
 
-    async def add_scope_counts(self, counts: Sequence[ScopeCount], *, token: str) -> None:
-        """Store each (scope, minute) count of this batch once."""
+    async def add_batch(
+        self, contributions: Sequence[Contribution], minutes: Sequence[WorkerMinute], *, token: str
+    ) -> None:
+        """Store what one batch adds.
+
+        Its (incident, minute) contributions and the members they name first, each once; and
+        this worker's counts of the minutes it touched, replaced whole (one writer per record:
+        the worker).
+        """
         ...
 
-    async def add_contributions(self, contributions: Sequence[Contribution], *, token: str) -> None:
-        """Store each (incident, minute) contribution of this batch once, and its new members."""
+    async def worker_minutes(self, keys: Sequence[tuple[dt.datetime, str]]) -> list[WorkerMinute]:
+        """The stored (minute, worker) counts among `keys`, each looked up by `_id` equality."""
         ...
 
-    async def group_series(
-        self, incident_ids: Collection[str], start: dt.datetime, end: dt.datetime
-    ) -> dict[str, dict[dt.datetime, MinuteTotals]]:
-        """Per incident, per minute in [start, end], the sum of its contributions."""
+    async def publish_watermark(self, worker: str, mark: WorkerMark) -> None:
+        """Record how far this worker has read (one document per worker, one writer each)."""
         ...
 
-    async def scope_series(
-        self, scope_ids: Collection[str], start: dt.datetime, end: dt.datetime
-    ) -> dict[str, dict[dt.datetime, float]]:
-        """Per scope, per minute in [start, end], the re-weighted requests."""
-        ...
-
-    async def last_event_before(self, incident_id: str, before: dt.datetime) -> dt.datetime | None:
-        """The time of the incident's last matching event in a minute before `before`."""
+    async def watermarks(self) -> dict[str, WorkerMark]:
+        """Every worker's last published mark."""
         ...
 
     async def add_transition(self, transition: Transition) -> bool:
@@ -64,11 +67,15 @@ class IncidentStore(Protocol):
         ...
 
     async def prune(self, *, before: dt.datetime, keep: Collection[str]) -> int:
-        """Delete scope counts before `before`, and older records of groups not in `keep`."""
+        """Delete what is older than `before` and no longer needed.
+
+        The worker minutes, the contributions and members of groups not in `keep` (never
+        opened), and the marks of workers silent since then.
+        """
         ...
 
     async def clear(self) -> None:
-        """Delete every incident record (before a rebuild)."""
+        """Delete every incident record and watermark (before a rebuild)."""
         ...
 
     async def ping(self) -> None: ...

@@ -36,8 +36,7 @@ async def _load(
         end = minute_of(max(lasts))
         window_s = int(opening.rule.get("window_s", 300))
         begin = end + MINUTE - dt.timedelta(seconds=window_s)
-        series = await store.scope_series([opening.scope_id], begin, end)
-        scope = series.get(opening.scope_id, {})
+        scope = await scope_series(store, opening.scope_id, begin, end)
         if totals is not None:
             pairs = tuple((f, v) for f, v in opening.key if f in opening.rule.get("scope", []))
             exact = await totals.scope_totals(pairs, begin, end)
@@ -54,6 +53,30 @@ async def _load(
     if incident is not None and window is not None and exact is not None and current:
         incident.window = annotate(window, exact)
     return incident
+
+
+async def scope_series(
+    store: IncidentStore, scope_id: str, start: dt.datetime, end: dt.datetime
+) -> dict[dt.datetime, float]:
+    """The scope's re-weighted requests (counted on time) per minute in [start, end].
+
+    Summed over every worker: one `_id` lookup per (minute, worker that had counted by then).
+    """
+    marks = await store.watermarks()
+    keys = []
+    minute = start
+    while minute <= end:
+        keys += [
+            (minute, worker)
+            for worker, mark in sorted(marks.items())
+            if mark.first is not None and mark.first <= minute
+        ]
+        minute += MINUTE
+    series: dict[dt.datetime, float] = {}
+    for counts in await store.worker_minutes(keys):
+        if scope_id in counts.scopes:
+            series[counts.minute] = series.get(counts.minute, 0.0) + counts.scopes[scope_id]
+    return series
 
 
 async def get_incident(

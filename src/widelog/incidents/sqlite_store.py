@@ -15,25 +15,32 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
-from widelog.incidents.model import Contribution, MinuteTotals, Transition, parse_time
+from widelog.incidents.model import (
+    Contribution,
+    Transition,
+    WorkerMinute,
+    parse_time,
+    worker_minute_id,
+)
+from widelog.incidents.watermark import WorkerMark
 from widelog.sqlite_db import SQLiteDatabase
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Sequence
 
-    from widelog.sqlite_db import SQLiteDatabase
-from widelog.incidents.model import ScopeCount
 
 _SCHEMA = """
-CREATE TABLE IF NOT EXISTS incident_scope_counts (
+CREATE TABLE IF NOT EXISTS incident_minutes (
     id      TEXT PRIMARY KEY,
-    scope   TEXT NOT NULL,
     minute  TEXT NOT NULL,
-    events  INTEGER NOT NULL,
-    weight  REAL NOT NULL
+    doc     TEXT NOT NULL
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS incident_scope_counts_scope ON incident_scope_counts (scope, minute);
-CREATE INDEX IF NOT EXISTS incident_scope_counts_minute ON incident_scope_counts (minute);
+CREATE TABLE IF NOT EXISTS incident_marks (
+    worker  TEXT PRIMARY KEY,
+    newest  TEXT,
+    arrival TEXT NOT NULL,
+    first   TEXT
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS incident_facts (
     id        TEXT PRIMARY KEY,
     incident  TEXT NOT NULL,
@@ -60,7 +67,13 @@ CREATE TABLE IF NOT EXISTS incident_transitions (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS incident_transitions_incident ON incident_transitions (incident);
 """
-_TABLES = ("incident_scope_counts", "incident_facts", "incident_members", "incident_transitions")
+_TABLES = (
+    "incident_minutes",
+    "incident_facts",
+    "incident_members",
+    "incident_transitions",
+    "incident_marks",
+)
 _encoder = msgspec.json.Encoder()
 
 
@@ -80,6 +93,34 @@ def _json(values: Collection[str]) -> str:
     return json.dumps(list(values))
 
 
+def _fact_rows(
+    contributions: Sequence[Contribution], token: str
+) -> tuple[list[tuple[str, str, str, int, float, str, str, str]], list[tuple[str, str, str, str]]]:
+    facts, members = [], []
+    for part in contributions:
+        if part.first is None or part.last is None:
+            continue  # nothing matched: nothing to record
+        minute = _t(part.minute)
+        doc = _encoder.encode(part.to_doc()).decode()
+        facts.append(
+            (
+                part.record_id(token),
+                part.incident_id,
+                minute,
+                part.events,
+                part.weight,
+                _t(part.first),
+                _t(part.last),
+                doc,
+            )
+        )
+        for kind, hashes in (("user", part.users), ("session", part.sessions)):
+            members += [
+                (f"{part.incident_id}|{kind}|{h}", part.incident_id, kind, minute) for h in hashes
+            ]
+    return facts, members
+
+
 class SQLiteIncidentStore:
     """`IncidentStore` on SQLite, in the same file as the events (`sqlite_db.py`)."""
 
@@ -87,44 +128,11 @@ class SQLiteIncidentStore:
         self._db = SQLiteDatabase(path, schema=_SCHEMA)
         self._run = self._db.run
 
-    async def add_scope_counts(self, counts: Sequence[ScopeCount], *, token: str) -> None:
-        rows = [(c.record_id(token), c.scope_id, _t(c.minute), c.events, c.weight) for c in counts]
-
-        def insert(db: sqlite3.Connection) -> None:
-            with db:
-                db.executemany(
-                    "INSERT OR IGNORE INTO incident_scope_counts"
-                    " (id, scope, minute, events, weight) VALUES (?, ?, ?, ?, ?)",
-                    rows,
-                )
-
-        if rows:
-            await self._run(insert)
-
-    async def add_contributions(self, contributions: Sequence[Contribution], *, token: str) -> None:
-        facts, members = [], []
-        for part in contributions:
-            if part.first is None or part.last is None:
-                continue  # nothing matched: nothing to record
-            minute = _t(part.minute)
-            doc = _encoder.encode(part.to_doc()).decode()
-            facts.append(
-                (
-                    part.record_id(token),
-                    part.incident_id,
-                    minute,
-                    part.events,
-                    part.weight,
-                    _t(part.first),
-                    _t(part.last),
-                    doc,
-                )
-            )
-            for kind, hashes in (("user", part.users), ("session", part.sessions)):
-                members += [
-                    (f"{part.incident_id}|{kind}|{h}", part.incident_id, kind, minute)
-                    for h in hashes
-                ]
+    async def add_batch(
+        self, contributions: Sequence[Contribution], minutes: Sequence[WorkerMinute], *, token: str
+    ) -> None:
+        facts, members = _fact_rows(contributions, token)
+        rows = [(m.record_id, _t(m.minute), _encoder.encode(m.to_doc()).decode()) for m in minutes]
 
         def insert(db: sqlite3.Connection) -> None:
             with db:
@@ -139,52 +147,43 @@ class SQLiteIncidentStore:
                     " VALUES (?, ?, ?, ?)",
                     members,
                 )
+                db.executemany("INSERT OR REPLACE INTO incident_minutes VALUES (?, ?, ?)", rows)
 
-        if facts:
+        if facts or rows:
             await self._run(insert)
 
-    async def group_series(
-        self, incident_ids: Collection[str], start: dt.datetime, end: dt.datetime
-    ) -> dict[str, dict[dt.datetime, MinuteTotals]]:
-        ids = list(incident_ids)
-        if not ids:
-            return {}
-        sql = (
-            "SELECT incident, minute, sum(events), sum(weight), min(first), max(last)"
-            " FROM incident_facts WHERE incident IN (SELECT value FROM json_each(?))"
-            " AND minute BETWEEN ? AND ?"
-            " GROUP BY incident, minute"
-        )
-        args = (_json(ids), _t(start), _t(end))
-        rows = await self._run(lambda db: db.execute(sql, args).fetchall())
-        result: dict[str, dict[dt.datetime, MinuteTotals]] = {}
-        for incident, minute, events, weight, first, last in rows:
-            totals = MinuteTotals(int(events), float(weight), _parse(first), _parse(last))
-            result.setdefault(incident, {})[_parse(minute)] = totals
-        return result
+    async def worker_minutes(self, keys: Sequence[tuple[dt.datetime, str]]) -> list[WorkerMinute]:
+        ids = [worker_minute_id(m, w) for m, w in keys]
+        sql = "SELECT doc FROM incident_minutes WHERE id = ?"
 
-    async def scope_series(
-        self, scope_ids: Collection[str], start: dt.datetime, end: dt.datetime
-    ) -> dict[str, dict[dt.datetime, float]]:
-        ids = list(scope_ids)
-        if not ids:
-            return {}
-        sql = (
-            "SELECT scope, minute, sum(weight) FROM incident_scope_counts"
-            " WHERE scope IN (SELECT value FROM json_each(?)) AND minute BETWEEN ? AND ?"
-            " GROUP BY scope, minute"
-        )
-        args = (_json(ids), _t(start), _t(end))
-        rows = await self._run(lambda db: db.execute(sql, args).fetchall())
-        result: dict[str, dict[dt.datetime, float]] = {}
-        for scope, minute, weight in rows:
-            result.setdefault(scope, {})[_parse(minute)] = float(weight)
-        return result
+        def read(db: sqlite3.Connection) -> list[str]:
+            rows = (db.execute(sql, (i,)).fetchone() for i in ids)
+            return [row[0] for row in rows if row is not None]
 
-    async def last_event_before(self, incident_id: str, before: dt.datetime) -> dt.datetime | None:
-        sql = "SELECT max(last) FROM incident_facts WHERE incident = ? AND minute < ?"
-        row = await self._run(lambda db: db.execute(sql, (incident_id, _t(before))).fetchone())
-        return None if row is None or row[0] is None else _parse(row[0])
+        return [WorkerMinute.from_doc(msgspec.json.decode(doc)) for doc in await self._run(read)]
+
+    async def publish_watermark(self, worker: str, mark: WorkerMark) -> None:
+        newest = None if mark.newest is None else _t(mark.newest)
+        first = None if mark.first is None else _t(mark.first)
+        args = (worker, newest, _t(mark.arrival), first)
+
+        def upsert(db: sqlite3.Connection) -> None:
+            with db:
+                db.execute("INSERT OR REPLACE INTO incident_marks VALUES (?, ?, ?, ?)", args)
+
+        await self._run(upsert)
+
+    async def watermarks(self) -> dict[str, WorkerMark]:
+        sql = "SELECT worker, newest, arrival, first FROM incident_marks"
+        rows = await self._run(lambda db: db.execute(sql).fetchall())
+        return {
+            worker: WorkerMark(
+                None if newest is None else _parse(newest),
+                _parse(arrival),
+                None if first is None else _parse(first),
+            )
+            for worker, newest, arrival, first in rows
+        }
 
     async def add_transition(self, transition: Transition) -> bool:
         doc = _encoder.encode(transition.to_doc()).decode()
@@ -238,18 +237,15 @@ class SQLiteIncidentStore:
         def delete(db: sqlite3.Connection) -> int:
             with db:
                 deleted = db.execute(
-                    "DELETE FROM incident_scope_counts WHERE minute < ?", args[:1]
+                    "DELETE FROM incident_minutes WHERE minute < ?", args[:1]
                 ).rowcount
-                deleted += db.execute(
-                    "DELETE FROM incident_facts WHERE minute < ?"
-                    " AND incident NOT IN (SELECT value FROM json_each(?))",
-                    args,
-                ).rowcount
-                deleted += db.execute(
-                    "DELETE FROM incident_members WHERE minute < ?"
-                    " AND incident NOT IN (SELECT value FROM json_each(?))",
-                    args,
-                ).rowcount
+                for table in ("incident_facts", "incident_members"):
+                    deleted += db.execute(
+                        f"DELETE FROM {table} WHERE minute < ?"  # noqa: S608 - constant names
+                        " AND incident NOT IN (SELECT value FROM json_each(?))",
+                        args,
+                    ).rowcount
+                db.execute("DELETE FROM incident_marks WHERE arrival < ?", args[:1])
             return int(deleted)
 
         return int(await self._run(delete))

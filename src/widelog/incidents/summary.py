@@ -102,6 +102,7 @@ def summarize(incident: Incident) -> dict[str, Any]:
         "last_seen": _iso(incident.last_seen),
         "events": facts.events,
         "estimated_requests": round(facts.weight, 3),
+        "late_events": facts.late,  # counted, but arrived after their minute was judged
         "window": None if window is None else window.as_dict(),
         "duration_ms": {
             "p50": None if p50 is None else round(p50, 1),

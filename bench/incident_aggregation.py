@@ -1,0 +1,127 @@
+"""Issue 11 item 5: does incident aggregation keep up with the store, with and without history?
+
+`widelog worker` drains the same pre-filled Kafka topic (6 partitions, batches of 100) into
+FerretDB four times: incidents off, incidents on over an empty incident store, and incidents on
+over a store that already holds 24 h of per-minute records (what a day of the same traffic, about
+2,000 requests a minute, leaves behind), plus off again with that history present. It reports
+events/s, the ratio to incidents off, and the mean ms per batch in each quarter of the drain:
+a store query that scans a growing collection shows as a rising ms per batch. The events' times
+are spread at 2,000 a minute up to now, so minutes complete (and are judged) during the drain.
+
+    python bench/incident_aggregation.py [--events 20000] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+from typing import Any
+
+import msgspec
+
+from bench_common import Services, log
+from widelog.incidents.model import Contribution, GroupCount, WorkerMinute, minute_of
+from widelog.incidents.mongo_store import MongoIncidentStore
+from widelog.incidents.rules import incident_id, scope_id
+from widelog.incidents.watermark import WorkerMark
+from worker_drain import drain, realistic_records
+
+BATCHES_PER_MINUTE = 20  # ~2,000 requests a minute in batches of 100
+ROUTE = (("http.route", "/v1/chat"),)
+PROVIDER = (("llm.provider", "openai-compatible"), ("llm.model", "gpt-4o-mini"))
+TIMEOUTS = (("error.code", "LLM_TIMEOUT"), ("http.route", "/v1/chat"))
+
+
+async def _seed(url: str, hours: int) -> int:
+    """Per-minute records for `hours` before now, as a worker fed that traffic would write."""
+    store = MongoIncidentStore(url, timeout_ms=20_000)
+    end = minute_of(dt.datetime.now(dt.UTC))
+    written = 0
+    iid = incident_id("errors", TIMEOUTS)
+    for m in range(hours * 60, 0, -1):
+        minute = end - dt.timedelta(minutes=m)
+        writes = []
+        for b in range(BATCHES_PER_MINUTE):  # a batch of facts every 3 s, as the errors came
+            part = Contribution(iid, "errors", TIMEOUTS, scope_id(ROUTE), minute)
+            part.events, part.weight = 2, 2.0
+            part.first = minute + dt.timedelta(seconds=3 * b)
+            part.last = minute + dt.timedelta(seconds=3 * b + 1)
+            writes.append(store.add_batch([part], [], token=f"hist{m:05d}{b:03d}"))
+        group = GroupCount(iid, "errors", TIMEOUTS, scope_id(ROUTE), 40, 40.0)
+        counts = WorkerMinute(minute, "previous", {scope_id(k): 2000.0 for k in (ROUTE, PROVIDER)})
+        counts.groups[iid] = group
+        writes.append(store.add_batch([], [counts], token=f"hist{m:05d}"))
+        written += BATCHES_PER_MINUTE + 1
+        await asyncio.gather(*writes)
+    # The worker that wrote that history, stopped an hour ago: a new one starts from its mark
+    # (reading back only the last window's minutes), as after a deploy.
+    newest = end - dt.timedelta(seconds=1)
+    stopped = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+    first = end - dt.timedelta(hours=hours)
+    await store.publish_watermark("previous", WorkerMark(newest, stopped, first))
+    await store.close()
+    return written
+
+
+def seed_history(hours: int) -> Any:
+    def prepare(url: str) -> None:
+        written = asyncio.run(_seed(url, hours))
+        log(f"seeded {hours} h of incident history: {written} records")
+
+    return prepare
+
+
+def spread_in_time(records: list[tuple[str, bytes]], per_minute: int) -> list[tuple[str, bytes]]:
+    """Event times `per_minute` a minute up to now (not all in one second), so minutes complete
+    while the worker drains and get judged: what live traffic does."""
+    start = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=len(records) / per_minute)
+    spread = []
+    for i, (key, payload) in enumerate(records):
+        doc = msgspec.json.decode(payload)
+        at = start + dt.timedelta(seconds=60 * i / per_minute)
+        doc["timestamp"] = at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        spread.append((key, msgspec.json.encode(doc)))
+    return spread
+
+
+def run(services: Services, *, events: int, quick: bool) -> dict[str, Any]:
+    records = spread_in_time(realistic_records(events), BATCHES_PER_MINUTE * 100)
+    rows = []
+    cases = [(False, 0), (True, 0), (True, 24)]
+    if not quick:
+        cases.append((False, 24))
+    for incidents, hours in cases:
+        row = drain(
+            services,
+            records,
+            transport="kafka",
+            workers=1,
+            batch=100,
+            incidents=incidents,
+            timeout=600.0,
+            prepare=seed_history(hours) if hours else None,
+        )
+        row["history_h"] = hours
+        rows.append(row)
+        log(
+            f"incidents {'on' if incidents else 'off'}, {hours} h history: "
+            f"{row['events_per_s']:.0f} ev/s, ms/batch by quarter {row['ms_per_batch']}"
+        )
+    off = rows[0]["events_per_s"]
+    for row in rows:
+        row["vs_off"] = row["events_per_s"] / off if off else 0.0
+    return {"events": events, "batch": 100, "rows": rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--events", type=int, default=20_000)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    print(json.dumps(run(Services.from_env(), events=args.events, quick=args.quick), indent=2))
+
+
+if __name__ == "__main__":
+    main()
