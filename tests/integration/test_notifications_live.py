@@ -34,9 +34,9 @@ NOW = dt.datetime.now(dt.UTC)  # the events' times are set back from here
 RULES = """
 [[rules]]
 id = "errors"
-match = { error = true }
+match = {{ error = true }}
 window = "1m"
-quiet = "1m"
+quiet = "{quiet}"
 min_count = 5
 min_requests = 5
 """
@@ -47,13 +47,13 @@ def live(test: Any) -> Any:
     return pytest.mark.redis(pytest.mark.mongo(pytest.mark.slow(test)))
 
 
-def notifying(pipeline: Pipeline, receiver: Receiver, tmp_path: Path) -> None:
+def notifying(pipeline: Pipeline, receiver: Receiver, tmp_path: Path, *, quiet: str) -> None:
     """Point the pipeline's workers at the receiver, with fast retries and small rules."""
     rules = tmp_path / "rules.toml"
-    rules.write_text(RULES)
+    rules.write_text(RULES.format(quiet=quiet))
     pipeline.env |= {
         "WIDELOG_INCIDENTS_RULES": str(rules),
-        "WIDELOG_INCIDENTS_LATENESS": "0",
+        "WIDELOG_INCIDENTS_LATENESS": "5",
         "WIDELOG_INCIDENTS_WEBHOOK_URL": receiver.url,
         "WIDELOG_INCIDENTS_WEBHOOK_SECRET": SECRET,
         "WIDELOG_INCIDENTS_WEBHOOK_TIMEOUT_S": "1",
@@ -108,14 +108,16 @@ async def wait_for_outbox(pipeline: Pipeline, suffix: str, *, timeout: float = 3
 
 
 async def open_incident(
-    pipeline: Pipeline, receiver: Receiver, tmp_path: Path, *, workers: int
+    pipeline: Pipeline, receiver: Receiver, tmp_path: Path, *, workers: int, quiet: str
 ) -> tuple[set[str], str]:
-    """Workers notifying the receiver, and a burst of timeouts five minutes ago that they
-    turn into an incident: the events' request ids and the open message's key."""
-    notifying(pipeline, receiver, tmp_path)
+    """Workers notifying the receiver, a burst of timeouts five minutes ago that they turn into
+    an incident, and successes three minutes later, whose event time completes the burst's
+    minutes (and `quiet`, if it is short): the events' request ids and the open message's key."""
+    notifying(pipeline, receiver, tmp_path, quiet=quiet)
     for _ in range(workers):
         pipeline.start_worker()
     sent = await publish(pipeline, burst("a", NOW - 5 * MINUTE, errors=30, successes=30))
+    sent |= await publish(pipeline, burst("b", NOW - 2 * MINUTE, errors=0, successes=10))
     return sent, await wait_for_outbox(pipeline, ":1:open")
 
 
@@ -125,9 +127,7 @@ async def test_open_and_resolve_reach_the_receiver_after_500s_once_each_across_t
 ):
     pipeline = redis_pipeline
     with receiving("fail") as receiver:
-        sent, open_key = await open_incident(pipeline, receiver, tmp_path, workers=2)
-        # One more error after the quiet period: its batch resolves the incident.
-        sent |= await publish(pipeline, burst("b", NOW - 2 * MINUTE, errors=1, successes=10))
+        sent, open_key = await open_incident(pipeline, receiver, tmp_path, workers=2, quiet="1m")
         resolve_key = await wait_for_outbox(pipeline, ":1:resolve")
         await receiver.wait_for_attempts(3)  # the open, answered 500 and retried
 
@@ -167,7 +167,7 @@ async def test_a_hanging_receiver_never_delays_storing_and_gets_the_message_once
     with receiving("hang") as receiver:
         port = free_port()
         pipeline.env["WIDELOG_WORKER_HTTP_PORT"] = str(port)
-        _, open_key = await open_incident(pipeline, receiver, tmp_path, workers=1)
+        _, open_key = await open_incident(pipeline, receiver, tmp_path, workers=1, quiet="30m")
         await receiver.wait_for_attempts(1)
 
         took = []
@@ -210,6 +210,8 @@ async def test_the_embedded_pipeline_notifies_and_reports_it_on_metrics_and_infr
                 message = "[fail:LLM_TIMEOUT] hi" if i % 3 == 0 else "hi"
                 await client.post("/v1/chat", json={"session_id": "s", "message": message})
             await container.pipeline.drained()
+            assert container.pipeline.aggregator is not None
+            await container.pipeline.aggregator.settle()  # judged on complete minutes only
             await wait_until(lambda: bool(receiver.delivered()))
             assert 1 == len({r.key for r in receiver.requests})
             metrics = (await client.get("/metrics")).text

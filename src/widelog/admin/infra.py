@@ -98,6 +98,7 @@ def _events(pipeline: Pipeline) -> dict[str, Any]:
         "finalized": stats.finalized,
         "published": stats.published,
         "count_records": stats.count_records,
+        "count_records_failed": stats.count_records_failed,
         "sampled_out": stats.sampled_out,
         "publish_failed": stats.publish_failed,
     }

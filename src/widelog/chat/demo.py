@@ -235,6 +235,7 @@ async def _report(
             "finalized": logging_stats.finalized,
             "published": logging_stats.published,
             "count_records": logging_stats.count_records,  # published beside the events
+            "count_records_failed": logging_stats.count_records_failed,
             "publish_failed": logging_stats.publish_failed,
             "finalize_failed": logging_stats.finalize_failed,
             "sampled_out": logging_stats.sampled_out,

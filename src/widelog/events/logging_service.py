@@ -39,6 +39,7 @@ class LoggingStats:
     publish_failed: int = 0
     finalize_failed: int = 0
     count_records: int = 0  # count records handed to the publisher (re-sends included)
+    count_records_failed: int = 0  # refused by the publisher: re-sent with the next change
 
 
 class LoggingService:
@@ -155,8 +156,9 @@ class LoggingService:
         """Publish the count records that are due (`final`: all changed ones, at shutdown).
 
         Through the same publisher as the events, so the same spool and replay; a record that
-        fails to publish is counted in `stats.publish_failed` and re-sent with the next change
-        of its minute (a lost record makes readers estimate that minute, never miscount it).
+        fails to publish is counted in `stats.count_records_failed` (not among the events) and
+        re-sent with the next change of its minute (a lost record makes readers estimate that
+        minute, never miscount it).
         """
         if self.counter is None:
             return 0
@@ -166,7 +168,7 @@ class LoggingService:
                 payload = encode(record.to_doc(), max_bytes=MAX_RECORD_BYTES)
                 self.publisher.publish(record.id, payload)
             except Exception as exc:  # noqa: BLE001 - like an event: counted, never raised
-                self.stats.publish_failed += 1
+                self.stats.count_records_failed += 1
                 log.warning("publish failed for count record %s: %r", record.id, exc)
             else:
                 sent += 1

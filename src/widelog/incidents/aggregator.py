@@ -641,9 +641,15 @@ def _log_step(step: Transition) -> None:
 
 
 async def run_sweeper(
-    aggregator: IncidentAggregator, stop: asyncio.Event, *, interval: float = 60.0
+    aggregator: IncidentAggregator, stop: asyncio.Event, *, interval: float | None = None
 ) -> None:
-    """Sweep every `interval` s until `stop`; a failed sweep is logged and tried again later."""
+    """Sweep every `interval` s until `stop`; a failed sweep is logged and tried again later.
+
+    By default every half of the rules' lateness, between 1 and 60 s: in silence a minute is
+    judged once wall time passed it by the lateness, and the sweep adds at most half that again.
+    """
+    if interval is None:
+        interval = min(max(aggregator.rules.lateness / 2, 1.0), 60.0)
     while not stop.is_set():
         try:
             await aggregator.sweep()
