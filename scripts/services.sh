@@ -321,6 +321,7 @@ listener.name.sasl_plaintext.plain.sasl.jaas.config=org.apache.kafka.common.secu
   if [ -n "$KAFKA_SSL_PORT" ]; then
     kafka_tls_material
     listeners="$listeners,SSL://$HOST:$KAFKA_SSL_PORT"
+    advertised="$advertised,SSL://$HOST:$KAFKA_SSL_PORT"
     protocols="$protocols,SSL:SSL"
     sasl="$sasl
 listener.name.ssl.ssl.keystore.type=PKCS12

@@ -57,6 +57,9 @@ def chat_service(tmp_path: Path) -> Iterator[str]:
             "WIDELOG_FLUSH_INTERVAL_S": "0.2",
             "WIDELOG_FAKE_LLM_LATENCY_MS": "5",
             "WIDELOG_FAKE_LLM_ERROR_RATES": json.dumps({"LLM_TIMEOUT": 0.3}),
+            # Incidents are judged on complete minutes: with no lateness, the traffic's minute
+            # is judged once wall time leaves it (within ~61 s), not 2 minutes later.
+            "WIDELOG_INCIDENTS_LATENESS": "0",
         }
     )
     with served_chat_api(tmp_path, env) as served:
@@ -72,7 +75,7 @@ def send_chat_traffic(base: str, requests: int) -> None:
 
 
 def wait_for_open_incidents(base: str) -> int:
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120
     while True:
         page = httpx.get(base + "/dashboard", headers={"authorization": f"Bearer {TOKEN}"})
         heading = re.search(r"Open incidents \((\d+)\)", page.text)
