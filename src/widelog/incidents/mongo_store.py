@@ -13,7 +13,7 @@ import datetime as dt
 from typing import TYPE_CHECKING, Any
 
 from pymongo import ASCENDING, ReplaceOne
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.errors import DuplicateKeyError
 
 from widelog.incidents.model import (
     Contribution,
@@ -24,15 +24,10 @@ from widelog.incidents.model import (
     worker_minute_id,
 )
 from widelog.incidents.watermark import WorkerMark
-from widelog.pipeline.mongo_store import mongo_client
+from widelog.pipeline.mongo_store import insert_new, mongo_client
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Sequence
-
-    from pymongo.asynchronous.collection import AsyncCollection
-
-
-DUPLICATE_KEY = 11000
 
 
 def _time(value: object) -> dt.datetime:
@@ -40,22 +35,6 @@ def _time(value: object) -> dt.datetime:
     if moment is None:
         raise ValueError(f"not a stored time: {value!r}")
     return moment
-
-
-async def _insert_new(
-    collection: AsyncCollection[dict[str, Any]], docs: list[dict[str, Any]]
-) -> int:
-    """Insert what is not there yet; return how many were new. Other write errors raise."""
-    if not docs:
-        return 0
-    try:
-        result = await collection.insert_many(docs, ordered=False)
-    except BulkWriteError as exc:
-        errors = exc.details.get("writeErrors", [])
-        if any(error.get("code") != DUPLICATE_KEY for error in errors):
-            raise
-        return len(docs) - len(errors)
-    return len(result.inserted_ids)
 
 
 def _id_range(low: str, high: str) -> dict[str, Any]:
@@ -102,7 +81,7 @@ class MongoIncidentStore:
                      "minute": part.minute}
                     for h in sorted(hashes)
                 ]  # fmt: skip
-        await _insert_new(self._records, docs)
+        await insert_new(self._records, docs)
         if minutes:
             await self._minutes.bulk_write(
                 [ReplaceOne({"_id": m.record_id}, m.to_doc(), upsert=True) for m in minutes],

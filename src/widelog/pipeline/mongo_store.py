@@ -96,10 +96,17 @@ def _from_document(doc: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
-async def _insert_new(
+async def insert_new(
     collection: AsyncCollection[dict[str, Any]], docs: list[dict[str, Any]]
 ) -> set[int]:
-    """Insert what is not there yet; the indexes of the documents whose `_id` already was."""
+    """Insert what is not there yet (`_id`); the indexes of the documents that already were.
+
+    Insert-only writes are how widelog stays idempotent on FerretDB too, which loses concurrent
+    updates of one document; any error other than a duplicate key (or a write concern error)
+    raises, so the caller retries.
+    """
+    if not docs:
+        return set()
     try:
         await collection.insert_many(docs, ordered=False)
     except BulkWriteError as exc:
@@ -283,7 +290,7 @@ class MongoEventStore:
             positions.append(position)
         if not records:
             return set()
-        known = await _insert_new(self._conflicts, records)
+        known = await insert_new(self._conflicts, records)
         return {positions[i] for i in range(len(records)) if i not in known}
 
     async def write_dead_letters(self, letters: Sequence[DeadLetter]) -> None:
@@ -303,7 +310,7 @@ class MongoEventStore:
             if letter.letter_id is not None:
                 doc["_id"] = letter.letter_id
             docs.append(doc)
-        await _insert_new(self._dead, docs)
+        await insert_new(self._dead, docs)
 
     async def write_request_counts(self, records: Sequence[CountRecord]) -> None:
         """Upsert each record unless the stored copy has the same or a higher version.

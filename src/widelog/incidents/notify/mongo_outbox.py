@@ -13,9 +13,8 @@ from typing import TYPE_CHECKING, Any
 from pymongo import ASCENDING
 from pymongo.errors import DuplicateKeyError
 
-from widelog.incidents.mongo_store import _insert_new
 from widelog.incidents.notify.model import Attempt, OutboxMessage, merge_attempts, stored_time
-from widelog.pipeline.mongo_store import mongo_client
+from widelog.pipeline.mongo_store import insert_new, mongo_client
 
 if TYPE_CHECKING:
     import datetime as dt
@@ -58,7 +57,7 @@ class MongoNotificationOutbox:
             }
             for m in messages
         ]
-        return await _insert_new(self._messages, docs)
+        return len(docs) - len(await insert_new(self._messages, docs))
 
     async def messages(
         self, *, since: dt.datetime | None = None, keys: Collection[str] | None = None
