@@ -134,6 +134,8 @@ def _explained_by_open(
     """What each explaining group open at `minute` explains of the window ending with it."""
     episodes: dict[str, int | None] = {}
     found: dict[str, tuple[int, Tally]] = {}
+    if not state.explained:
+        return found  # no explaining rule, or none of them matched lately
     for back in range(window_minutes):
         for iid, tally in state.explained.get(minute - back * MINUTE, {}).items():
             if iid not in episodes:
@@ -248,12 +250,19 @@ def judge(
 def _unexplained(
     window: WindowStats, explained: Collection[tuple[int, Tally]]
 ) -> tuple[WindowStats, str]:
-    """The window less what open explaining incidents explain, and a note saying so ("": none)."""
+    """The window less what open explaining incidents explain, and a note saying so ("": none).
+
+    An event two explaining groups both explain is left out twice: at worst nothing is left.
+    """
     events = sum(tally.events for _, tally in explained)
     if not events:
         return window, ""
     weight = sum(tally.weight for _, tally in explained)
-    rest = replace(window, events=window.events - events, matched=window.matched - weight)
+    rest = replace(
+        window,
+        events=max(window.events - events, 0),
+        matched=max(window.matched - weight, 0.0),
+    )
     return rest, f", leaving out {weight:,.0f} requests open incidents of other rules explain"
 
 

@@ -324,10 +324,16 @@ class GroupCount:
             **_group_doc(self.incident_id, self.rule_id, self.key, self.scope_id),
             "events": self.events,
             "weight": self.weight,
-            "explained": [
-                {"incident": iid, "events": t.events, "weight": t.weight}
-                for iid, t in sorted(self.explained.items())
-            ],
+            **(
+                {
+                    "explained": [
+                        {"incident": iid, "events": t.events, "weight": t.weight}
+                        for iid, t in sorted(self.explained.items())
+                    ]
+                }
+                if self.explained
+                else {}
+            ),
         }
 
     @classmethod
