@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from widelog.incidents.model import (
     Contribution,
     GroupCount,
     MessageStat,
+    Tally,
     Transition,
     WindowStats,
     WorkerMinute,
@@ -142,6 +144,22 @@ class IncidentStoreContract:
         [read] = (await store.transitions(["inc_b"]))["inc_b"]
         assert step("inc_b") == read
         assert {} == await store.transitions([])
+
+    async def test_explained_counts_and_facets_read_back(self, store, second):
+        latency = GroupCount(
+            "inc_b", "latency", KEY[1:], "scope_chat", 3, 3.0, {"inc_a": Tally(2, 2.0)}
+        )
+        minute = WorkerMinute(T0, "w1", {"scope_chat": 10.0}, {"inc_b": latency})
+        await store.add_batch([], [minute], token="b1")
+        assert [minute] == await second.worker_minutes([(T0, "w1")])
+
+        facet = replace(step(), kind="facet", facet_id="inc_b")
+        assert await store.add_transition(step())
+        assert await store.add_transition(facet)
+        assert not await second.add_transition(replace(facet, at=T0 + 2 * MIN))  # the first stands
+        assert [step(), facet] == sorted(
+            (await second.transitions(["inc_a"]))["inc_a"], key=lambda t: t.kind != "open"
+        )
 
     async def test_concurrent_writers_of_one_step_have_one_winner(self, store, second):
         winners = await asyncio.gather(

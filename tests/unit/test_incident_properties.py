@@ -5,7 +5,8 @@ recoveries; delivered out of order within `lateness`) goes through the aggregato
 live in random batches with sweeps in between, as a backlog read hours later, all at once,
 through `rebuild`, and split between two workers (Kafka-like partitions by request id) sharing
 one store, live and as a backlog. Every way must record exactly the same transitions (times,
-reasons, windows) and count no event late. The generator draws a `seed` (shown in the
+reasons, windows) and facets (`errors` explains `slow`; faults fail requests slowly) and count no
+event late. The generator draws a `seed` (shown in the
 falsifying example on failure) from which every detail follows, so a failure reproduces with
 `derandomize` off by passing that seed.
 """
@@ -43,6 +44,7 @@ RULES = IncidentRules.model_validate(
                 "min_count": 4,
                 "min_rate": 0.15,
                 "min_requests": 8,
+                "explains": ["slow"],
             },
             {
                 "id": "slow",
@@ -72,15 +74,17 @@ def history(seed: int) -> list[Delivery]:
     deliveries: list[Delivery] = []
     minute = T0
     for _ in range(rng.randint(3, 9)):
-        kind = rng.choice(["steady", "burst", "slow", "silence", "trickle"])
+        kind = rng.choice(["steady", "burst", "slow", "fault", "silence", "trickle"])
         for _ in range(rng.randint(1, 8)):
             requests = 0 if kind == "silence" else rng.randint(0 if kind == "trickle" else 5, 25)
             for _ in range(requests):
                 at = minute + dt.timedelta(milliseconds=rng.randrange(60_000))
                 route = rng.choice(["/v1/chat", "/v1/chat", "/v1/embed"])
-                failing = (kind == "burst" and rng.random() < 0.5) or rng.random() < 0.03
+                burst = kind in {"burst", "fault"}
+                failing = (burst and rng.random() < 0.5) or rng.random() < 0.03
                 code = rng.choice(["LLM_TIMEOUT", "LLM_RATE_LIMITED"]) if failing else None
-                slow = kind == "slow" and rng.random() < 0.6
+                # a fault fails requests slowly: the errors incident explains the slow signal
+                slow = (kind == "slow" and rng.random() < 0.6) or (kind == "fault" and failing)
                 n = len(deliveries)
                 doc = request(
                     at,
@@ -126,10 +130,7 @@ def partition(delivery: Delivery) -> int:
 
 async def transitions(store: InMemoryIncidentStore) -> list[tuple[Any, ...]]:
     steps = [s for group in (await store.transitions()).values() for s in group]
-    return sorted(
-        (s.incident_id, s.episode, s.kind, s.at, s.reason, s.window and s.window.to_doc())
-        for s in steps
-    )
+    return sorted((s.record_id, s.at, s.reason, s.window and s.window.to_doc()) for s in steps)
 
 
 async def live(
@@ -216,3 +217,9 @@ def test_the_same_history_however_the_events_are_delivered(seed: int) -> None:
     reference, _ = results["all at once"]
     for way, (steps, late) in results.items():
         assert (reference, 0) == (steps, late), f"{way} (seed {seed})"
+
+
+def test_the_generated_histories_record_facets():
+    """So the property above compares facets too (seed 0 has a fault while errors are open)."""
+    steps, _ = asyncio.run(backlog(history(0), random.Random(1), 1, whole=True))
+    assert any("|facet|" in record_id for record_id, *_ in steps)

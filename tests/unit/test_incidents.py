@@ -29,7 +29,11 @@ from widelog.cli.incidents import incidents_app
 from widelog.cli.main import main
 from widelog.incidents.aggregator import IncidentAggregator
 from widelog.incidents.http_api import incidents_router
+from widelog.incidents.lifecycle import GroupState, judge
 from widelog.incidents.masking import MASKING_VERSION, mask
+from widelog.incidents.memory_store import InMemoryIncidentStore
+from widelog.incidents.model import Tally
+from widelog.incidents.ports import IncidentStore
 from widelog.incidents.queries import get_incident, incident_summaries, list_incidents
 from widelog.incidents.rules import (
     DEFAULT_RULES,
@@ -63,8 +67,13 @@ class World:
     and judged; `settle=False` stops short of that (more events of the same minutes follow).
     """
 
-    def __init__(self, path: Path, incident_rules: IncidentRules | None = None) -> None:
-        self.store = SQLiteIncidentStore(path)
+    def __init__(
+        self,
+        path: Path,
+        incident_rules: IncidentRules | None = None,
+        store: IncidentStore | None = None,
+    ) -> None:
+        self.store = store or SQLiteIncidentStore(path)
         self.rules = incident_rules or IncidentRules()
         self.newest: dt.datetime | None = None
         # The wall clock: the newest event fed (live), for batches that come without a `now`.
@@ -365,17 +374,144 @@ async def test_a_worker_restart_keeps_open_incidents_and_carries_on(world, tmp_p
 
 
 async def test_latency_and_llm_provider_rules_open_on_their_own_thresholds(world):
+    """No open `errors` incident explains these signals, so each opens by itself: slow
+    successes, and a provider failing on every route, under the errors rule's bar on each."""
     slow = [request(at, duration_ms=2500) for at in spread(T0, 120, 80)]
-    failing = burst(T0 + 30 * MIN, successes=300, errors={"LLM_UNAVAILABLE": 60})
+    failing = [
+        event
+        for n in range(8)
+        for event in burst(
+            T0 + 30 * MIN, successes=40, route=f"/v1/r{n}", errors={"LLM_UNAVAILABLE": 8}
+        )
+    ]
     await world.feed(sorted([*burst(T0, successes=900), *slow], key=lambda e: e["timestamp"]))
-    await world.feed(failing)
+    await world.feed(sorted(failing, key=lambda e: e["timestamp"]))
 
     # The slow minutes ended at 10:02: by 10:30 the latency incident resolved in the silence.
     assert [
-        ("errors", "open", (("error.code", "LLM_UNAVAILABLE"), ("http.route", "/v1/chat"))),
         ("latency", "resolved", (("http.route", "/v1/chat"),)),
         ("llm_provider", "open", (("llm.provider", "fake"), ("llm.model", "fake-chat-1"))),
     ] == await world.groups()
+
+
+# --- one root cause, one incident: facets ------------------------------------------------------
+
+
+def fault_traffic(
+    start: dt.datetime, minutes: int, *, failing: int = 15, slow_ok: int = 0
+) -> list[dict[str, Any]]:
+    """Per minute on /v1/chat with openai/gpt-x: 100 fast successes, `failing` LLM_TIMEOUTs after
+    30 s and `slow_ok` successes after 2.5 s (a slowness of its own)."""
+    llm: dict[str, Any] = {"provider": "openai", "model": "gpt-x"}
+    events = []
+    for n in range(minutes):
+        minute = start + n * MIN
+        events += [request(at, **llm) for at in spread(minute, 60, 100)]
+        events += [
+            request(at, code="LLM_TIMEOUT", duration_ms=30_000.0, **llm)
+            for at in spread(minute + dt.timedelta(seconds=1), 58, failing)
+        ]
+        events += [
+            request(at, duration_ms=2500.0, **llm)
+            for at in spread(minute + dt.timedelta(seconds=2), 57, slow_ok)
+        ]
+    return sorted(events, key=lambda e: (e["timestamp"], e["event_id"]))
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "memory"])
+async def test_a_fault_that_fails_slows_and_hits_one_provider_opens_one_incident(tmp_path, kind):
+    store = InMemoryIncidentStore() if kind == "memory" else None
+    world = World(tmp_path / "i.sqlite3", store=store)
+    await world.feed(fault_traffic(T0, 5))
+
+    [summary] = await world.summaries()
+    assert ("errors", "open") == (summary["rule"]["id"], summary["status"])
+    assert [
+        ("latency", {"http.route": "/v1/chat"}, "2026-11-27T10:01:00.000+00:00", 0.130435),
+        (
+            "llm_provider",
+            {"llm.provider": "openai", "llm.model": "gpt-x"},
+            "2026-11-27T10:01:00.000+00:00",
+            0.130435,
+        ),
+    ] == [(f["rule"], f["group"], f["at"], f["rate"]) for f in summary["facets"]]
+    assert summary["facets"][0]["reason"].startswith(
+        "latency on http.route=/v1/chat: 15 matching requests (at least 10), 13.04% of the"
+        " requests (at least 5.00%), out of ~115 requests with http.route=/v1/chat (at least 50)"
+        " in the 5-minute window to 2026-11-27 10:01 UTC; 15 of them explained by this incident"
+    )
+    assert summary["text"].endswith(
+        " Also: latency with http.route = /v1/chat since 2026-11-27 10:01:00 UTC (15 of about 115"
+        " requests, 13.0%; p95 29,948 ms); llm_provider with llm.provider = openai and"
+        " llm.model = gpt-x since 2026-11-27 10:01:00 UTC (15 of about 115 requests, 13.0%;"
+        " p95 29,948 ms)."
+    )
+    await world.store.close()
+
+
+async def test_only_latency_regressing_opens_one_latency_incident(world):
+    await world.feed(fault_traffic(T0, 5, failing=0, slow_ok=10))
+
+    [summary] = await world.summaries()
+    assert ("latency", "open", []) == (summary["rule"]["id"], summary["status"], summary["facets"])
+
+
+async def test_a_slowness_of_its_own_opens_latency_while_errors_are_open(world):
+    await world.feed(fault_traffic(T0, 5, slow_ok=10))
+
+    assert [
+        ("errors", "open", (("error.code", "LLM_TIMEOUT"), ("http.route", "/v1/chat"))),
+        ("latency", "open", (("http.route", "/v1/chat"),)),
+    ] == await world.groups()
+    latency = next(s for s in await world.summaries() if s["rule"]["id"] == "latency")
+    assert latency["reason"].endswith(
+        ", leaving out 15 requests open incidents of other rules explain"
+    )
+
+
+async def test_latency_opens_on_its_own_once_the_requests_stop_failing_but_stay_slow(world):
+    await world.feed(fault_traffic(T0, 3) + fault_traffic(T0 + 3 * MIN, 10, failing=0, slow_ok=10))
+
+    errors, latency = sorted(await world.summaries(), key=lambda s: s["rule"]["id"])
+    # while only the failing requests were slow
+    assert ["latency", "llm_provider"] == [f["rule"] for f in errors["facets"]]
+    assert ("latency", 0) == (latency["rule"]["id"], latency["regressions"])
+    assert latency["opened_at"] > (T0 + 3 * MIN).isoformat()  # on the slow successes alone
+
+
+def test_a_muted_group_is_a_facet_then_opens_once_its_explaining_incident_closes():
+    """Inhibition in the pure lifecycle: every match is explained by `inc_e`, open until 10:03."""
+    [rule] = rules({"id": "slow", "match": {"duration_ms_over": 1}, "min_count": 3}).rules
+    state = GroupState(rule, "inc_r", (("http.route", "/x"),), "scope_x")
+    for n in range(5):
+        state.add(T0 + n * MIN, Tally(5, 5.0), {"inc_e": Tally(5, 5.0)})
+    open_until = T0 + 3 * MIN
+
+    steps = judge(
+        state,
+        T0 + 4 * MIN,
+        {T0 + n * MIN: 50.0 for n in range(5)},
+        lambda iid, minute: 2 if iid == "inc_e" and minute < open_until else None,
+    )
+    assert [
+        ("inc_e|000002|facet|inc_r", T0 + MIN),
+        ("inc_r|000001|open", open_until + MIN),
+    ] == [(s.record_id, s.at) for s in steps]
+    assert 20 == steps[1].window.events if steps[1].window else None  # the whole window again
+
+
+async def test_a_facet_recorded_again_after_a_restart_is_no_conflict(world, tmp_path):
+    events = fault_traffic(T0, 8)
+    await world.feed(events[:500])
+    before = await world.store.transitions()
+    restarted = World(world.store._db.path)
+    await restarted.feed(events[500:])
+
+    [summary] = await restarted.summaries()
+    assert ["latency", "llm_provider"] == [f["rule"] for f in summary["facets"]]
+    assert sum(map(len, before.values())) == 3  # the open and two facets, recorded once
+    assert 3 == sum(map(len, (await restarted.store.transitions()).values()))
+    await restarted.store.close()
 
 
 async def test_every_incident_records_why_it_was_grouped(world):
@@ -557,6 +693,23 @@ def test_a_bad_rule_fails_naming_the_rule_and_the_key(tmp_path):
 def test_invalid_rules_are_rejected_at_startup(rule, complaint):
     with pytest.raises(IncidentRulesError, match=complaint):
         _load_rules([rule])
+
+
+@pytest.mark.parametrize(
+    ("explains", "complaint"),
+    [
+        ({"a": ["nope"]}, r"rule 'a' explains unknown rules \['nope'\]"),
+        ({"a": ["a"]}, "a rule cannot explain itself"),
+        ({"a": ["b"], "b": ["c"], "c": ["a"]}, "explains must not form a cycle"),
+    ],
+)
+def test_explains_names_other_known_rules_without_a_cycle(explains, complaint):
+    rule_list = [
+        {"id": rid, "match": {"error": True}, "min_count": 1, "explains": explains.get(rid, [])}
+        for rid in "abc"
+    ]
+    with pytest.raises(IncidentRulesError, match=complaint):
+        _load_rules(rule_list)
 
 
 def _load_rules(rule_list: list[dict[str, Any]]) -> IncidentRules:

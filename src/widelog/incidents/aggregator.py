@@ -47,6 +47,7 @@ from widelog.incidents.rules import (
     Key,
     field_value,
     incident_id,
+    judging_order,
     scope_id,
 )
 from widelog.incidents.watermark import WorkerMark, global_watermark, last_complete_minute
@@ -136,6 +137,8 @@ class IncidentAggregator:
         self.worker = worker or f"worker-{uuid.uuid4().hex[:12]}"
         self._compiled = [CompiledRule(rule) for rule in rules.active]
         self._by_id = {c.rule.id: c.rule for c in self._compiled}
+        # Explaining rules' groups are judged first: the groups they explain ask if they are open.
+        self._rank = {rid: n for n, rid in enumerate(judging_order(rules.active))}
         self._scope_fields = sorted({c.scope_fields for c in self._compiled})
         self._lateness = dt.timedelta(seconds=rules.lateness)
         self._idle_after = idle_after if idle_after is not None else self._lateness
@@ -265,7 +268,7 @@ class IncidentAggregator:
                 state = GroupState(rule, group.incident_id, group.key, group.scope_id)
                 state.judged = self._judged
                 self._groups[group.incident_id] = state
-            state.add(counts.minute, Tally(group.events, group.weight))
+            state.add(counts.minute, Tally(group.events, group.weight), group.explained)
 
     # --- observe: count a batch, then judge the minutes it completed ---------------------------
 
@@ -336,7 +339,7 @@ class IncidentAggregator:
             total.scopes[sid] = total.scopes.get(sid, 0.0) + weight
         for iid, group in delta.groups.items():
             mine = total.groups.get(iid)
-            total.groups[iid] = group if mine is None else mine.plus(group.events, group.weight)
+            total.groups[iid] = group if mine is None else mine.plus(group)
         return total
 
     def _known_members(self, parts: Sequence[Contribution]) -> set[str]:
@@ -377,7 +380,10 @@ class IncidentAggregator:
             self._newest = moment
         weight = weight_of(doc)
         matched = [
-            (compiled, compiled.key(doc)) for compiled in self._compiled if compiled.matches(doc)
+            (compiled, incident_id(compiled.rule.id, key), key)
+            for compiled in self._compiled
+            if compiled.matches(doc)
+            for key in [compiled.key(doc)]
         ]
         counts = None
         if not late:
@@ -388,14 +394,25 @@ class IncidentAggregator:
                 sid = scope_id(tuple((f, field_value(doc, f)) for f in fields))
                 counts.scopes[sid] = counts.scopes.get(sid, 0.0) + weight
         batch.late += late
-        for compiled, key in matched:
+        for compiled, iid, key in matched:
+            rid = compiled.rule.id
+            explainers = [e_iid for e, e_iid, _ in matched if rid in e.rule.explains]
             self._match(
-                compiled, key, doc, moment=moment, weight=weight, batch=batch, counts=counts
+                compiled,
+                iid,
+                key,
+                doc,
+                moment=moment,
+                weight=weight,
+                batch=batch,
+                counts=counts,
+                explainers=explainers,
             )
 
     @staticmethod
     def _match(
         compiled: CompiledRule,
+        iid: str,
         key: Key,
         doc: Mapping[str, Any],
         *,
@@ -403,9 +420,12 @@ class IncidentAggregator:
         weight: float,
         batch: _Batch,
         counts: WorkerMinute | None,
+        explainers: Sequence[str],
     ) -> None:
-        """Add a matching event to its group's facts, and (on time: `counts`) to its count."""
-        iid = incident_id(compiled.rule.id, key)
+        """Add a matching event to its group's facts, and (on time: `counts`) to its count.
+
+        `explainers`: the groups of rules that explain this one which the event matched too.
+        """
         minute = minute_of(moment)
         part = batch.parts.get((iid, minute))
         if part is None:
@@ -415,12 +435,12 @@ class IncidentAggregator:
             )
         part.add(doc, moment, weight, late=counts is None)
         if counts is not None:
-            group = counts.groups.get(iid)
-            counts.groups[iid] = (
-                GroupCount(iid, compiled.rule.id, key, part.scope_id, 1, weight)
-                if group is None
-                else group.plus(1, weight)
+            one = Tally(1, weight)
+            group = GroupCount(
+                iid, compiled.rule.id, key, part.scope_id, 1, weight, dict.fromkeys(explainers, one)
             )
+            known = counts.groups.get(iid)
+            counts.groups[iid] = group if known is None else known.plus(group)
 
     # --- advancing the watermark ---------------------------------------------------------------
 
@@ -471,7 +491,7 @@ class IncidentAggregator:
             return result
         start = None if self._judged is None else self._judged + MINUTE
         await self._load(start, through)
-        for iid in sorted(self._groups):
+        for iid in sorted(self._groups, key=lambda i: (self._rank[self._groups[i].rule.id], i)):
             state = self._groups[iid]
             scope: Mapping[dt.datetime, float] = self._scopes.get(state.scope_id, {})
             exact = None
@@ -503,7 +523,7 @@ class IncidentAggregator:
         recorded: list[Transition] = []
         for _ in range(8):
             try:
-                steps = judge(state, through, scope)
+                steps = judge(state, through, scope, self._open_episode)
             except Exception as exc:  # noqa: BLE001 - pure code: only the data can make it fail
                 self._skip(f"a group this code cannot judge ({type(exc).__name__})", exc_info=True)
                 state.judged = through
@@ -518,9 +538,11 @@ class IncidentAggregator:
                 if await self._store.add_transition(step):
                     recorded.append(step)
                     _log_step(step)
-                    if self._on_recorded is not None:
-                        await self._on_recorded(step)
+                    if self._on_recorded is not None and step.kind != "facet":
+                        await self._on_recorded(step)  # notifications: lifecycle steps only
                     continue
+                if step.kind == "facet":
+                    continue  # recorded before (by another worker, or before a restart): it stands
                 stored = (await self._store.transitions([state.incident_id])).get(
                     state.incident_id, []
                 )
@@ -536,6 +558,10 @@ class IncidentAggregator:
             state.adopt(conflict)
             state.judged = step_minute(ordered(conflict)[-1])
         return recorded
+
+    def _open_episode(self, iid: str, minute: dt.datetime) -> int | None:
+        state = self._groups.get(iid)
+        return None if state is None else state.open_episode_at(minute)
 
     def _forget(self, through: dt.datetime) -> None:
         """Keep a window's worth of completed minutes; drop groups over and never opened."""
@@ -631,7 +657,9 @@ async def _iterate(
 def _log_step(step: Transition) -> None:
     rule = step.rule.get("id")
     key = describe_key(step.key)
-    if step.kind == "open":
+    if step.kind == "facet":
+        log.info("Incident %s also explains %s", step.incident_id, step.reason)
+    elif step.kind == "open":
         what = "opened" if step.episode == 1 else f"reopened (regression {step.episode - 1})"
         log.warning(
             "Incident %s %s: rule %s, %s: %s", step.incident_id, what, rule, key, step.reason

@@ -8,7 +8,9 @@ id, so several workers, a re-delivered batch and a retried `on_stored` call all 
 - `Contribution` — (incident, minute, batch): the group's matching events and their facts;
 - members — (incident, user or session): who was affected;
 - `Transition` — (incident, episode, open|resolve): one lifecycle step. The first writer wins, so
-  exactly one worker logs each open and resolve.
+  exactly one worker logs each open and resolve. A `facet` record — (incident, episode, facet,
+  explained group) — says that another rule's group crossed its thresholds on requests this
+  episode explains (`Rule.explains`); it is no lifecycle step, and every lifecycle reader skips it.
 
 Counters updated in place (`$inc`) would be simpler, but FerretDB 1.24 (SQLite backend) applies
 concurrent updates of one document as read-modify-write and loses some of them; unique inserts
@@ -40,7 +42,7 @@ MAX_EXAMPLE_CHARS: Final = 500
 _GAMMA: Final = 1.02  # duration histogram: buckets 2% wide, so percentiles are within ~1%
 _LOG_GAMMA: Final = math.log(_GAMMA)
 
-TransitionKind = Literal["open", "resolve"]
+TransitionKind = Literal["open", "resolve", "facet"]
 Status = Literal["open", "resolved"]
 
 
@@ -289,7 +291,11 @@ def minute_key(minute: dt.datetime) -> str:
 
 @dataclass(slots=True, frozen=True)
 class GroupCount:
-    """One group's on-time matching requests in one minute: what its windows are judged on."""
+    """One group's on-time matching requests in one minute: what its windows are judged on.
+
+    `explained`: how many of them also matched a rule that explains this one, by the explaining
+    group, so the group can be judged without what an open incident of that group explains.
+    """
 
     incident_id: str
     rule_id: str
@@ -297,15 +303,20 @@ class GroupCount:
     scope_id: str
     events: int
     weight: float
+    explained: Mapping[str, Tally] = field(default_factory=dict)
 
-    def plus(self, events: int, weight: float) -> GroupCount:
+    def plus(self, other: GroupCount) -> GroupCount:
+        explained = dict(self.explained)
+        for iid, tally in other.explained.items():
+            explained[iid] = explained[iid].plus(tally) if iid in explained else tally
         return GroupCount(
             self.incident_id,
             self.rule_id,
             self.key,
             self.scope_id,
-            self.events + events,
-            self.weight + weight,
+            self.events + other.events,
+            self.weight + other.weight,
+            explained,
         )
 
     def to_doc(self) -> dict[str, Any]:
@@ -313,6 +324,16 @@ class GroupCount:
             **_group_doc(self.incident_id, self.rule_id, self.key, self.scope_id),
             "events": self.events,
             "weight": self.weight,
+            **(
+                {
+                    "explained": [
+                        {"incident": iid, "events": t.events, "weight": t.weight}
+                        for iid, t in sorted(self.explained.items())
+                    ]
+                }
+                if self.explained
+                else {}
+            ),
         }
 
     @classmethod
@@ -324,6 +345,10 @@ class GroupCount:
             str(doc["scope"]),
             int(doc["events"]),
             float(doc["weight"]),
+            {
+                str(e["incident"]): Tally(int(e["events"]), float(e["weight"]))
+                for e in doc.get("explained", [])
+            },
         )
 
 
@@ -502,10 +527,12 @@ class Transition:
     key: Key
     scope_id: str
     window: WindowStats | None = None
+    facet_id: str | None = None  # a facet: the explained group (rule, key, scope are its own)
 
     @property
     def record_id(self) -> str:
-        return f"{self.incident_id}|{self.episode:06d}|{self.kind}"
+        base = f"{self.incident_id}|{self.episode:06d}|{self.kind}"
+        return base if self.facet_id is None else f"{base}|{self.facet_id}"
 
     def to_doc(self) -> dict[str, Any]:
         return {
@@ -518,6 +545,7 @@ class Transition:
             "key": _key_doc(self.key),
             "scope": self.scope_id,
             "window": None if self.window is None else self.window.to_doc(),
+            **({} if self.facet_id is None else {"facet": self.facet_id}),
         }
 
     @classmethod
@@ -525,7 +553,7 @@ class Transition:
         at = parse_time(doc["at"])
         if at is None:
             raise ValueError(f"transition without a time: {doc!r}")
-        kind: TransitionKind = "open" if doc["kind"] == "open" else "resolve"
+        kind: TransitionKind = doc["kind"] if doc["kind"] in {"open", "facet"} else "resolve"
         return cls(
             incident_id=str(doc["incident"]),
             episode=int(doc["episode"]),
@@ -536,11 +564,14 @@ class Transition:
             key=_key_from(doc["key"]),
             scope_id=str(doc["scope"]),
             window=WindowStats.from_doc(doc.get("window")),
+            facet_id=None if doc.get("facet") is None else str(doc["facet"]),
         )
 
 
 def ordered(transitions: Iterable[Transition]) -> list[Transition]:
-    return sorted(transitions, key=lambda t: (t.episode, t.kind != "open"))
+    """The lifecycle steps (facets left out) in the order they happened."""
+    steps = (t for t in transitions if t.kind != "facet")
+    return sorted(steps, key=lambda t: (t.episode, t.kind != "open"))
 
 
 def window_at(
@@ -616,6 +647,23 @@ class Episode:
 
 
 @dataclass(slots=True)
+class Facet:
+    """Another rule's group that crossed its thresholds on requests this incident explains."""
+
+    incident_id: str  # the explained group's own id (its facts are stored under it)
+    rule: Mapping[str, Any]  # that rule's snapshot
+    key: Key
+    at: dt.datetime
+    reason: str
+    window: WindowStats | None
+    p95_ms: float | None = None  # of the group's matching events in the window, when read
+
+    @classmethod
+    def of(cls, step: Transition) -> Facet:
+        return cls(step.facet_id or "", step.rule, step.key, step.at, step.reason, step.window)
+
+
+@dataclass(slots=True)
 class Incident:
     """One group that crossed its rule's thresholds at least once, as an operator reads it."""
 
@@ -628,6 +676,7 @@ class Incident:
     users: int = 0
     sessions: int = 0
     window: WindowStats | None = None  # the window ending at the last event
+    facets: list[Facet] = field(default_factory=list)  # of the latest episode
 
     @property
     def status(self) -> Status:
@@ -711,4 +760,9 @@ def assemble(
         users=users,
         sessions=sessions,
         window=window,
+        facets=[
+            Facet.of(t)
+            for t in sorted(transitions, key=lambda t: (t.at, t.record_id))
+            if t.kind == "facet" and t.episode == episodes[-1].number
+        ],
     )

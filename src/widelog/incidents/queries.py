@@ -5,7 +5,15 @@ from __future__ import annotations
 import datetime as dt
 from typing import TYPE_CHECKING, Any, Literal
 
-from widelog.incidents.model import MINUTE, Incident, assemble, life_start, minute_of, ordered
+from widelog.incidents.model import (
+    MINUTE,
+    Incident,
+    assemble,
+    life_start,
+    minute_of,
+    ordered,
+    percentile,
+)
 from widelog.incidents.request_totals import annotate, as_floats
 from widelog.incidents.summary import summarize
 
@@ -52,6 +60,15 @@ async def _load(
     current = window is not None and window.end_minute == end  # the window read just now
     if incident is not None and window is not None and exact is not None and current:
         incident.window = annotate(window, exact)
+    for facet in [] if incident is None else incident.facets:
+        if facet.window is not None:
+            # The explained group's own facts (kept while recent, even if it never opened).
+            durations: dict[int, int] = {}
+            for part in await store.contributions(facet.incident_id, facet.window.start):
+                if part.minute <= facet.window.end_minute:
+                    for bucket, n in part.durations.items():
+                        durations[bucket] = durations.get(bucket, 0) + n
+            facet.p95_ms = percentile(durations, 95)
     return incident
 
 
@@ -103,15 +120,16 @@ async def list_incidents(
     Status and recency come from the lifecycle steps (small), so only the incidents listed are
     assembled from their facts.
     """
-    latest = [ordered(steps) for steps in (await store.transitions()).values()]
+    # (latest lifecycle step, every record with the facets) of each incident
+    latest = [(ordered(steps)[-1], steps) for steps in (await store.transitions()).values()]
     chosen = [
-        steps
-        for steps in latest
-        if status is None or (steps[-1].kind == "open") == (status == "open")
+        (last, steps)
+        for last, steps in latest
+        if status is None or (last.kind == "open") == (status == "open")
     ]
-    chosen.sort(key=lambda s: (s[-1].kind != "open", -s[-1].at.timestamp(), s[-1].incident_id))
+    chosen.sort(key=lambda c: (c[0].kind != "open", -c[0].at.timestamp(), c[0].incident_id))
     incidents = [
-        i for steps in chosen[:limit] if (i := await _load(store, steps, totals)) is not None
+        i for _, steps in chosen[:limit] if (i := await _load(store, steps, totals)) is not None
     ]
     incidents.sort(key=lambda i: (i.status != "open", -i.last_seen.timestamp(), i.id))
     return incidents

@@ -19,7 +19,7 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Final
 
 from pydantic import (
@@ -118,6 +118,9 @@ class Rule(_Section):
     min_rate: Annotated[float, Field(gt=0, le=1)] | None = None
     min_requests: Annotated[float, Field(ge=0)] = 20
     resolve_below: Annotated[float, Field(gt=0, le=1)] = 0.5  # x min_rate: resolves an incident
+    # Rules whose signals an open incident of this rule explains: an event that both match counts
+    # toward this rule's incident, and their groups become its facets instead of incidents.
+    explains: tuple[str, ...] = ()
 
     @field_validator("group_by")
     @classmethod
@@ -147,6 +150,8 @@ class Rule(_Section):
         outside = [field for field in self.rate_scope if field not in self.group_by]
         if outside:
             raise ValueError(f"scope fields must be group_by fields too: {outside}")
+        if self.id in self.explains:
+            raise ValueError(f"a rule cannot explain itself: {self.id!r} in explains")
         return self
 
     @property
@@ -183,6 +188,7 @@ DEFAULT_RULES: Final = (
         min_count=10,
         min_rate=0.005,
         min_requests=20,
+        explains=("latency", "llm_provider"),
     ),
     Rule(
         id="client_errors",
@@ -235,6 +241,13 @@ class IncidentRules(_Section):
         unknown = sorted(set(self.disabled_rules) - set(ids))
         if unknown:
             raise ValueError(f"disabled_rules names unknown rules {unknown} (known: {ids})")
+        for rule in self.rules:
+            unknown = sorted(set(rule.explains) - set(ids))
+            if unknown:
+                raise ValueError(
+                    f"rule {rule.id!r} explains unknown rules {unknown} (known: {ids})"
+                )
+        judging_order(self.rules)  # raises on a cycle
         return self
 
     @property
@@ -247,6 +260,25 @@ class IncidentRules(_Section):
     def fingerprint(self) -> str:
         canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
         return f"{self.version}:{hashlib.sha256(canonical.encode()).hexdigest()[:12]}"
+
+
+def judging_order(rules: Sequence[Rule]) -> tuple[str, ...]:
+    """Rule ids with every rule after the rules that explain it (explainers are judged first).
+
+    A cycle has no such order, and is an error: each rule would wait for the other.
+    """
+    waiting = {r.id: {e.id for e in rules if r.id in e.explains} for r in rules}
+    order: list[str] = []
+    while waiting:
+        ready = sorted(rid for rid, explainers in waiting.items() if not explainers)
+        if not ready:
+            raise ValueError(f"explains must not form a cycle: {sorted(waiting)}")
+        order += ready
+        for rid in ready:
+            del waiting[rid]
+        for explainers in waiting.values():
+            explainers.difference_update(ready)
+    return tuple(order)
 
 
 def field_value(doc: Mapping[str, Any], path: str) -> str | None:

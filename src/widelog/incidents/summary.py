@@ -2,7 +2,8 @@
 
 The paragraph names no code: what failed, where, since when, how many, how bad (share of the
 estimated requests), how slow, who was affected, which models and prompt versions, the message,
-and request ids to look up. Snapshot tests pin its wording (`tests/unit/test_incidents.py`).
+request ids to look up, and the other rules' signals the incident explains (its facets).
+Snapshot tests pin its wording (`tests/unit/test_incidents.py`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from widelog.incidents.model import percentile
 
 if TYPE_CHECKING:
-    from widelog.incidents.model import Incident, MessageStat, WindowStats
+    from widelog.incidents.model import Facet, Incident, MessageStat, WindowStats
 
 TOP_N = 3
 
@@ -123,6 +124,19 @@ def summarize(incident: Incident) -> dict[str, Any]:
             "masking": facts.masking,
         },
         "sample_request_ids": [rid for _, rid in facts.samples],
+        "facets": [
+            {
+                "id": f.incident_id,
+                "rule": f.rule.get("id"),
+                "group": dict(f.key),
+                "at": _iso(f.at),
+                "reason": f.reason,
+                "rate": None if f.window is None else round(f.window.rate, 6),
+                "window": None if f.window is None else f.window.as_dict(),
+                "duration_ms": {"p95": None if f.p95_ms is None else round(f.p95_ms, 1)},
+            }
+            for f in incident.facets
+        ],
         "episodes": [
             {
                 "number": e.number,
@@ -189,4 +203,25 @@ def describe(incident: Incident) -> str:
         parts.append(f'Message: "{message.text}" (for example "{message.example}").')
     if facts.samples:
         parts.append("Request ids to look up: " + ", ".join(rid for _, rid in facts.samples) + ".")
+    if incident.facets:
+        parts.append("Also: " + "; ".join(_facet(f) for f in incident.facets) + ".")
     return " ".join(parts)
+
+
+def _facet(facet: Facet) -> str:
+    """One facet with the figures of the window it was recorded on.
+
+    `latency with http.route = /v1/chat since 2026-11-27 10:01:00 UTC (48 of about 50 requests,
+    96.0%; p95 30,000 ms)`.
+    """
+    where = " and ".join(f"{f} = {'(none)' if v is None else v}" for f, v in facet.key)
+    figures = []
+    if facet.window is not None:
+        window = facet.window
+        figures.append(
+            f"{window.matched:,.0f} of {_requests(window)} requests, {_rate(window.rate)}"
+        )
+    if facet.p95_ms is not None:
+        figures.append(f"p95 {_ms(facet.p95_ms)}")
+    said = f" ({'; '.join(figures)})" if figures else ""
+    return f"{facet.rule.get('id')} with {where} since {_when(facet.at)}{said}"
