@@ -308,6 +308,7 @@ def build_consumer(
         write_attempts=settings.write_attempts,
         drain_on_stop=settings.transport == "memory",
         on_stored=aggregator.observe if aggregator is not None else None,
+        on_counts=aggregator.observe_counts if aggregator is not None else None,
     )
 
 

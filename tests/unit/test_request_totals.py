@@ -270,3 +270,61 @@ async def test_without_the_records_the_incident_rate_is_estimated_with_an_interv
     assert "30 of about 2,230 requests with http.route = /v1/chat (1.35%), estimated" in text
     assert f"95% interval {low:,.0f}-{high:,.0f} requests, 1.01%-1.79%." in text
     assert [0.010086, 0.017924] == window["rate_interval95"]
+
+
+class _CountsOnly(StoredRequestTotals):
+    """Count records for `rebuild` only: judging must never ask the event store (a scan there)."""
+
+    def __init__(self, records: list[CountRecord]) -> None:
+        self._records = records
+
+    async def scope_totals(self, scope, start, end):
+        raise AssertionError("the aggregator asked the event store for a scope's requests")
+
+    async def count_records(self, since: dt.datetime) -> list[CountRecord]:
+        return [r for r in self._records if r.minute >= since]
+
+
+@pytest.mark.parametrize("records_held", [True, False])
+async def test_the_aggregator_judges_on_totals_it_keeps_in_memory(tmp_path, records_held):
+    """The windows the aggregator judges (the opening's) are exact from the count records the
+    consumer handed it, estimated from the kept events otherwise, and the same after `rebuild`;
+    the event store is never queried for them."""
+    events = burst(T0, seconds=120, successes=44, success_weight=50, errors={"LLM_TIMEOUT": 30})
+    for event in events:
+        event["emitter"] = "api/1"
+    records = [
+        CountRecord("api/1", minute, {("/v1/chat", "2xx"): 1000, ("/v1/chat", "5xx"): 15})
+        for minute in (T0, T0 + MINUTE)
+    ]
+    incidents = SQLiteIncidentStore(tmp_path / "incidents.sqlite3")
+    totals = _CountsOnly(records if records_held else [])
+    try:
+        newest = T0
+        aggregator = IncidentAggregator(
+            incidents, IncidentRules(), totals=totals, clock=lambda: newest
+        )
+        for batch in batches(events):
+            newest = max(dt.datetime.fromisoformat(e["timestamp"]) for e in batch)
+            if records_held and newest >= T0 + MINUTE:
+                await aggregator.observe_counts(records)  # as the consumer's `on_counts`
+            await aggregator.observe(batch, now=newest)
+        await aggregator.settle()
+        [live] = (await incidents.transitions()).values()
+        [opening] = [s.window for s in live if s.kind == "open"]
+        rebuilt = IncidentAggregator(incidents, IncidentRules(), totals=totals)
+        await rebuilt.rebuild(events, T0 - MINUTE, now=T0 + 30 * MINUTE)
+        [again] = (await incidents.transitions()).values()
+    finally:
+        await incidents.close()
+    assert opening is not None
+    assert opening.requests_total is not None
+    truth = sum(r.requests() for r in records if opening.start <= r.minute <= opening.end_minute)
+    assert truth == 1015  # it opened on the first minute
+    if records_held:
+        assert (truth, False) == (opening.requests, opening.requests_total.estimated)
+    else:
+        assert opening.requests_total.estimated
+        low, high = opening.requests_total.interval()
+        assert low < truth < high
+    assert [opening] == [s.window for s in again if s.kind == "open"]

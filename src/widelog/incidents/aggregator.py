@@ -33,6 +33,7 @@ from widelog.incidents.model import (
     MINUTE,
     Contribution,
     GroupCount,
+    RouteCounts,
     Tally,
     Transition,
     WorkerMinute,
@@ -41,7 +42,7 @@ from widelog.incidents.model import (
     minute_of,
     ordered,
 )
-from widelog.incidents.request_totals import annotate, as_floats
+from widelog.incidents.request_totals import ROUTE, annotate, as_floats
 from widelog.incidents.rules import (
     CompiledRule,
     Key,
@@ -51,7 +52,9 @@ from widelog.incidents.rules import (
     scope_id,
 )
 from widelog.incidents.watermark import WorkerMark, global_watermark, last_complete_minute
+from widelog.sampling.policy import UNKNOWN_ROUTE
 from widelog.sampling.reweighting import weight_of
+from widelog.sampling.totals import Total
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -59,12 +62,13 @@ if TYPE_CHECKING:
     from widelog.incidents.ports import IncidentStore
     from widelog.incidents.request_totals import RequestTotals
     from widelog.incidents.rules import IncidentRules
-    from widelog.sampling.totals import Total
+    from widelog.sampling.counts import CountRecord
 
 log = logging.getLogger("widelog.incidents")
 FAR_FUTURE = dt.datetime(9999, 1, 1, tzinfo=dt.UTC)
 Clock = Callable[[], dt.datetime]
 TOKENS_REMEMBERED = 1000  # batches counted lately: a retried `on_stored` counts nothing twice
+NO_REQUESTS = Total(estimated=True)
 MEMBERS_REMEMBERED = 100_000  # members known to be written, so not written again (then forgotten)
 
 
@@ -159,12 +163,16 @@ class IncidentAggregator:
         self.skipped_by_reason: collections.Counter[str] = collections.Counter()
         # Events that arrived after their minute was judged: in the totals, never in a window.
         self.late_events = 0
+        self.late_count_records = 0
         self._reset()
 
     def _reset(self) -> None:
         self._started = False
         self._groups: dict[str, GroupState] = {}
         self._scopes: dict[str, dict[dt.datetime, float]] = {}
+        # What the completed minutes' scope requests are made of, every worker's together: the
+        # estimates and count records behind exact totals (`_scope_totals`).
+        self._makeup: dict[dt.datetime, WorkerMinute] = {}
         self._judged: dt.datetime | None = None  # every minute up to this one is judged
         self._newest: dt.datetime | None = None  # the newest event time this worker has seen
         self._arrival: dt.datetime | None = None  # wall time of this worker's last batch
@@ -259,6 +267,12 @@ class IncidentAggregator:
         for sid, weight in counts.scopes.items():
             series = self._scopes.setdefault(sid, {})
             series[counts.minute] = series.get(counts.minute, 0.0) + weight
+        if counts.estimates or counts.records:
+            known = self._makeup.get(counts.minute)
+            parts = WorkerMinute(
+                counts.minute, "", estimates=counts.estimates, records=counts.records
+            )
+            self._makeup[counts.minute] = parts if known is None else known.plus(parts)
         for group in counts.groups.values():
             state = self._groups.get(group.incident_id)
             if state is None:
@@ -334,13 +348,7 @@ class IncidentAggregator:
     def _plus_mine(self, delta: WorkerMinute) -> WorkerMinute:
         """Return the worker's counts of the minute so far plus this batch's (memory unchanged)."""
         known = self._mine.get(delta.minute)
-        total = known.copy() if known is not None else WorkerMinute(delta.minute, self.worker)
-        for sid, weight in delta.scopes.items():
-            total.scopes[sid] = total.scopes.get(sid, 0.0) + weight
-        for iid, group in delta.groups.items():
-            mine = total.groups.get(iid)
-            total.groups[iid] = group if mine is None else mine.plus(group)
-        return total
+        return delta if known is None else known.plus(delta)
 
     def _known_members(self, parts: Sequence[Contribution]) -> set[str]:
         """Leave out the members this worker already wrote; return the ones left.
@@ -390,9 +398,14 @@ class IncidentAggregator:
             counts = batch.minutes.get(minute)
             if counts is None:
                 counts = batch.minutes[minute] = WorkerMinute(minute, self.worker)
+            emitter = doc.get("emitter")
+            emitter = emitter if isinstance(emitter, str) else ""
             for fields in self._scope_fields:
                 sid = scope_id(tuple((f, field_value(doc, f)) for f in fields))
                 counts.scopes[sid] = counts.scopes.get(sid, 0.0) + weight
+                if self._totals is not None:
+                    by = counts.estimates.setdefault(sid, {})
+                    by[emitter] = by.get(emitter, NO_REQUESTS).plus_weight(weight)
         batch.late += late
         for compiled, iid, key in matched:
             rid = compiled.rule.id
@@ -499,7 +512,7 @@ class IncidentAggregator:
                 # The windows ending at the minutes judged now; asked once per completed minute.
                 pairs = tuple((f, v) for f, v in state.key if f in state.rule.rate_scope)
                 first = (start or through - self._keep) - dt.timedelta(seconds=state.rule.window)
-                exact = await self._totals.scope_totals(pairs, first + MINUTE, through)
+                exact = self._scope_totals(pairs, state.scope_id, first + MINUTE, through)
                 scope = {**scope, **as_floats(exact)}
             for step in await self._judge(state, through, scope, exact):
                 result.opened += step.kind == "open"
@@ -563,6 +576,59 @@ class IncidentAggregator:
         state = self._groups.get(iid)
         return None if state is None else state.open_episode_at(minute)
 
+    def _scope_totals(
+        self, scope: Key, sid: str, start: dt.datetime, end: dt.datetime
+    ) -> dict[dt.datetime, Total]:
+        """Per completed minute in [start, end], the scope's requests, from memory.
+
+        An emitter's count record, where this worker holds one, is exact (records are per route,
+        so only scopes of `http.route` or of nothing); otherwise the emitter's kept events are
+        re-weighted into an estimate with what its interval needs.
+        """
+        fields = dict(scope)
+        by_route = set(fields) <= {ROUTE}
+        route = (fields.get(ROUTE) or UNKNOWN_ROUTE) if fields else None
+        totals: dict[dt.datetime, Total] = {}
+        minute = start
+        while minute <= end:
+            makeup = self._makeup.get(minute)
+            minute, this = minute + MINUTE, minute
+            if makeup is None:
+                continue
+            recorded = makeup.records if by_route else {}
+            parts = [Total.exact(counts.requests(route)) for counts in recorded.values()]
+            by_emitter = makeup.estimates.get(sid, {})
+            parts += [est for emitter, est in by_emitter.items() if emitter not in recorded]
+            if parts:
+                totals[this] = sum(parts, Total())
+        return totals
+
+    async def observe_counts(self, records: Sequence[CountRecord]) -> None:
+        """Keep the count records a batch brought, for exact totals (`BatchConsumer.on_counts`).
+
+        A record of a minute already judged comes too late to change its verdict (its copy in
+        the event store still serves the readers); it is counted in `late_count_records`.
+        """
+        if self._totals is None or not records:
+            return
+        await self.start()
+        minutes: dict[dt.datetime, WorkerMinute] = {}
+        for record in records:
+            minute = record.minute
+            if self._judged is not None and minute <= self._judged:
+                self.late_count_records += 1
+                continue
+            delta = minutes.setdefault(minute, WorkerMinute(minute, self.worker))
+            delta.records[record.emitter] = RouteCounts.of(record)
+        counted = [self._plus_mine(delta) for delta in minutes.values()]
+        if not counted:
+            return
+        await self._store.add_batch([], counted, token="")
+        for minute_counts in counted:
+            self._mine[minute_counts.minute] = minute_counts
+            if self._first is None or minute_counts.minute < self._first:
+                self._first = minute_counts.minute
+
     def _forget(self, through: dt.datetime) -> None:
         """Keep a window's worth of completed minutes; drop groups over and never opened."""
         horizon = through - self._keep
@@ -570,6 +636,8 @@ class IncidentAggregator:
             for minute in [m for m in series if m < horizon]:
                 del series[minute]
         self._scopes = {sid: series for sid, series in self._scopes.items() if series}
+        for minute in [m for m in self._makeup if m < horizon]:
+            del self._makeup[minute]
         for iid in list(self._groups):
             state = self._groups[iid]
             state.forget_before(horizon)
@@ -624,6 +692,8 @@ class IncidentAggregator:
         await self._store.clear()
         self._reset()
         result = RebuildResult()
+        if self._totals is not None:  # the count records of the same time, before the events
+            await self.observe_counts(await self._totals.count_records(since))
         replay: list[tuple[dt.datetime, str, Mapping[str, Any]]] = []
         async for doc in _iterate(events):
             moment = event_time(doc, now)

@@ -28,11 +28,14 @@ import hashlib
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 from widelog.incidents.masking import MASKING_VERSION, mask, message_key
 from widelog.incidents.rules import Key, Rule, field_value
 from widelog.sampling.totals import Total
+
+if TYPE_CHECKING:
+    from widelog.sampling.counts import CountRecord
 
 MINUTE: Final = dt.timedelta(minutes=1)
 EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
@@ -352,6 +355,27 @@ class GroupCount:
         )
 
 
+@dataclass(slots=True, frozen=True)
+class RouteCounts:
+    """One emitter's count record of one minute, as the aggregator keeps it: requests by route.
+
+    `version` only grows (the requests counted so far): of two copies, the higher one stands.
+    """
+
+    version: int
+    routes: Mapping[str, int]
+
+    @classmethod
+    def of(cls, record: CountRecord) -> RouteCounts:
+        routes: dict[str, int] = {}
+        for (route, _), n in record.counts.items():
+            routes[route] = routes.get(route, 0) + n
+        return cls(record.version, routes)
+
+    def requests(self, route: str | None) -> int:
+        return sum(self.routes.values()) if route is None else self.routes.get(route, 0)
+
+
 @dataclass(slots=True)
 class WorkerMinute:
     """One worker's on-time counts of one minute, every batch so far.
@@ -359,27 +383,59 @@ class WorkerMinute:
     Only that worker writes it (a replace of the whole record after each batch), so there is no
     update race even on FerretDB, and every reader finds it by `_id` equality (`minute|worker`),
     the one lookup FerretDB 1.24 pushes down to SQLite (it scans for an `_id` range).
+
+    With exact totals on, it also holds what a scope's requests are made of: the kept events'
+    estimate by emitter (`estimates`, scope id -> emitter -> `Total`) and the count records
+    this worker received (`records`, emitter -> `RouteCounts`), so judging never asks the
+    event store (which FerretDB could only answer by scanning every stored event).
     """
 
     minute: dt.datetime
     worker: str
     scopes: dict[str, float] = field(default_factory=dict)  # scope id -> re-weighted requests
     groups: dict[str, GroupCount] = field(default_factory=dict)  # incident id -> its count
+    estimates: dict[str, dict[str, Total]] = field(default_factory=dict)
+    records: dict[str, RouteCounts] = field(default_factory=dict)
 
     @property
     def record_id(self) -> str:
         return worker_minute_id(self.minute, self.worker)
 
     def copy(self) -> WorkerMinute:
-        return WorkerMinute(self.minute, self.worker, dict(self.scopes), dict(self.groups))
+        return WorkerMinute(
+            self.minute,
+            self.worker,
+            dict(self.scopes),
+            dict(self.groups),
+            {sid: dict(by) for sid, by in self.estimates.items()},
+            dict(self.records),
+        )
 
     def to_doc(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, Any] = {
             "minute": self.minute,
             "worker": self.worker,
             "scopes": [{"scope": k, "weight": w} for k, w in sorted(self.scopes.items())],
             "groups": [g.to_doc() for _, g in sorted(self.groups.items())],
         }
+        if self.estimates:
+            doc["estimates"] = [
+                {"scope": sid, "emitter": emitter, **_total_doc(total)}
+                for sid, by in sorted(self.estimates.items())
+                for emitter, total in sorted(by.items())
+            ]
+        if self.records:
+            doc["records"] = [
+                {
+                    "emitter": emitter,
+                    "version": counts.version,
+                    "routes": [
+                        {"route": r, "requests": n} for r, n in sorted(counts.routes.items())
+                    ],
+                }
+                for emitter, counts in sorted(self.records.items())
+            ]
+        return doc
 
     @classmethod
     def from_doc(cls, doc: Mapping[str, Any]) -> WorkerMinute:
@@ -387,12 +443,40 @@ class WorkerMinute:
         if minute is None:
             raise ValueError(f"worker minute without a minute: {doc!r}")
         groups = [GroupCount.from_doc(g) for g in doc.get("groups", [])]
+        estimates: dict[str, dict[str, Total]] = {}
+        for e in doc.get("estimates", []):
+            estimates.setdefault(str(e["scope"]), {})[str(e["emitter"])] = _total_from(e)
         return cls(
             minute,
             str(doc["worker"]),
             {str(s["scope"]): float(s["weight"]) for s in doc.get("scopes", [])},
             {g.incident_id: g for g in groups},
+            estimates,
+            {
+                str(r["emitter"]): RouteCounts(
+                    int(r["version"]), {str(x["route"]): int(x["requests"]) for x in r["routes"]}
+                )
+                for r in doc.get("records", [])
+            },
         )
+
+    def plus(self, other: WorkerMinute) -> WorkerMinute:
+        """The counts of both (the same minute): a worker's and a batch's, or two workers'."""
+        total = self.copy()
+        for sid, weight in other.scopes.items():
+            total.scopes[sid] = total.scopes.get(sid, 0.0) + weight
+        for iid, group in other.groups.items():
+            mine = total.groups.get(iid)
+            total.groups[iid] = group if mine is None else mine.plus(group)
+        for sid, by in other.estimates.items():
+            into = total.estimates.setdefault(sid, {})
+            for emitter, estimate in by.items():
+                into[emitter] = into[emitter] + estimate if emitter in into else estimate
+        for emitter, counts in other.records.items():
+            known = total.records.get(emitter)
+            if known is None or counts.version > known.version:
+                total.records[emitter] = counts
+        return total
 
 
 def worker_minute_id(minute: dt.datetime, worker: str) -> str:

@@ -11,8 +11,12 @@ record is not sent yet). Count records are per route, so scopes of `http.route` 
 every request) can be exact; any other scope (say `llm.provider`) is estimated from its events,
 with an interval.
 
-The aggregator and the readers only ever ask `scope_totals` and `annotate`; without a provider
-they work as before, on the incident store's re-weighted scope counts.
+The readers (CLI, HTTP API, dashboard) ask `scope_totals` and `annotate`. The aggregator does
+not ask the event store while judging (on FerretDB every such query scans all stored events): the
+consumer hands it each batch's count records (`on_counts`), it keeps per (minute, scope, emitter)
+the kept events' estimate, and it combines the two the same way (`IncidentAggregator
+._scope_totals`); a provider only tells it to do so, and gives `rebuild` the stored count records.
+Without a provider both work as before, on the incident store's re-weighted scope counts.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ if TYPE_CHECKING:
     from widelog.incidents.model import WindowStats
     from widelog.incidents.rules import Key
     from widelog.pipeline.ports import RequestCountStore
+    from widelog.sampling.counts import CountRecord
 
 MINUTE: Final = dt.timedelta(minutes=1)
 ROUTE: Final = "http.route"
@@ -44,12 +49,19 @@ class RequestTotals(Protocol):
         """Per minute in [start, end], the requests whose fields have the `scope` values."""
         ...
 
+    async def count_records(self, since: dt.datetime) -> list[CountRecord]:
+        """The count records of the minutes from `since` on (for `rebuild`)."""
+        ...
+
 
 class StoredRequestTotals:
     """`RequestTotals` over an event store's count records and kept events."""
 
     def __init__(self, store: RequestCountStore) -> None:
         self._store = store
+
+    async def count_records(self, since: dt.datetime) -> list[CountRecord]:
+        return await self._store.request_counts(since=since)
 
     async def scope_totals(
         self, scope: Key, start: dt.datetime, end: dt.datetime

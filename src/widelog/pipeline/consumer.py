@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from widelog.events.event import UndecodableEventError, decode
 from widelog.histogram import BATCH_BOUNDS, Histogram
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 
     from widelog.pipeline.ports import EventSource, EventStore, RequestCountStore
 
+_T = TypeVar("_T")
 log = logging.getLogger("widelog.consumer")
 
 
@@ -58,6 +59,7 @@ class BatchConsumer:
     `stats.on_stored_failures`; `widelog incidents rebuild` recounts from the store. A crash
     between the write and the hook also leaves events uncounted (their re-delivery is a
     duplicate): counts downstream are at-most-once, the events themselves at-least-once.
+    `on_counts` gets the count records a batch brought, once stored, on the same terms.
     """
 
     def __init__(
@@ -77,6 +79,7 @@ class BatchConsumer:
         sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
         on_stored: Callable[[list[dict[str, Any]]], Awaitable[None]] | None = None,
         on_stored_attempts: int = 8,
+        on_counts: Callable[[list[CountRecord]], Awaitable[None]] | None = None,
         keepalive_interval: float = 1.0,
         counts: RequestCountStore | None = None,
     ) -> None:
@@ -94,6 +97,7 @@ class BatchConsumer:
         self._sleep = sleep
         self._on_stored = on_stored
         self._on_stored_attempts = on_stored_attempts
+        self._on_counts = on_counts
         self._keepalive_interval = keepalive_interval
         self._counts = counts
         self.stats = ConsumerStats()
@@ -195,11 +199,9 @@ class BatchConsumer:
                 | {i for i, _ in result.rejected}
             )
             new = [doc for i, doc in enumerate(docs) if i not in skip]
-            on_stored = self._on_stored
-            if new and not await self._retry(
-                lambda: on_stored(new), "on_stored", stop, attempts=self._on_stored_attempts
-            ):
-                self.stats.on_stored_failures += 1  # stored and committed all the same
+            await self._derive(self._on_stored, new, "on_stored", stop)
+        if self._on_counts is not None and self._counts is not None:
+            await self._derive(self._on_counts, records, "on_counts", stop)
         if letters and not await self._retry(
             lambda: self._store.write_dead_letters(letters), "write_dead_letters", stop
         ):
@@ -234,6 +236,19 @@ class BatchConsumer:
             len(letters),
             elapsed_ms,
         )
+
+    async def _derive(
+        self,
+        hook: Callable[[list[_T]], Awaitable[None]],
+        items: list[_T],
+        name: str,
+        stop: asyncio.Event | None,
+    ) -> None:
+        """Hand stored items to a hook, retried `on_stored_attempts` times, then given up."""
+        if items and not await self._retry(
+            lambda: hook(items), name, stop, attempts=self._on_stored_attempts
+        ):
+            self.stats.on_stored_failures += 1  # stored and committed all the same
 
     async def _store_counts(self, records: list[CountRecord], stop: asyncio.Event | None) -> bool:
         counts = self._counts
