@@ -155,8 +155,17 @@ async def test_the_consumer_stores_count_records_apart_and_never_dead_letters_th
         service.finalize(event)
     service.publish_counts(final=True)
     service.publisher.publish("bad", b'{"record": "request_counts", "emitter": "x"}')
+    handed: list[CountRecord] = []
+
+    async def on_counts(records: list[CountRecord]) -> None:
+        handed.extend(records)
+
     consumer = BatchConsumer(
-        InProcessEventSource(queue), sqlite_store, source_name="memory", counts=sqlite_store
+        InProcessEventSource(queue),
+        sqlite_store,
+        source_name="memory",
+        counts=sqlite_store,
+        on_counts=on_counts,
     )
     stop = asyncio.Event()
     stop.set()
@@ -165,6 +174,7 @@ async def test_the_consumer_stores_count_records_apart_and_never_dead_letters_th
     [record] = await sqlite_store.request_counts()
     assert 3 == record.requests("/v1/chat")
     assert (1, 1) == (consumer.stats.count_records, consumer.stats.dead_lettered)
+    assert [record] == handed  # stored, then handed to the aggregator
 
 
 # --- exact where a record is held, estimated where it is not ----------------------------------
