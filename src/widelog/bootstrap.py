@@ -160,6 +160,8 @@ class Pipeline:
         self._stop.set()
         for task in self._tasks:
             await logged(task)
+        if self.aggregator is not None:
+            await logged(self.aggregator.flush())  # the facts of the last batches
         await logged(self.publisher.close())
         if self.fallback is not None:
             self.fallback.spool.close()

@@ -18,6 +18,7 @@ from widelog.bootstrap import (
     build_source,
     build_spool_fallback,
     build_store,
+    logged,
 )
 from widelog.incidents.aggregator import IncidentAggregator, run_sweeper
 from widelog.incidents.request_totals import StoredRequestTotals
@@ -75,6 +76,7 @@ async def run_worker(
             stop.set()
             await retention
             await sweeper
+            await logged(aggregator.flush())  # the facts of the last batches
             if notifying is not None and sender is not None:
                 await notifying
                 await sender.close()

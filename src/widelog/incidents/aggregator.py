@@ -23,6 +23,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -68,6 +69,7 @@ log = logging.getLogger("widelog.incidents")
 FAR_FUTURE = dt.datetime(9999, 1, 1, tzinfo=dt.UTC)
 Clock = Callable[[], dt.datetime]
 TOKENS_REMEMBERED = 1000  # batches counted lately: a retried `on_stored` counts nothing twice
+WRITE_FACTS_EVERY_S = 1.0  # a batch's facts reach the store this late at most, while batches come
 NO_REQUESTS = Total(estimated=True)
 MEMBERS_REMEMBERED = 100_000  # members known to be written, so not written again (then forgotten)
 
@@ -129,8 +131,10 @@ class IncidentAggregator:
         idle_after: dt.timedelta | None = None,
         on_recorded: Callable[[Transition], Awaitable[None]] | None = None,
         totals: RequestTotals | None = None,
+        write_every_s: float = WRITE_FACTS_EVERY_S,
     ) -> None:
         self._store = store
+        self._write_every_s = write_every_s
         # Called with each step this aggregator recorded (first), after its log line: the
         # notifications' outbox insert. It must not raise (the consumer would retry the batch).
         self._on_recorded = on_recorded
@@ -182,6 +186,12 @@ class IncidentAggregator:
         self._first: dt.datetime | None = None  # the first minute this worker counted
         self._tokens: collections.deque[str] = collections.deque(maxlen=TOKENS_REMEMBERED)
         self._marks: dict[str, WorkerMark] = {}  # every worker's, as last read
+        # Facts counted but not written yet, by (incident, minute), and the batches they came
+        # from; `_unsent`: a write of facts that failed, retried as it was (`_write`).
+        self._facts: dict[tuple[str, dt.datetime], Contribution] = {}
+        self._fact_tokens: list[str] = []
+        self._unsent: tuple[str, list[Contribution]] | None = None
+        self._facts_due = 0.0  # monotonic time
 
     @property
     def skipped(self) -> int:
@@ -319,19 +329,18 @@ class IncidentAggregator:
                 # behind it. Skip it (it is stored; `rebuild` sees it again).
                 self._skip(f"an event this code cannot count ({type(exc).__name__})", exc_info=True)
         minutes = [self._plus_mine(delta) for delta in batch.minutes.values()]
-        parts = list(batch.parts.values())
-        written = self._known_members(parts)
         try:
-            await self._store.add_batch(parts, minutes, token=token)
+            await self._write(minutes, facts_due=time.monotonic() >= self._facts_due)
         except BaseException:
             self._newest = newest  # the retry counts the same events the same way
             raise
+        self._keep_facts(batch.parts)
         for counted in minutes:
             self._mine[counted.minute] = counted
             if self._first is None or counted.minute < self._first:
                 self._first = counted.minute
         self._tokens.append(token)
-        self._members_written |= written
+        self._fact_tokens.append(token)
         if batch.late:
             if not self.late_events:
                 log.warning(
@@ -344,6 +353,47 @@ class IncidentAggregator:
         self._arrival = now
         result = await self._advance(now)
         return result.opened + result.resolved
+
+    def _keep_facts(self, parts: Mapping[tuple[str, dt.datetime], Contribution]) -> None:
+        """Gather a batch's facts, to be written with a later batch's counts (`_write`)."""
+        for where, part in parts.items():
+            known = self._facts.get(where)
+            if known is None:
+                self._facts[where] = part
+            else:
+                known.merge(part)
+                known.users |= part.users
+                known.sessions |= part.sessions
+
+    async def _write(self, minutes: Sequence[WorkerMinute], *, facts_due: bool) -> None:
+        """Write this worker's counts of `minutes` and, when due, the facts gathered so far.
+
+        The counts go out with every batch: other workers judge on them once this worker's
+        watermark says so. The facts (what summaries read) wait up to `write_every_s` and go
+        out with a later batch's counts, in one insert: a second round trip to the store per
+        batch was most of what aggregation cost the consumer. A write that failed is retried
+        as it was (same token), so a partial insert never counts a fact twice.
+        """
+        facts = self._unsent
+        if facts is None and facts_due and self._facts:
+            text = "\n".join(self._fact_tokens).encode()
+            facts = (hashlib.sha256(text).hexdigest()[:24], list(self._facts.values()))
+            self._unsent = facts
+            self._facts, self._fact_tokens = {}, []
+        if facts is None and not minutes:
+            return
+        token, parts = facts or ("", [])
+        written = self._known_members(parts)
+        await self._store.add_batch(parts, minutes, token=token)
+        self._members_written |= written
+        if facts is not None:
+            self._unsent = None
+            self._facts_due = time.monotonic() + self._write_every_s
+
+    async def flush(self) -> None:
+        """Write the facts gathered since the last write (the sweep, `settle` and shutdown)."""
+        await self.start()
+        await self._write([], facts_due=True)
 
     def _plus_mine(self, delta: WorkerMinute) -> WorkerMinute:
         """Return the worker's counts of the minute so far plus this batch's (memory unchanged)."""
@@ -653,7 +703,7 @@ class IncidentAggregator:
         newest event seen (see `watermark.py`), so a quiet group resolves and a rate that fell
         during silence is judged, without waiting for the next matching event.
         """
-        await self.start()
+        await self.flush()
         now = now or self._clock()
         result = await self._advance(now, ask=True)
         if self._judged is not None:
@@ -708,6 +758,7 @@ class IncidentAggregator:
         newest = self._newest or now
         final = await self._advance(now, floor=max(now, newest) - self._lateness)
         result.transitions += final.opened + final.resolved
+        await self.flush()
         history = await self._store.transitions()
         result.opened = len(history)
         return result
