@@ -116,19 +116,23 @@ class KafkaEventPublisher:
         return len(self._producer)
 
     def publish(self, key: str, payload: bytes) -> None:
+        """Produce, journaled until its delivery report: a SIGKILL loses nothing produced."""
         if self._broker_down:
             self._fallback.spill(key, payload, "broker down")
             return
+        self._fallback.hold(key, payload)  # before produce(): its report may come at once
         try:
             self._producer.produce(self.topic, payload, key)
         except BufferError:
-            self._fallback.spill(key, payload, "local producer queue full")
+            self._fallback.spill(key, payload, "local producer queue full", held=True)
         except KafkaException as exc:
-            self._fallback.spill(key, payload, exc)
+            self._fallback.spill(key, payload, exc, held=True)
 
     def _on_delivery(self, err: KafkaError | None, msg: KafkaMessage) -> None:
+        """Every report of a `publish()`ed event; the replay's records have their own."""
         if err is None:
             self.delivered += 1
+            self._fallback.release(msg.key() or b"")
             if log.isEnabledFor(logging.DEBUG):
                 log.debug(
                     "Published log event to Kafka topic: %s, requestId: %s",
@@ -137,7 +141,7 @@ class KafkaEventPublisher:
                 )
         else:
             key = (msg.key() or b"").decode(errors="replace")
-            self._fallback.spill(key, msg.value() or b"", err)
+            self._fallback.spill(key, msg.value() or b"", err, held=True)
 
     def _on_error(self, err: KafkaError) -> None:
         if err.fatal():
