@@ -50,6 +50,7 @@ SUFFIX: Final = ".journal"
 FILE_MAGIC: Final = b"WLJ1"
 # magic, ring capacity, position of the oldest unreleased record (positions count from 0 up)
 FILE_HEADER: Final = struct.Struct("<4sxxxxQQ")
+OLDEST: Final = struct.Struct("<Q")  # at offset 16 of the file header
 OLDEST_AT: Final = 16
 DATA_AT: Final = 4096  # the ring starts on a page of its own
 # magic, crc32 of key and payload, the record's position, key length, payload length, state
@@ -145,10 +146,11 @@ class InflightJournal:
                 return
             if self._held_again:
                 self._next_held_under(key)
-            self._map[DATA_AT + position % self.capacity + STATE_AT] = RELEASED
+            ring, capacity = self._map, self.capacity
+            ring[DATA_AT + position % capacity + STATE_AT] = RELEASED
             if position == self._oldest:
                 order = self._order
-                while order and self._state(order[0]) == RELEASED:
+                while order and ring[DATA_AT + order[0] % capacity + STATE_AT] == RELEASED:
                     order.popleft()
                 self._set_oldest(order[0] if order else self._head)
 
@@ -173,12 +175,9 @@ class InflightJournal:
             if not again:
                 del self._held_again[key]
 
-    def _state(self, position: int) -> int:
-        return self._map[DATA_AT + position % self.capacity + STATE_AT]
-
     def _set_oldest(self, position: int) -> None:
         self._oldest = position
-        struct.pack_into("<Q", self._map, OLDEST_AT, position)
+        OLDEST.pack_into(self._map, OLDEST_AT, position)
 
     def _count_full(self) -> None:
         """Under the lock; the log line says how many were not journaled since the last one."""
