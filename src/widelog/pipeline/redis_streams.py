@@ -3,7 +3,8 @@
 `publish()` is called on the request path and Redis is a network hop away, so it only appends to a
 bounded in-process buffer; a task on the event loop pipelines the XADDs. Like librdkafka's queue,
 that buffer is memory, not durability: an event is durable once XADD returned (and Redis persists,
-per its own AOF/RDB settings) or once it is in the spool.
+per its own AOF/RDB settings) or once it is in the spool. Until then it is held in the in-flight
+journal (`fallback.hold()`), which a SIGKILL of this process does not lose.
 
 The flusher lingers as librdkafka does (`linger.ms`): it sends `linger_ms` after the first event
 of a batch, or as soon as `chunk` events wait, never once per event. At a steady rate a wake-up and

@@ -8,8 +8,9 @@ took the GIL from the request path. So:
 - `linger.ms` is 50 ms by default, librdkafka's own advice for a producer that is not latency
   bound ("the single most important configuration property for performance tuning", its
   INTRODUCTION.md): at 1,000 events/s over 6 partitions a produce request carries ~8 events
-  instead of ~1. The price is up to 50 ms more before the broker has an event (and in a hard
-  crash, up to 50 ms more events lost from librdkafka's memory; a graceful close flushes).
+  instead of ~1. The price is up to 50 ms more before the broker has an event, and 50 ms more
+  events in librdkafka's memory, each journaled meanwhile (`fallback.hold()`): a SIGKILL does not
+  lose them.
 - the poll thread serves delivery reports every `poll_interval_s` (100 ms) rather than whenever
   one is ready: one wake-up and one GIL hand-over per interval. Reports wait in librdkafka's
   queue meanwhile; none is skipped, a failed delivery is spooled at most that much later.
