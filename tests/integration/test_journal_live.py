@@ -1,10 +1,11 @@
-"""A SIGKILLed API loses none of the events it answered (issue #10), with Kafka frozen meanwhile.
+"""A SIGKILLed API loses none of the events it answered (issue #10), its broker frozen meanwhile.
 
-While Kafka is SIGSTOPped, librdkafka holds every event the API answers: before the in-flight
-journal a SIGKILL lost them all. Here the API (`widelog serve`, its own process) is killed under
-16 concurrent clients after Kafka was frozen for a few seconds, a new one starts on the same spool
-directory while Kafka is still frozen, then Kafka resumes; every answered request must be stored
-exactly once, by request id.
+While Kafka is SIGSTOPped, librdkafka holds every event the API answers (the Redis publisher its
+buffer and the XADD round waiting on a frozen Redis, for up to its 5 s socket timeout): before
+the in-flight journal a SIGKILL lost them all. Here the API (`widelog serve`, its own process) is
+killed under 16 concurrent clients after the broker was frozen for 4 s, a new one starts on the
+same spool directory while the broker is still frozen, then the broker resumes; every answered
+request must be stored exactly once, by request id.
 """
 
 from __future__ import annotations
@@ -19,19 +20,30 @@ import pytest
 from tests.integration.test_hardening_live import wait_for_no_lag
 from tests.integration.test_hung_live import Load
 from tests.live import frozen
-from tests.pipelines import ApiProcess
+from tests.pipelines import ApiProcess, Pipeline
 
-pytestmark = [pytest.mark.slow, pytest.mark.faults, pytest.mark.mongo, pytest.mark.kafka]
+pytestmark = [pytest.mark.slow, pytest.mark.faults, pytest.mark.mongo]
+READY = {"kafka": "assigned partitions", "redis": "worker consuming"}
 
 
+@pytest.mark.kafka
 @pytest.mark.timeout(240)
 async def test_a_sigkilled_api_with_kafka_frozen_loses_no_answered_request(kafka_pipeline):
-    pipeline = kafka_pipeline
+    await sigkill_with_the_broker_frozen(kafka_pipeline, "kafka")
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(240)
+async def test_a_sigkilled_api_with_redis_frozen_loses_no_answered_request(redis_pipeline):
+    await sigkill_with_the_broker_frozen(redis_pipeline, "redis")
+
+
+async def sigkill_with_the_broker_frozen(pipeline: Pipeline, broker: str) -> None:
     pipeline.env["WIDELOG_SAMPLING_BASELINE_RATE"] = "1"  # every event kept, so all can be counted
     # librdkafka keeps the events through the freeze instead of failing them into the spool.
     pipeline.env["WIDELOG_KAFKA_MESSAGE_TIMEOUT_MS"] = "30000"
     pipeline.start_worker()
-    await pipeline.wait_for_log(0, "assigned partitions")
+    await pipeline.wait_for_log(0, READY[broker])
     limits = httpx.Limits(max_connections=16)
     killed = ApiProcess(pipeline, name="api-killed")
     restarted: ApiProcess | None = None
@@ -43,7 +55,7 @@ async def test_a_sigkilled_api_with_kafka_frozen_loses_no_answered_request(kafka
             load = Load(client, "journal")
             traffic = asyncio.create_task(load.run())
             await asyncio.sleep(2)
-            with frozen("kafka"):
+            with frozen(broker):
                 answered_before_freeze = len(load.answered)
                 await asyncio.sleep(4)
                 killed.process.send_signal(signal.SIGKILL)
@@ -54,7 +66,8 @@ async def test_a_sigkilled_api_with_kafka_frozen_loses_no_answered_request(kafka
                 await restarted.ready(client)
                 await asyncio.sleep(2)  # the journal taken over, its replay waiting on Kafka
         await pipeline.wait_until_stored(set(load.answered), timeout=120)
-        await wait_for_no_lag(pipeline)
+        if broker == "kafka":
+            await wait_for_no_lag(pipeline)
         restarted.process.send_signal(signal.SIGTERM)
         returncode = await asyncio.to_thread(restarted.process.wait, 30)
         assert returncode in (0, -signal.SIGTERM), restarted.log.read_text()
@@ -68,7 +81,7 @@ async def test_a_sigkilled_api_with_kafka_frozen_loses_no_answered_request(kafka
         line for line in restarted.log.read_text().splitlines() if "took over" in line
     )
     print(
-        f"SIGKILL with Kafka frozen: {len(load.answered)} answered"
+        f"SIGKILL with {broker} frozen: {len(load.answered)} answered"
         f" ({answered_while_frozen} while frozen), {len(load.failed)} cut off,"
         f" {sum(ours.values())} stored ({len(ours)} request ids); {taken_over}"
     )
