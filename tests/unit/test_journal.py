@@ -112,6 +112,19 @@ def test_one_key_held_twice_is_released_in_the_order_it_was_held(journal):
     journal.release(b"req-1")  # an event that was not journaled (a full ring): nothing happens
 
 
+def test_a_forked_child_journals_nothing_into_its_parents_ring(journal):
+    journal.hold(*event(1))
+    child = os.fork()
+    if child == 0:  # the child: its hold must leave the parent's ring alone
+        journal.hold(*event(2))
+        journal.close()
+        os._exit(0 if journal.journaled == 1 else 1)
+    assert 0 == os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])
+    assert journal.path.exists()
+    journal.hold(*event(3))
+    assert [event(1), event(3)] == journal.unreleased()
+
+
 # --- dead processes ------------------------------------------------------------------------------
 
 

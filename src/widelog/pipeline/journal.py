@@ -27,12 +27,14 @@ from __future__ import annotations
 import collections
 import contextlib
 import fcntl
+import functools
 import logging
 import mmap
 import os
 import struct
 import threading
 import time
+import weakref
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +91,7 @@ class InflightJournal:
         self._warn_every_s = warn_every_s
         self._last_full_log = -float("inf")
         self._unlogged_full = 0
+        os.register_at_fork(after_in_child=functools.partial(_forsake, weakref.ref(self)))
 
     @property
     def held(self) -> int:
@@ -194,6 +197,26 @@ class InflightJournal:
             self._unlogged_full,
         )
         self._unlogged_full = 0
+
+
+def _forsake(journal: weakref.ref[InflightJournal]) -> None:
+    """In a child forked after the journal was made: two processes must not write one ring.
+
+    The child journals nothing (its parent's file and lock stay the parent's); build the
+    pipeline in each worker process instead, as `widelog serve` does.
+    """
+    forsaken = journal()
+    if forsaken is None or forsaken._map.closed:
+        return
+    forsaken._lock = threading.Lock()  # a thread of the parent may have held it at the fork
+    forsaken._map.close()
+    os.close(forsaken._fd)
+    log.warning(
+        "process %d forked from the one that made in-flight journal %s: its events are not"
+        " journaled (build the pipeline after the fork)",
+        os.getpid(),
+        forsaken.path.name,
+    )
 
 
 @dataclass
