@@ -93,7 +93,11 @@ class SpoolFallback:
             self.journal.close()
 
     def spill(self, key: str, payload: bytes, reason: object, *, held: bool = False) -> None:
-        """Spool an event the broker did not take; `held`: the publisher had `hold()` it."""
+        """Spool an event the broker did not take; `held`: the publisher had `hold()` it.
+
+        A held event is released even if the full spool drops it or the disk fails (counted):
+        nothing else would ever release it, and its record would pin the journal's ring.
+        """
         try:
             self._spill(key, payload, reason)
         finally:

@@ -245,9 +245,13 @@ def take_over(directory: Path, spool: Spool, *, own: Path | None = None) -> Reco
                 continue
             found = Recovery()
             capacity, oldest = _ring_header(ring, path)
-            for key, payload in _unreleased(ring, capacity, oldest, found):
-                spool.append(key, payload)
-            spool.rotate()
+            try:
+                for key, payload in _unreleased(ring, capacity, oldest, found):
+                    spool.append(key, payload)
+                spool.rotate()
+            except OSError:  # the disk: the journal stays for the next start to take over
+                log.exception("taking over in-flight journal %s failed", path.name)
+                continue
             path.unlink()
             recovery.journals += 1
             recovery.records += found.records
