@@ -14,6 +14,10 @@ Per event (the same 20 fields), each side set up the way its own documentation r
   redactor, as the others do not scrub secrets either; one more row has it on, as
   `build_pipeline` does by default, to show what the scrub costs.
 - the floor: `msgspec.json.encode(doc)` + `produce()` on a producer with widelog's settings.
+- the in-flight journal (issue #10): the widelog rows above publish without it; one more row has
+  it on, as `build_pipeline` does by default (a copy into an mmap ring before `produce()`, a
+  release from the delivery report), so its cost is the difference between the two "keep all"
+  rows of the same run.
 
 Two numbers per variant: the time of the call on the request thread (p50/p99, each call timed),
 and the whole process's CPU per event (`time.process_time()`, every thread: the listener's
@@ -47,6 +51,7 @@ from bench_common import Services, log, summary
 from widelog.events.logging_service import LoggingService
 from widelog.events.redaction import RedactionPolicy, Redactor
 from widelog.pipeline.fallback import SpoolFallback
+from widelog.pipeline.journal import InflightJournal
 from widelog.pipeline.kafka import KafkaEventPublisher, ensure_topic
 from widelog.pipeline.spool import FileSpool
 from widelog.policies import load_sampling_policy
@@ -233,15 +238,20 @@ def run(services: Services, events: int, rounds: int = 5) -> dict[str, Any]:
         publisher = KafkaEventPublisher(
             bootstrap=services.kafka, topic=topic, fallback=SpoolFallback(spool)
         )
+        journaled_fallback = SpoolFallback(spool, journal=InflightJournal(Path(tmp) / "journal"))
+        journaled = KafkaEventPublisher(
+            bootstrap=services.kafka, topic=topic, fallback=journaled_fallback
+        )
         services_ = {}
         keep_all = load_sampling_policy(None, {"WIDELOG_SAMPLING_BASELINE_RATE": "1"})
-        for name, policy, redactor in (
-            ("keep all", keep_all, None),
-            ("default", load_sampling_policy(None, {}), None),
-            ("keep all, redacted", keep_all, Redactor(RedactionPolicy())),
+        for name, policy, redactor, via in (
+            ("keep all", keep_all, None, publisher),
+            ("default", load_sampling_policy(None, {}), None, publisher),
+            ("keep all, redacted", keep_all, Redactor(RedactionPolicy()), publisher),
+            ("keep all, journaled", keep_all, None, journaled),
         ):
             services_[name] = LoggingService(
-                publisher=publisher,
+                publisher=via,
                 service="bench",
                 env="bench",
                 version="1",
@@ -261,6 +271,9 @@ def run(services: Services, events: int, rounds: int = 5) -> dict[str, Any]:
             ),
             "widelog finalize(), keep all, redaction on (the default)": widelog_side(
                 services_["keep all, redacted"], publisher, include_set=False
+            ),
+            "widelog finalize(), keep all, in-flight journal on (the default)": widelog_side(
+                services_["keep all, journaled"], journaled, include_set=False
             ),
             "widelog 20× set() + finalize(), keep all": widelog_side(
                 services_["keep all"], publisher, include_set=True
@@ -288,7 +301,8 @@ def run(services: Services, events: int, rounds: int = 5) -> dict[str, Any]:
         for _, _, stop in variants.values():
             stop()
         asyncio.run(publisher.close())
-        spool.close()
+        asyncio.run(journaled.close())
+        journaled_fallback.close()  # the spool, and the journal (empty: every event delivered)
     rows = []
     for name in variants:
         row: dict[str, Any] = {

@@ -349,10 +349,9 @@ async def settle(
 ) -> tuple[collections.Counter[str], list[str], int | None, float, bool]:
     """Wait for the spool to empty, the lag to reach 0 and every answered request to be stored.
 
-    At most `bound` s, or until drained and nothing changed for 5 s (a loss: what was neither
-    acknowledged nor spooled within the message timeout is gone). Lag and spool are read before
-    the store: the workers commit only after the write, so a lag of 0 read first means the count
-    after it includes everything. Returns whether it settled before the bound.
+    At most `bound` s, or until drained and nothing changed for 5 s (a loss). Lag and spool are
+    read before the store: the workers commit only after the write, so a lag of 0 read first means
+    the count after it includes everything. Returns whether it settled before the bound.
     """
     started = time.monotonic()
     quiet_since, last = started, -1

@@ -30,6 +30,7 @@ from widelog.incidents.rules import IncidentRules
 from widelog.incidents.sqlite_store import SQLiteIncidentStore
 from widelog.pipeline.consumer import BatchConsumer
 from widelog.pipeline.fallback import SpoolFallback
+from widelog.pipeline.journal import JOURNALS, InflightJournal
 from widelog.pipeline.memory import (
     InProcessEventPublisher,
     InProcessEventSource,
@@ -45,6 +46,7 @@ from widelog.sampling.policy import SamplingPolicy, TailSampler
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Coroutine
+    from pathlib import Path
 
     from redis.asyncio import Redis
 
@@ -103,6 +105,8 @@ class Pipeline:
             self._spawn(run_sweeper(self.aggregator, self._stop))
         if self.sender is not None:
             self._spawn(self.sender.run(self._stop))
+        if self.fallback is not None:  # before the replayer: what a dead process held is replayed
+            await asyncio.to_thread(self.fallback.take_over_journals, journal_dir(self.settings))
         if self.replayer is not None:
             self._spawn(self.replayer.run(self._stop, interval=self.settings.replay_interval_s))
         if self.logging.counter is not None:
@@ -164,7 +168,7 @@ class Pipeline:
             await logged(self.aggregator.flush())  # the facts of the last batches
         await logged(self.publisher.close())
         if self.fallback is not None:
-            self.fallback.spool.close()
+            self.fallback.close()
         closers = [self.store.close, self.incidents.close]
         if self.sender is not None:
             closers.append(self.sender.close)  # closes the outbox too
@@ -210,13 +214,21 @@ def build_store(settings: Settings) -> CountingEventStore:
     return SQLiteEventStore(settings.sqlite_path, retention_days=settings.retention_days)
 
 
-def build_spool_fallback(settings: Settings) -> SpoolFallback:
+def build_spool_fallback(settings: Settings, *, journaled: bool = True) -> SpoolFallback:
+    """The spool, and the in-flight journal of a process that publishes (`journaled`)."""
     spool = FileSpool(
         settings.spool_dir,
         fsync=settings.spool_fsync,
         fsync_interval_s=settings.spool_fsync_interval_s,
     )
-    return SpoolFallback(spool, max_bytes=settings.spool_max_bytes)
+    journal = None
+    if journaled and settings.journal_max_bytes:
+        journal = InflightJournal(journal_dir(settings), capacity=settings.journal_max_bytes)
+    return SpoolFallback(spool, max_bytes=settings.spool_max_bytes, journal=journal)
+
+
+def journal_dir(settings: Settings) -> Path:
+    return settings.spool_dir / JOURNALS
 
 
 def build_mq_publisher(settings: Settings, fallback: SpoolFallback) -> MQPublisher:

@@ -109,6 +109,8 @@ class Settings(BaseSettings):
     # Past 90 % only errors are spooled, past 100 % nothing (each drop counted and logged).
     spool_max_bytes: int = Field(1 << 30, ge=1 << 20)
     replay_interval_s: float = Field(5.0, gt=0)
+    # The in-flight journal's ring (widelog.pipeline.journal): what a SIGKILL must not lose; 0: off.
+    journal_max_bytes: int = Field(32 << 20, ge=0)
     # Spooled events replayed per second by the API process (0: as fast as the broker takes them).
     replay_rate: float = Field(1000.0, ge=0)
 
@@ -194,6 +196,13 @@ class Settings(BaseSettings):
         if self.kafka_idempotence and self.kafka_acks != "all":
             raise ValueError("kafka_acks must be 'all' while kafka_idempotence is true")
         return self
+
+    @field_validator("journal_max_bytes")
+    @classmethod
+    def _journal_off_or_room_for_events(cls, size: int) -> int:
+        if 0 < size < 1 << 20:
+            raise ValueError("journal_max_bytes must be 0 (off) or at least 1 MiB (1048576)")
+        return size
 
     @field_validator("kafka_config")
     @classmethod

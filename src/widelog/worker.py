@@ -18,6 +18,7 @@ from widelog.bootstrap import (
     build_source,
     build_spool_fallback,
     build_store,
+    journal_dir,
     logged,
 )
 from widelog.incidents.aggregator import IncidentAggregator, run_sweeper
@@ -163,10 +164,12 @@ async def replay(settings: Settings, *, rejected: bool = False) -> int:
 
     With `rejected`, the records the broker refused for good (once its configuration is fixed).
     """
-    fallback = build_spool_fallback(settings)
+    fallback = build_spool_fallback(settings, journaled=False)  # it replays, never publishes
     publisher = build_mq_publisher(settings, fallback)
     try:
+        if not rejected:  # what a SIGKILLed API still held is replayed too
+            await asyncio.to_thread(fallback.take_over_journals, journal_dir(settings))
         return await SpoolReplayer(fallback.spool, publisher).replay_once(rejected=rejected)
     finally:
         await publisher.close()
-        fallback.spool.close()
+        fallback.close()

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from widelog.admin.probe_server import outcome
 from widelog.incidents.notify.sender import outbox_counts
 from widelog.incidents.queries import open_by_rule
-from widelog.pipeline.fallback import ERRORS_ONLY_FROM
+from widelog.pipeline.fallback import ERRORS_ONLY_FROM, SpoolFallback
 
 if TYPE_CHECKING:
     from widelog.bootstrap import Pipeline
@@ -49,6 +49,7 @@ async def infra_snapshot(pipeline: Pipeline, *, caches: ChatCaches | None = None
             "rejected": pipeline.replayer.stats.rejected if pipeline.replayer else 0,
             "rejected_files": len(pipeline.fallback.spool.rejected()),
         }
+        report["journal"] = _journal(pipeline.fallback)
         used = pipeline.fallback.spool.bytes_used()
         if used > pipeline.fallback.max_bytes * ERRORS_ONLY_FROM:
             share = used / pipeline.fallback.max_bytes
@@ -90,6 +91,23 @@ async def infra_snapshot(pipeline: Pipeline, *, caches: ChatCaches | None = None
         report["notifications"] = await _notifications(pipeline, problems)
     state: State = "spooling" if spooling else "degraded" if problems else "healthy"
     return {"state": state, "problems": problems, **report}
+
+
+def _journal(fallback: SpoolFallback) -> dict[str, Any]:
+    """The in-flight journal: `full` counts the events a SIGKILL could lose (ring full)."""
+    journal = fallback.journal
+    report: dict[str, Any] = {
+        "recovered": fallback.recovered.records,
+        "corrupt": fallback.recovered.corrupt,
+    }
+    if journal is not None:
+        report |= {
+            "max_bytes": journal.capacity,
+            "held": journal.held,
+            "journaled": journal.journaled,
+            "full": journal.full,
+        }
+    return report
 
 
 def _events(pipeline: Pipeline) -> dict[str, Any]:

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from widelog.histogram import Histogram
     from widelog.incidents.notify.sender import SenderStats
     from widelog.pipeline.consumer import ConsumerStats
+    from widelog.pipeline.fallback import SpoolFallback
 
 CIRCUIT_STATES = ("closed", "open", "half_open")
 
@@ -115,6 +116,7 @@ class PipelineCollector:
             for kind, count in sorted(fallback.dropped.items()):
                 dropped.add_metric([kind], count)
             yield dropped
+            yield from _journal(fallback)
             replaced = getattr(pipeline.publisher, "recreated", None)  # Kafka's producer
             if isinstance(replaced, int):
                 yield _counter(
@@ -275,6 +277,29 @@ def _buckets(values: Histogram, *, per_unit: float) -> tuple[list[tuple[str, flo
         buckets.append((repr(bound / per_unit), cumulative))
     buckets.append(("+Inf", cumulative + values.counts[-1]))
     return buckets, values.sum / per_unit
+
+
+def _journal(fallback: SpoolFallback) -> Iterator[Metric]:
+    """The in-flight journal's counters (issue #10): what a SIGKILL of this process may lose."""
+    recovered = fallback.recovered
+    yield _counter(
+        "journal_recovered",
+        "Events taken over from dead processes' in-flight journals and spooled.",
+        recovered.records,
+    )
+    yield _counter(
+        "journal_corrupt", "Corrupt records skipped while taking journals over.", recovered.corrupt
+    )
+    journal = fallback.journal
+    if journal is None:
+        return
+    yield _counter("journal_events", "Events held in the in-flight journal.", journal.journaled)
+    yield _counter(
+        "journal_full",
+        "Events not journaled: the ring was full (WIDELOG_JOURNAL_MAX_BYTES).",
+        journal.full,
+    )
+    yield _gauge("journal_held", "Events journaled, not yet acknowledged or spooled.", journal.held)
 
 
 def _counter(name: str, documentation: str, value: float) -> CounterMetricFamily:

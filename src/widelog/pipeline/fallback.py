@@ -5,6 +5,12 @@ errors: past 90 % only events that record an error (`error.code` set, or a 5xx s
 spooled, and past 100 % nothing is. Every drop is counted (`dropped`, by kind) and logged as an
 ERROR at most once per `warn_every_s`, with how many were dropped since the last line.
 
+It also owns the in-flight journal (`widelog.pipeline.journal`), the other half of durability:
+a publisher `hold()`s each event it accepts and `release()`s it once the broker acknowledged it;
+an event spilled with `held=True` is released once it is in the spool. At start a process takes
+over the journals of dead ones (`take_over_journals`), and a graceful `close()` spools what is
+still held, so its journal is deleted empty.
+
 Telling an error apart costs one JSON decode of the payload, and only while the spool is past
 90 %: the publisher's interface stays `publish(key, payload)`, which custom transports implement,
 and a byte search for `"code"` would be fooled by any field or message containing it.
@@ -20,8 +26,12 @@ from typing import TYPE_CHECKING, Final, Literal
 import msgspec
 
 from widelog.events.event import is_error
+from widelog.pipeline.journal import Recovery, take_over
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
+    from widelog.pipeline.journal import InflightJournal
     from widelog.pipeline.ports import Spool
 
 log = logging.getLogger("widelog.publisher")
@@ -34,9 +44,16 @@ class SpoolFallback:
     """Appends refused events to the spool and says so, at most once per `warn_every_s`."""
 
     def __init__(
-        self, spool: Spool, *, max_bytes: int = 1 << 30, warn_every_s: float = 5.0
+        self,
+        spool: Spool,
+        *,
+        max_bytes: int = 1 << 30,
+        warn_every_s: float = 5.0,
+        journal: InflightJournal | None = None,
     ) -> None:
         self.spool = spool
+        self.journal = journal
+        self.recovered = Recovery()  # from dead processes' journals
         self.max_bytes = max_bytes
         self.spooled = 0
         self.lost = 0
@@ -47,7 +64,47 @@ class SpoolFallback:
         self._unlogged_drops: dict[DropKind, int] = {"error": 0, "other": 0}
         self._lock = threading.Lock()
 
-    def spill(self, key: str, payload: bytes, reason: object) -> None:
+    def hold(self, key: str, payload: bytes) -> None:
+        """Journal an event the publisher accepted, until `release()` or a `spill(held=True)`."""
+        if self.journal is not None:
+            self.journal.hold(key, payload)
+
+    def release(self, key: bytes) -> None:
+        """The broker acknowledged the event held under `key`."""
+        if self.journal is not None:
+            self.journal.release(key)
+
+    def take_over_journals(self, directory: Path) -> Recovery:
+        """Spool what the journals of dead processes in `directory` still held (at start)."""
+        own = self.journal.path if self.journal is not None else None
+        found = take_over(directory, self.spool, own=own)
+        self.recovered.journals += found.journals
+        self.recovered.records += found.records
+        self.recovered.corrupt += found.corrupt
+        return found
+
+    def close(self) -> None:
+        """Spool what is still held (nothing, after a publisher's graceful close); close both."""
+        if self.journal is not None:
+            for key, payload in self.journal.unreleased():
+                self.spool.append(key, payload)
+        self.spool.close()
+        if self.journal is not None:
+            self.journal.close()
+
+    def spill(self, key: str, payload: bytes, reason: object, *, held: bool = False) -> None:
+        """Spool an event the broker did not take; `held`: the publisher had `hold()` it.
+
+        A held event is released even if the full spool drops it or the disk fails (counted):
+        nothing else would ever release it, and its record would pin the journal's ring.
+        """
+        try:
+            self._spill(key, payload, reason)
+        finally:
+            if held:
+                self.release(key.encode())
+
+    def _spill(self, key: str, payload: bytes, reason: object) -> None:
         try:
             kind = self._refused(payload)
             if kind is None:

@@ -3,7 +3,8 @@
 `publish()` is called on the request path and Redis is a network hop away, so it only appends to a
 bounded in-process buffer; a task on the event loop pipelines the XADDs. Like librdkafka's queue,
 that buffer is memory, not durability: an event is durable once XADD returned (and Redis persists,
-per its own AOF/RDB settings) or once it is in the spool.
+per its own AOF/RDB settings) or once it is in the spool. Until then it is held in the in-flight
+journal (`fallback.hold()`), which a SIGKILL of this process does not lose.
 
 The flusher lingers as librdkafka does (`linger.ms`): it sends `linger_ms` after the first event
 of a batch, or as soon as `chunk` events wait, never once per event. At a steady rate a wake-up and
@@ -122,6 +123,7 @@ class RedisStreamsEventPublisher:
         if self._down or len(self._buffer) >= self._buffer_max:
             self._fallback.spill(key, payload, "redis down" if self._down else "buffer full")
             return
+        self._fallback.hold(key, payload)  # until XADDed or spooled: a SIGKILL loses nothing
         buffer = self._buffer
         buffer.append((key, payload))
         if len(buffer) == 1:  # the first of a batch: the flusher may be idle
@@ -155,13 +157,18 @@ class RedisStreamsEventPublisher:
             )
             if refused is not None:
                 self.delivered += len(batch) - len(refused)
-                for key, _ in batch:
-                    log.debug(
-                        "Published log event to Redis stream: %s, requestId: %s", self._stream, key
-                    )
-                for index, reason in refused:  # the replay quarantines them if still refused
-                    key, payload = batch[index]
-                    self._fallback.spill(key, payload, f"refused by Redis: {reason}")
+                refused_at = dict(refused)
+                for index, (key, payload) in enumerate(batch):
+                    if index in refused_at:  # the replay quarantines it if still refused
+                        reason = f"refused by Redis: {refused_at[index]}"
+                        self._fallback.spill(key, payload, reason, held=True)
+                    else:
+                        self._fallback.release(key.encode())
+                        log.debug(
+                            "Published log event to Redis stream: %s, requestId: %s",
+                            self._stream,
+                            key,
+                        )
             else:
                 # Redis is down: spool this batch and everything behind it now, rather than let
                 # the buffer wait out one socket timeout per batch in memory.
@@ -184,8 +191,9 @@ class RedisStreamsEventPublisher:
         return drained
 
     def _spill(self, records: Sequence[tuple[str, bytes]], reason: str) -> None:
+        """Spool buffered (so held) events."""
         for key, payload in records:
-            self._fallback.spill(key, payload, reason)
+            self._fallback.spill(key, payload, reason, held=True)
 
     async def _xadd_with_retries(
         self, batch: Sequence[tuple[str, bytes]], *, retries: int

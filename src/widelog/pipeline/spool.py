@@ -265,7 +265,8 @@ def _directory_bytes(directory: Path) -> int:
     with os.scandir(directory) as entries:
         for entry in entries:
             with contextlib.suppress(OSError):  # replayed and deleted since it was listed
-                total += entry.stat().st_size
+                if entry.is_file():  # not the in-flight journals' directory
+                    total += entry.stat().st_size
     return total
 
 

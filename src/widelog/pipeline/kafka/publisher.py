@@ -8,8 +8,9 @@ took the GIL from the request path. So:
 - `linger.ms` is 50 ms by default, librdkafka's own advice for a producer that is not latency
   bound ("the single most important configuration property for performance tuning", its
   INTRODUCTION.md): at 1,000 events/s over 6 partitions a produce request carries ~8 events
-  instead of ~1. The price is up to 50 ms more before the broker has an event (and in a hard
-  crash, up to 50 ms more events lost from librdkafka's memory; a graceful close flushes).
+  instead of ~1. The price is up to 50 ms more before the broker has an event, and 50 ms more
+  events in librdkafka's memory, each journaled meanwhile (`fallback.hold()`): a SIGKILL does not
+  lose them.
 - the poll thread serves delivery reports every `poll_interval_s` (100 ms) rather than whenever
   one is ready: one wake-up and one GIL hand-over per interval. Reports wait in librdkafka's
   queue meanwhile; none is skipped, a failed delivery is spooled at most that much later.
@@ -116,19 +117,23 @@ class KafkaEventPublisher:
         return len(self._producer)
 
     def publish(self, key: str, payload: bytes) -> None:
+        """Produce, journaled until its delivery report: a SIGKILL loses nothing produced."""
         if self._broker_down:
             self._fallback.spill(key, payload, "broker down")
             return
+        self._fallback.hold(key, payload)  # before produce(): its report may come at once
         try:
             self._producer.produce(self.topic, payload, key)
         except BufferError:
-            self._fallback.spill(key, payload, "local producer queue full")
+            self._fallback.spill(key, payload, "local producer queue full", held=True)
         except KafkaException as exc:
-            self._fallback.spill(key, payload, exc)
+            self._fallback.spill(key, payload, exc, held=True)
 
     def _on_delivery(self, err: KafkaError | None, msg: KafkaMessage) -> None:
+        """Every report of a `publish()`ed event; the replay's records have their own."""
         if err is None:
             self.delivered += 1
+            self._fallback.release(msg.key() or b"")
             if log.isEnabledFor(logging.DEBUG):
                 log.debug(
                     "Published log event to Kafka topic: %s, requestId: %s",
@@ -137,7 +142,7 @@ class KafkaEventPublisher:
                 )
         else:
             key = (msg.key() or b"").decode(errors="replace")
-            self._fallback.spill(key, msg.value() or b"", err)
+            self._fallback.spill(key, msg.value() or b"", err, held=True)
 
     def _on_error(self, err: KafkaError) -> None:
         if err.fatal():
