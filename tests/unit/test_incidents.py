@@ -22,11 +22,12 @@ import pytest
 from fastapi import FastAPI
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from rich.console import Console
 from typer.testing import CliRunner
 
 from tests.incident_traffic import T0, batches, burst, request, spread
 from tests.unit.test_batcher import RecordingSource
-from widelog.cli.incidents import incidents_app
+from widelog.cli.incidents import WIDE, incidents_app, incidents_table
 from widelog.cli.main import main
 from widelog.incidents.aggregator import IncidentAggregator
 from widelog.incidents.http_api import incidents_router
@@ -978,8 +979,60 @@ async def test_the_cli_rebuilds_from_stored_events_then_lists_and_shows_incident
     assert 0 == shown.exit_code
     assert "OPEN since" in shown.stdout
     assert "error.code = LLM_TIMEOUT" in shown.stdout
-    table = await asyncio.to_thread(runner.invoke, incidents_app, ["list"], env=env)
-    assert summary["id"] in table.stdout
+    table = await asyncio.to_thread(
+        runner.invoke, incidents_app, ["list"], env={**env, "COLUMNS": "80"}
+    )
+    lines = table.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    [row] = [line for line in lines if summary["id"] in line]
+    assert ["open", "errors:", "30"] == row.split()[1:4]
+    assert "error.code=LLM_TIMEOUT" in table.stdout
+
+
+LISTED = [
+    {
+        "id": "inc_e8f1d471b1bd3ea6",
+        "status": "open",
+        "regressions": 1,
+        "rule": {"id": "llm_provider"},
+        "group": {"llm.provider": "openai", "llm.model": "gpt-4o-mini-2024-07-18"},
+        "events": 12_345,
+        "window": {"rate": 0.0135, "requests_estimated": True, "rate_interval95": [0.0101, 0.0179]},
+        "last_seen": "2026-11-27T10:00:57.000+00:00",
+    },
+    {
+        "id": "inc_0123456789abcdef",
+        "status": "resolved",
+        "regressions": 0,
+        "rule": {"id": "errors"},
+        "group": {"error.code": "LLM_TIMEOUT", "http.route": "/v1/[chat]/completions"},
+        "events": 24,
+        "window": {"rate": 0.02, "requests_estimated": False},
+        "last_seen": "2026-11-27T09:00:57.000+00:00",
+    },
+]
+
+
+@pytest.mark.parametrize("width", [80, 140])
+def test_the_incident_list_reads_in_an_80_column_terminal(width):
+    console = Console(width=width, record=True)
+    console.print(incidents_table(LISTED, width=width))
+    lines = console.export_text().splitlines()
+
+    assert max(len(line) for line in lines) <= width
+    [first] = [line for line in lines if "inc_e8f1d471b1bd3ea6" in line]
+    assert ["open", "+1", "llm_provider:", "12,345", "~1.35%"] == first.split()[1:6]
+    text = " ".join(lines)
+    for fact in (
+        "llm.provider=openai",
+        "inc_0123456789abcdef  resolved  errors:",
+        "error.code=LLM_TIMEOUT",
+        "http.route=/v1/[chat]",  # never read as markup
+        "1.01%-1.79%",
+        "2.00%",
+    ):
+        assert fact in text
+    assert ("2026-11-27 10:00:57" in text) == (width >= WIDE)
 
 
 def test_the_cli_says_when_there_is_no_such_incident(tmp_path):
