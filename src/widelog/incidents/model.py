@@ -142,6 +142,7 @@ class DurationBucket:
 
 
 def merge_durations(into: dict[int, DurationBucket], other: Mapping[int, DurationBucket]) -> None:
+    """Fold `other` in; its buckets are copied, so merging never changes what it was read from."""
     for key, bucket in other.items():
         if key in into:
             into[key].merge(bucket)
