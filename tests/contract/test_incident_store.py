@@ -15,6 +15,7 @@ import pytest
 
 from widelog.incidents.model import (
     Contribution,
+    DurationBucket,
     GroupCount,
     MessageStat,
     Tally,
@@ -45,7 +46,7 @@ def part(
     first = minute + dt.timedelta(seconds=first_s)
     item = Contribution(incident, "errors", KEY, "scope_chat", minute, events, weight, first)
     item.last = minute + dt.timedelta(seconds=last_s)
-    item.durations = {400: events}
+    item.durations = {400: DurationBucket(events, (2712.5, 2750.0))}
     item.dims = {"llm.model": {"m.1": events}, "http.status": {"504": events}}
     item.messages = {
         "k1": MessageStat("timed out after <num> ms", "timed out after 3 ms", first, 2)

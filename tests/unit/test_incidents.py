@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import itertools
 import json
 import logging
 import re
@@ -21,18 +22,26 @@ import pytest
 from fastapi import FastAPI
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from rich.console import Console
 from typer.testing import CliRunner
 
 from tests.incident_traffic import T0, batches, burst, request, spread
 from tests.unit.test_batcher import RecordingSource
-from widelog.cli.incidents import incidents_app
+from widelog.cli.incidents import WIDE, incidents_app, incidents_table
 from widelog.cli.main import main
 from widelog.incidents.aggregator import IncidentAggregator
 from widelog.incidents.http_api import incidents_router
 from widelog.incidents.lifecycle import GroupState, judge
 from widelog.incidents.masking import MASKING_VERSION, mask
 from widelog.incidents.memory_store import InMemoryIncidentStore
-from widelog.incidents.model import Tally
+from widelog.incidents.model import (
+    Contribution,
+    Percentile,
+    Tally,
+    bucket_value,
+    duration_bucket,
+    percentile,
+)
 from widelog.incidents.ports import IncidentStore
 from widelog.incidents.queries import get_incident, incident_summaries, list_incidents
 from widelog.incidents.rules import (
@@ -46,6 +55,7 @@ from widelog.incidents.summary import summarize
 from widelog.pipeline.consumer import BatchConsumer
 from widelog.pipeline.sqlite_store import SQLiteEventStore
 from widelog.policies import load_incident_rules
+from widelog.stats import percentile as nearest_rank
 
 ROOT = Path(__file__).resolve().parents[2]
 MIN = dt.timedelta(minutes=1)
@@ -442,9 +452,9 @@ async def test_a_fault_that_fails_slows_and_hits_one_provider_opens_one_incident
     )
     assert summary["text"].endswith(
         " Also: latency with http.route = /v1/chat since 2026-11-27 10:01:00 UTC (15 of about 115"
-        " requests, 13.0%; p95 29,948 ms); llm_provider with llm.provider = openai and"
+        " requests, 13.0%; p95 30,000 ms); llm_provider with llm.provider = openai and"
         " llm.model = gpt-x since 2026-11-27 10:01:00 UTC (15 of about 115 requests, 13.0%;"
-        " p95 29,948 ms)."
+        " p95 30,000 ms)."
     )
     await world.store.close()
 
@@ -580,7 +590,7 @@ async def test_the_summary_of_an_open_incident_reads_as_one_paragraph(world):
         " with the same error code on the same route) with error.code = LLM_TIMEOUT and"
         " http.route = /v1/chat. First seen 2026-11-27 10:00:10 UTC, last seen"
         " 2026-11-27 10:00:57 UTC. In the 5 minutes up to 2026-11-27 10:01:00 UTC: 24 of about"
-        " 1,859 requests with http.route = /v1/chat (1.29%). Duration p50 3,459 ms, p95 3,895 ms."
+        " 1,859 requests with http.route = /v1/chat (1.29%). Duration p50 3,440 ms, p95 3,880 ms."
         " Affected: 4 users, 9 sessions. Top models: fake-chat-1 (24). Prompt versions: v3 (16),"
         ' v2 (8). Message: "upstream <ip> timed out after <num> ms" (for example "upstream'
         ' 10.0.3.0:443 timed out after 3000 ms"). Request ids to look up: req-023, req-022,'
@@ -615,8 +625,8 @@ async def test_the_summary_of_a_resolved_and_regressed_incident_says_so(world):
         " same error code on the same route) with error.code = LLM_TIMEOUT and http.route ="
         " /v1/chat. First seen 2026-11-27 10:00:10 UTC, last seen 2026-11-27 12:00:28 UTC. It"
         " came back after being resolved 1 time. In the 5 minutes up to 2026-11-27 12:01:00 UTC:"
-        " 12 of about 212 requests with http.route = /v1/chat (5.66%). Duration p50 3,196 ms,"
-        " p95 3,895 ms. Affected: 4 users, 12 sessions. Top models: fake-chat-1 (36). Prompt"
+        " 12 of about 212 requests with http.route = /v1/chat (5.66%). Duration p50 3,200 ms,"
+        " p95 3,880 ms. Affected: 4 users, 12 sessions. Top models: fake-chat-1 (36). Prompt"
         ' versions: v3 (28), v2 (8). Message: "upstream <ip> timed out after <num> ms" (for'
         ' example "upstream 10.0.3.0:443 timed out after 3000 ms"). Request ids to look up:'
         " again-11, again-10, again-9, again-8, again-7."
@@ -631,7 +641,7 @@ async def test_the_structured_summary_has_every_field_an_operator_needs(world):
         "status": "open",
         "events": 24,
         "affected": {"users": 4, "sessions": 9},
-        "duration_ms": {"p50": 3459.0, "p95": 3895.4},
+        "duration_ms": {"p50": 3440.0, "p95": 3880.0, "exact": True},
         "top_models": [{"value": "fake-chat-1", "count": 24}],
         "top_prompt_versions": [{"value": "v3", "count": 16}, {"value": "v2", "count": 8}],
         "message": "upstream <ip> timed out after <num> ms",
@@ -649,6 +659,78 @@ async def test_the_structured_summary_has_every_field_an_operator_needs(world):
         "window": {k: summary["window"][k] for k in ("events", "requests", "rate", "minutes")},
     }
     json.dumps(summary)  # JSON-ready as it is
+
+
+async def test_durations_that_share_a_bucket_read_as_about_a_figure(world):
+    events = [
+        *(request(at) for at in spread(T0 + dt.timedelta(seconds=5), 50, 400)),
+        *(
+            request(at, code="LLM_TIMEOUT", duration_ms=3000.0 + i)
+            for i, at in enumerate(spread(T0 + dt.timedelta(seconds=10), 50, 24))
+        ),
+    ]
+    await world.feed(sorted(events, key=lambda e: (e["timestamp"], e["event_id"])))
+    [summary] = await world.summaries()
+
+    assert {"p50": 3011.0, "p95": 3022.0, "exact": False} == summary["duration_ms"]
+    assert "Duration p50 about 3,011 ms, p95 about 3,022 ms." in summary["text"]
+
+
+# --- duration percentiles ----------------------------------------------------------------------
+
+
+def _facts(durations: list[float]) -> Contribution:
+    facts = Contribution("inc_a", "latency", (), "scope", T0)
+    for ms in durations:
+        facts.add({"duration_ms": ms}, T0, 1.0)
+    return facts
+
+
+@deterministic
+@given(
+    durations=st.lists(
+        st.one_of(
+            st.sampled_from([0.25, 12.0, 2500.0, 30_000.0]),  # repeated, like timeouts
+            st.floats(min_value=0, max_value=120_000, allow_nan=False),
+        ),
+        min_size=1,
+        max_size=60,
+    ),
+    cuts=st.lists(st.integers(min_value=0, max_value=60), max_size=5),
+    order=st.randoms(use_true_random=False),
+)
+def test_a_percentile_is_the_exact_nearest_rank_or_says_it_is_not(durations, cuts, order):
+    bounds = sorted({0, len(durations), *(min(c, len(durations)) for c in cuts)})
+    parts = [_facts(durations[a:b]) for a, b in itertools.pairwise(bounds)]
+    order.shuffle(parts)
+    merged = Contribution("inc_a", "latency", (), "scope", T0)
+    for part in parts:
+        merged.merge(Contribution.from_doc(msgspec.json.decode(msgspec.json.encode(part.to_doc()))))
+
+    assert _facts(durations).to_doc()["durations"] == merged.to_doc()["durations"]
+    for q in (50, 95):
+        shown = percentile(merged.durations, q)
+        true = nearest_rank(durations, q)
+        assert shown is not None
+        if shown.exact:
+            assert true == shown.ms
+        else:  # between the least and greatest durations of the true value's bucket
+            same = [d for d in durations if duration_bucket(d) == duration_bucket(true)]
+            assert min(same) <= shown.ms <= max(same)
+        if len({d for d in durations if duration_bucket(d) == duration_bucket(true)}) == 1:
+            assert shown.exact
+
+
+def test_a_contribution_stored_before_bounds_were_kept_loads_and_says_its_figures_are_blurred():
+    old = _facts([30_000.0] * 20).to_doc()
+    old["durations"] = [{"b": d["b"], "n": d["n"]} for d in old["durations"]]
+
+    facts = Contribution.from_doc(old)
+    facts.merge(_facts([30_000.0]))
+
+    assert [(1 + 20, None)] == [(b.count, b.bounds) for b in facts.durations.values()]
+    midpoint = bucket_value(duration_bucket(30_000.0))
+    assert Percentile(midpoint, exact=False) == percentile(facts.durations, 95)
 
 
 # --- rules as data -----------------------------------------------------------------------------
@@ -897,8 +979,60 @@ async def test_the_cli_rebuilds_from_stored_events_then_lists_and_shows_incident
     assert 0 == shown.exit_code
     assert "OPEN since" in shown.stdout
     assert "error.code = LLM_TIMEOUT" in shown.stdout
-    table = await asyncio.to_thread(runner.invoke, incidents_app, ["list"], env=env)
-    assert summary["id"] in table.stdout
+    table = await asyncio.to_thread(
+        runner.invoke, incidents_app, ["list"], env={**env, "COLUMNS": "80"}
+    )
+    lines = table.stdout.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    [row] = [line for line in lines if summary["id"] in line]
+    assert ["open", "errors:", "30"] == row.split()[1:4]
+    assert "error.code=LLM_TIMEOUT" in table.stdout
+
+
+LISTED = [
+    {
+        "id": "inc_e8f1d471b1bd3ea6",
+        "status": "open",
+        "regressions": 1,
+        "rule": {"id": "llm_provider"},
+        "group": {"llm.provider": "openai", "llm.model": "gpt-4o-mini-2024-07-18"},
+        "events": 12_345,
+        "window": {"rate": 0.0135, "requests_estimated": True, "rate_interval95": [0.0101, 0.0179]},
+        "last_seen": "2026-11-27T10:00:57.000+00:00",
+    },
+    {
+        "id": "inc_0123456789abcdef",
+        "status": "resolved",
+        "regressions": 0,
+        "rule": {"id": "errors"},
+        "group": {"error.code": "LLM_TIMEOUT", "http.route": "/v1/[chat]/completions"},
+        "events": 24,
+        "window": {"rate": 0.02, "requests_estimated": False},
+        "last_seen": "2026-11-27T09:00:57.000+00:00",
+    },
+]
+
+
+@pytest.mark.parametrize("width", [80, 140])
+def test_the_incident_list_reads_in_an_80_column_terminal(width):
+    console = Console(width=width, record=True)
+    console.print(incidents_table(LISTED, width=width))
+    lines = console.export_text().splitlines()
+
+    assert max(len(line) for line in lines) <= width
+    [first] = [line for line in lines if "inc_e8f1d471b1bd3ea6" in line]
+    assert ["open", "+1", "llm_provider:", "12,345", "~1.35%"] == first.split()[1:6]
+    text = " ".join(lines)
+    for fact in (
+        "llm.provider=openai",
+        "inc_0123456789abcdef  resolved  errors:",
+        "error.code=LLM_TIMEOUT",
+        "http.route=/v1/[chat]",  # never read as markup
+        "1.01%-1.79%",
+        "2.00%",
+    ):
+        assert fact in text
+    assert ("2026-11-27 10:00:57" in text) == (width >= WIDE)
 
 
 def test_the_cli_says_when_there_is_no_such_incident(tmp_path):

@@ -12,12 +12,14 @@ import datetime as dt
 import json
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal, TypeVar
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from widelog.cli.errors import FAILED
 from widelog.incidents.rules import IncidentRules, parse_duration
@@ -97,31 +99,53 @@ def list_(
     if not summaries:
         Console().print("no incidents")
         return
-    table = Table(title=f"{len(summaries)} incident(s)")
+    console = Console()
+    console.print(incidents_table(summaries, width=console.width))
+
+
+WIDE: Final = 110  # terminal columns from which `last seen` fits beside the rest
+
+
+def incidents_table(summaries: list[dict[str, Any]], *, width: int) -> Table:
+    """The listed incidents as a table that reads in `width` columns, from 80 up.
+
+    The id stays whole (it is what `show` takes); the rule and its group share one column, a
+    field a line, folded when long. Narrower than `WIDE`, the rate's interval goes on a second
+    line and `last seen` is left out: the rows are already ordered by it.
+    """
+    wide = width >= WIDE
+    title = f"{len(summaries)} incident(s), open first, by latest activity"
+    table = Table(
+        title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, collapse_padding=True
+    )
     table.add_column("id", no_wrap=True)
-    for name in ("status", "rule", "group", "events", "rate", "last seen"):
-        table.add_column(name, justify="right" if name in {"events", "rate"} else "left")
+    table.add_column("status", no_wrap=True)
+    table.add_column("rule: group", overflow="fold", min_width=16)  # never squeezed out
+    table.add_column("events", justify="right", no_wrap=True)
+    table.add_column("rate", justify="right", no_wrap=True)
+    if wide:
+        table.add_column("last seen (UTC)", no_wrap=True)
     for s in summaries:
-        window = s["window"] or {}
+        group = "\n".join(f"{k}={v}" for k, v in s["group"].items())
+        last_seen = dt.datetime.fromisoformat(s["last_seen"]).strftime("%Y-%m-%d %H:%M:%S")
         table.add_row(
             s["id"],
-            s["status"] + (f" (+{s['regressions']})" if s["regressions"] else ""),
-            escape(s["rule"]["id"]),
-            escape(", ".join(f"{k}={v}" for k, v in s["group"].items())),  # routes, error codes
+            s["status"] + (f" +{s['regressions']}" if s["regressions"] else ""),
+            Text.assemble((s["rule"]["id"], "bold"), ":\n", group),
             f"{s['events']:,}",
-            _rate_cell(window),
-            s["last_seen"] or "",
+            _rate_cell(s["window"] or {}, "  " if wide else "\n"),
+            *([last_seen] if wide else []),
         )
-    Console().print(table)
+    return table
 
 
-def _rate_cell(window: dict[str, Any]) -> str:
-    """`2.00%` when the requests were counted exactly; `~1.35% (1.01-1.79%)` when estimated."""
+def _rate_cell(window: dict[str, Any], gap: str) -> str:
+    """`2.00%` when counted exactly; `~1.35%`, `gap`, `1.01%-1.79%` (its 95% interval) if not."""
     rate = f"{window.get('rate', 0):.2%}"
     if not window.get("requests_estimated", True):
         return rate
     low, high = window.get("rate_interval95") or (None, None)
-    return f"~{rate}" if low is None else f"~{rate} ({low:.2%}-{high:.2%})"
+    return f"~{rate}" if low is None else f"~{rate}{gap}{low:.2%}-{high:.2%}"
 
 
 @incidents_app.command()

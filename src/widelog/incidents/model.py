@@ -42,7 +42,7 @@ EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 MAX_SAMPLES: Final = 5
 DIMENSIONS: Final = ("llm.model", "llm.prompt_version", "http.status")
 MAX_EXAMPLE_CHARS: Final = 500
-_GAMMA: Final = 1.02  # duration histogram: buckets 2% wide, so percentiles are within ~1%
+_GAMMA: Final = 1.02  # duration histogram: buckets 2% wide
 _LOG_GAMMA: Final = math.log(_GAMMA)
 
 TransitionKind = Literal["open", "resolve", "facet"]
@@ -89,17 +89,79 @@ def bucket_value(bucket: int) -> float:
     return 2 * _GAMMA**bucket / (_GAMMA + 1)
 
 
-def percentile(histogram: Mapping[int, int], q: float) -> float | None:
+@dataclass(slots=True, frozen=True)
+class Percentile:
+    """A duration percentile of an incident's stored events.
+
+    `exact`: it is the duration at the rank. Otherwise it lies between the least and greatest
+    durations of the rank's 2% bucket, so it is off by less than their spread.
+    """
+
+    ms: float
+    exact: bool
+
+
+@dataclass(slots=True)
+class DurationBucket:
+    """The durations in one 2%-wide bucket: how many, and the least and greatest of them.
+
+    The bounds make a percentile exact when its rank is the bucket's first or last duration, or
+    when they are all equal (30 s timeouts read 30,000 ms, not the midpoint 29,948 ms), at two
+    numbers a bucket: the histogram stays bounded, and merges stay exact and order-independent.
+    `bounds` is None for buckets read from documents written before bounds were kept.
+    """
+
+    count: int
+    bounds: tuple[float, float] | None
+
+    def add(self, ms: float) -> None:
+        self.count += 1
+        if self.bounds is not None and not self.bounds[0] <= ms <= self.bounds[1]:
+            self.bounds = (min(self.bounds[0], ms), max(self.bounds[1], ms))
+
+    def merge(self, other: DurationBucket) -> None:
+        self.count += other.count
+        if self.bounds is None or other.bounds is None:
+            self.bounds = None
+        else:
+            low, high = self.bounds
+            self.bounds = (min(low, other.bounds[0]), max(high, other.bounds[1]))
+
+    def at(self, rank: int, bucket: int) -> Percentile:
+        """The `rank`-th (from 1) least duration in this bucket (number `bucket`).
+
+        Between its first and last, read as if the durations were evenly spread between them;
+        without bounds, the bucket's midpoint.
+        """
+        if self.bounds is None:
+            return Percentile(bucket_value(bucket), exact=False)
+        low, high = self.bounds
+        if low == high or rank in {1, self.count}:
+            return Percentile(low if rank == 1 else high, exact=True)
+        return Percentile(low + (high - low) * (rank - 1) / (self.count - 1), exact=False)
+
+
+def merge_durations(into: dict[int, DurationBucket], other: Mapping[int, DurationBucket]) -> None:
+    """Fold `other` in; its buckets are copied, so merging never changes what it was read from."""
+    for key, bucket in other.items():
+        if key in into:
+            into[key].merge(bucket)
+        else:
+            into[key] = DurationBucket(bucket.count, bucket.bounds)
+
+
+def percentile(histogram: Mapping[int, DurationBucket], q: float) -> Percentile | None:
     """Nearest-rank `q`-th percentile (0 < q <= 100) of a duration histogram; None if empty."""
-    total = sum(histogram.values())
+    total = sum(bucket.count for bucket in histogram.values())
     if not total:
         return None
     rank = max(1, math.ceil(q / 100 * total))
     seen = 0
-    for bucket in sorted(histogram):
-        seen += histogram[bucket]
-        if seen >= rank:
-            return bucket_value(bucket)
+    for key in sorted(histogram):
+        bucket = histogram[key]
+        if seen + bucket.count >= rank:
+            return bucket.at(rank - seen, key)
+        seen += bucket.count
     return None  # pragma: no cover - unreachable: the ranks add up to total
 
 
@@ -134,7 +196,7 @@ class Contribution:
     weight: float = 0.0  # re-weighted: the requests these events stand for
     first: dt.datetime | None = None
     last: dt.datetime | None = None
-    durations: dict[int, int] = field(default_factory=dict)
+    durations: dict[int, DurationBucket] = field(default_factory=dict)
     dims: dict[str, dict[str, int]] = field(default_factory=dict)
     messages: dict[str, MessageStat] = field(default_factory=dict)
     samples: list[tuple[dt.datetime, str]] = field(default_factory=list)
@@ -158,8 +220,12 @@ class Contribution:
         self.last = moment if self.last is None else max(self.last, moment)
         duration = doc.get("duration_ms")
         if isinstance(duration, int | float) and not isinstance(duration, bool) and duration >= 0:
-            bucket = duration_bucket(float(duration))
-            self.durations[bucket] = self.durations.get(bucket, 0) + 1
+            ms = float(duration)
+            bucket = self.durations.get(number := duration_bucket(ms))
+            if bucket is None:
+                self.durations[number] = DurationBucket(1, (ms, ms))
+            else:
+                bucket.add(ms)
         for dim in DIMENSIONS:
             value = field_value(doc, dim)
             if value is not None:
@@ -192,8 +258,7 @@ class Contribution:
             if moment is not None:
                 self.first = moment if self.first is None else min(self.first, moment)
                 self.last = moment if self.last is None else max(self.last, moment)
-        for bucket, n in other.durations.items():
-            self.durations[bucket] = self.durations.get(bucket, 0) + n
+        merge_durations(self.durations, other.durations)
         for dim, values in other.dims.items():
             mine = self.dims.setdefault(dim, {})
             for value, n in values.items():
@@ -218,7 +283,10 @@ class Contribution:
             "weight": self.weight,
             "first": self.first,
             "last": self.last,
-            "durations": [{"b": b, "n": n} for b, n in sorted(self.durations.items())],
+            "durations": [
+                {"b": key, "n": bucket.count, **_bounds_doc(bucket.bounds)}
+                for key, bucket in sorted(self.durations.items())
+            ],
             "dims": [
                 {"dim": d, "value": v, "n": n}
                 for d, values in sorted(self.dims.items())
@@ -251,7 +319,12 @@ class Contribution:
             masking=str(doc.get("masking", MASKING_VERSION)),
             late=int(doc.get("late", 0)),
         )
-        item.durations = {int(d["b"]): int(d["n"]) for d in doc.get("durations", [])}
+        item.durations = {
+            int(d["b"]): DurationBucket(
+                int(d["n"]), (float(d["lo"]), float(d["hi"])) if "lo" in d else None
+            )
+            for d in doc.get("durations", [])
+        }
         for d in doc.get("dims", []):
             item.dims.setdefault(str(d["dim"]), {})[str(d["value"])] = int(d["n"])
         for message in doc.get("messages", []):
@@ -263,6 +336,10 @@ class Contribution:
             for sample in doc.get("samples", [])
         ]
         return item
+
+
+def _bounds_doc(bounds: tuple[float, float] | None) -> dict[str, float]:
+    return {} if bounds is None else {"lo": bounds[0], "hi": bounds[1]}
 
 
 def _group_doc(incident: str, rule: str, key: Key, scope: str) -> dict[str, Any]:
@@ -740,7 +817,7 @@ class Facet:
     at: dt.datetime
     reason: str
     window: WindowStats | None
-    p95_ms: float | None = None  # of the group's matching events in the window, when read
+    p95: Percentile | None = None  # of the group's matching events in the window, when read
 
     @classmethod
     def of(cls, step: Transition) -> Facet:

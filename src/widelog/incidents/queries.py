@@ -7,9 +7,11 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from widelog.incidents.model import (
     MINUTE,
+    DurationBucket,
     Incident,
     assemble,
     life_start,
+    merge_durations,
     minute_of,
     ordered,
     percentile,
@@ -63,12 +65,11 @@ async def _load(
     for facet in [] if incident is None else incident.facets:
         if facet.window is not None:
             # The explained group's own facts (kept while recent, even if it never opened).
-            durations: dict[int, int] = {}
+            durations: dict[int, DurationBucket] = {}
             for part in await store.contributions(facet.incident_id, facet.window.start):
                 if part.minute <= facet.window.end_minute:
-                    for bucket, n in part.durations.items():
-                        durations[bucket] = durations.get(bucket, 0) + n
-            facet.p95_ms = percentile(durations, 95)
+                    merge_durations(durations, part.durations)
+            facet.p95 = percentile(durations, 95)
     return incident
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from widelog.incidents.model import percentile
 
 if TYPE_CHECKING:
-    from widelog.incidents.model import Facet, Incident, MessageStat, WindowStats
+    from widelog.incidents.model import Facet, Incident, MessageStat, Percentile, WindowStats
 
 TOP_N = 3
 
@@ -27,10 +27,16 @@ def _iso(moment: dt.datetime | None) -> str | None:
     return None if moment is None else moment.astimezone(dt.UTC).isoformat(timespec="milliseconds")
 
 
-def _ms(value: float | None) -> str:
-    if value is None:
-        return "n/a"
-    return f"{value:,.0f} ms" if value >= 10 else f"{value:.1f} ms"
+def _ms(value: Percentile) -> str:
+    """`30,000 ms` when a stored duration holds the rank; `about 2,533 ms` when its bucket does."""
+    figure = f"{value.ms:,.0f} ms" if value.ms >= 10 else f"{value.ms:.1f} ms"
+    return figure if value.exact else f"about {figure}"
+
+
+def _durations(*percentiles: tuple[str, Percentile | None]) -> dict[str, Any]:
+    """`{"p50": 3440.0, "p95": 3880.0, "exact": true}`: exact when every figure is."""
+    figures = {name: None if p is None else round(p.ms, 3) for name, p in percentiles}
+    return {**figures, "exact": all(p is not None and p.exact for _, p in percentiles)}
 
 
 def _rate(rate: float) -> str:
@@ -105,10 +111,7 @@ def summarize(incident: Incident) -> dict[str, Any]:
         "estimated_requests": round(facts.weight, 3),
         "late_events": facts.late,  # counted, but arrived after their minute was judged
         "window": None if window is None else window.as_dict(),
-        "duration_ms": {
-            "p50": None if p50 is None else round(p50, 1),
-            "p95": None if p95 is None else round(p95, 1),
-        },
+        "duration_ms": _durations(("p50", p50), ("p95", p95)),
         "affected": {"users": incident.users, "sessions": incident.sessions},
         "top": {
             "models": _top(facts.dims.get("llm.model", {})),
@@ -133,7 +136,7 @@ def summarize(incident: Incident) -> dict[str, Any]:
                 "reason": f.reason,
                 "rate": None if f.window is None else round(f.window.rate, 6),
                 "window": None if f.window is None else f.window.as_dict(),
-                "duration_ms": {"p95": None if f.p95_ms is None else round(f.p95_ms, 1)},
+                "duration_ms": _durations(("p95", f.p95)),
             }
             for f in incident.facets
         ],
@@ -183,7 +186,7 @@ def describe(incident: Incident) -> str:
             f" ({_rate(window.rate)}){_uncertainty(window)}."
         )
     p50, p95 = percentile(facts.durations, 50), percentile(facts.durations, 95)
-    if p50 is not None:
+    if p50 is not None and p95 is not None:
         parts.append(f"Duration p50 {_ms(p50)}, p95 {_ms(p95)}.")
     users = f"{incident.users:,} user" + ("s" if incident.users != 1 else "")
     sessions = f"{incident.sessions:,} session" + ("s" if incident.sessions != 1 else "")
@@ -221,7 +224,7 @@ def _facet(facet: Facet) -> str:
         figures.append(
             f"{window.matched:,.0f} of {_requests(window)} requests, {_rate(window.rate)}"
         )
-    if facet.p95_ms is not None:
-        figures.append(f"p95 {_ms(facet.p95_ms)}")
+    if facet.p95 is not None:
+        figures.append(f"p95 {_ms(facet.p95)}")
     said = f" ({'; '.join(figures)})" if figures else ""
     return f"{facet.rule.get('id')} with {where} since {_when(facet.at)}{said}"
