@@ -173,6 +173,7 @@ async def test_a_restarted_worker_carries_on_with_the_open_incident_in_the_store
     before_restart = worker(first)
     for batch in batches(events[:cut], 100):
         await before_restart.observe(batch)
+    await before_restart.flush()  # as `widelog worker` does when it stops
     [open_] = await incident_summaries(reader)
 
     restarted_store = MongoIncidentStore(mongo_url(database))  # a new process, a new client

@@ -29,7 +29,7 @@ from tests.incident_traffic import T0, batches, burst, request, spread
 from tests.unit.test_batcher import RecordingSource
 from widelog.cli.incidents import WIDE, incidents_app, incidents_table
 from widelog.cli.main import main
-from widelog.incidents.aggregator import IncidentAggregator
+from widelog.incidents.aggregator import IncidentAggregator, run_sweeper
 from widelog.incidents.http_api import incidents_router
 from widelog.incidents.lifecycle import GroupState, judge
 from widelog.incidents.masking import MASKING_VERSION, mask
@@ -48,6 +48,7 @@ from widelog.incidents.rules import (
     DEFAULT_RULES,
     IncidentRules,
     IncidentRulesError,
+    incident_id,
     parse_duration,
 )
 from widelog.incidents.sqlite_store import SQLiteIncidentStore
@@ -1146,3 +1147,28 @@ async def test_every_recorded_step_is_handed_to_the_on_recorded_hook_once(tmp_pa
     await world.feed(burst(T0, errors={"LLM_TIMEOUT": 30}))  # late: records nothing
     assert [("open", 1), ("resolve", 1)] == seen
     await world.store.close()
+
+
+async def test_the_facts_of_the_last_batches_are_written_soon_without_another_batch():
+    """Facts wait for a later batch's write (one round trip instead of two), but never longer
+    than `write_every_s`: the sweeper writes them when no batch comes."""
+    store = InMemoryIncidentStore()
+    aggregator = IncidentAggregator(store, IncidentRules(), clock=lambda: T0, write_every_s=0.05)
+    stop = asyncio.Event()
+    sweeper = asyncio.create_task(run_sweeper(aggregator, stop, interval=3600))
+    await asyncio.sleep(0.01)  # its first sweep is done
+    events = burst(T0, seconds=30, successes=50, errors={"LLM_TIMEOUT": 40})
+    for batch in batches(events, 10):
+        await aggregator.observe(batch, now=T0)
+
+    iid = incident_id("errors", (("error.code", "LLM_TIMEOUT"), ("http.route", "/v1/chat")))
+
+    async def stored() -> int:
+        return sum(p.events for p in await store.contributions(iid, T0 - MIN))
+
+    written_at_once = await stored()
+    await asyncio.sleep(0.3)
+    written_later = await stored()
+    stop.set()
+    await sweeper
+    assert written_at_once < 40 == written_later

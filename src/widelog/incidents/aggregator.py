@@ -134,7 +134,7 @@ class IncidentAggregator:
         write_every_s: float = WRITE_FACTS_EVERY_S,
     ) -> None:
         self._store = store
-        self._write_every_s = write_every_s
+        self.write_every_s = write_every_s
         # Called with each step this aggregator recorded (first), after its log line: the
         # notifications' outbox insert. It must not raise (the consumer would retry the batch).
         self._on_recorded = on_recorded
@@ -388,7 +388,7 @@ class IncidentAggregator:
         self._members_written |= written
         if facts is not None:
             self._unsent = None
-            self._facts_due = time.monotonic() + self._write_every_s
+            self._facts_due = time.monotonic() + self.write_every_s
 
     async def flush(self) -> None:
         """Write the facts gathered since the last write (the sweep, `settle` and shutdown)."""
@@ -796,13 +796,20 @@ async def run_sweeper(
 
     By default every half of the rules' lateness, between 1 and 60 s: in silence a minute is
     judged once wall time passed it by the lateness, and the sweep adds at most half that again.
+    In between, the facts of the last batches are written within `write_every_s`, so a summary
+    never waits for the next batch or sweep to show them.
     """
     if interval is None:
         interval = min(max(aggregator.rules.lateness / 2, 1.0), 60.0)
+    next_sweep = time.monotonic()
     while not stop.is_set():
         try:
-            await aggregator.sweep()
+            if time.monotonic() >= next_sweep:
+                next_sweep = time.monotonic() + interval
+                await aggregator.sweep()
+            else:
+                await aggregator.flush()
         except Exception:
             log.exception("incident sweep failed")
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), interval)
+            await asyncio.wait_for(stop.wait(), min(interval, aggregator.write_every_s))
