@@ -185,9 +185,8 @@ def _transport(section: dict[str, Any]) -> list[str]:
         "- Embedded: the consumer's poll waited on the queue and woke for every event; it now"
         " waits for a full batch or its timeout (as librdkafka's `consume(n, timeout)` does)."
         " The embedded rows also carry the incident aggregator, which runs in the API process"
-        " with this transport and is most of its cost: each batch re-reads every per-batch"
-        " record of the groups it touched in the lookback window, so its cost grows with the"
-        " batches already stored (compare the row `embedded (incidents off)`).",
+        " with this transport (compare the rows `embedded (incidents off)`; section 6 measures"
+        " it against the store).",
         "- Every transport: `set()` caches each key's safe path and checks scalars inline,"
         " `finalize()` avoids ABC checks and rebuilding the sampling record, event ids read"
         " the CSPRNG 4 KiB at a time (section 4).",
