@@ -40,6 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final
 
+from widelog.pipeline.spool import claim_if_abandoned
+
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
@@ -284,25 +286,12 @@ def _create(directory: Path, size: int) -> tuple[Path, int]:
 @contextlib.contextmanager
 def _claim(path: Path) -> Iterator[mmap.mmap | None]:
     """The journal's mapping if its process is dead (its lock is free); None otherwise."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except FileNotFoundError:
-        yield None
-        return
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            same_file = os.fstat(fd).st_ino == os.stat(path).st_ino
-        except (BlockingIOError, FileNotFoundError):  # alive, or taken over by another meanwhile
+    with claim_if_abandoned(path) as fd:
+        if fd is None or os.fstat(fd).st_size < DATA_AT:
             yield None
-            return
-        if not same_file or os.fstat(fd).st_size < DATA_AT:
-            yield None
-            return
-        with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as ring:
-            yield ring
-    finally:
-        os.close(fd)
+        else:
+            with mmap.mmap(fd, 0, access=mmap.ACCESS_READ) as ring:
+                yield ring
 
 
 def _ring_header(ring: mmap.mmap, path: Path) -> tuple[int, int]:

@@ -152,27 +152,8 @@ class FileSpool:
     @contextlib.contextmanager
     def claim(self, path: Path) -> Iterator[Iterator[tuple[str, bytes]] | None]:
         """Lock a segment for replay; yields its records, or None if a live writer holds it."""
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            yield None
-            return
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield None
-                return
-            try:
-                same_file = os.fstat(fd).st_ino == os.stat(path).st_ino
-            except FileNotFoundError:
-                same_file = False
-            if not same_file:  # replayed and removed (or renamed) by someone else meanwhile
-                yield None
-                return
-            yield _records(path)
-        finally:
-            os.close(fd)
+        with claim_if_abandoned(path) as fd:
+            yield None if fd is None else _records(path)
 
     def close(self) -> None:
         self._closed.set()
@@ -294,3 +275,27 @@ def _records(path: Path) -> Iterator[tuple[str, bytes]]:
                 log.warning("skipping a torn line %d in spool segment %s", number, path.name)
                 continue
             yield key.decode(errors="replace"), payload
+
+
+@contextlib.contextmanager
+def claim_if_abandoned(path: Path) -> Iterator[int | None]:
+    """`path` opened read-only and locked, if the process that wrote it is gone; else None.
+
+    Spool segments and in-flight journals are locked (`flock`) by their writer for its life, so a
+    free lock means a dead or finished writer. None too if the file went, or was replaced
+    (another process took it over and removed it) between the open and the lock.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        yield None
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            same_file = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except (BlockingIOError, FileNotFoundError):
+            same_file = False
+        yield fd if same_file else None
+    finally:
+        os.close(fd)
