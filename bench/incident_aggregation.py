@@ -22,9 +22,15 @@ from typing import Any
 import msgspec
 
 from bench_common import Services, log
-from widelog.incidents.model import Contribution, GroupCount, WorkerMinute, minute_of
+from widelog.incidents.model import (
+    Contribution,
+    GroupCount,
+    Transition,
+    WorkerMinute,
+    minute_of,
+)
 from widelog.incidents.mongo_store import MongoIncidentStore
-from widelog.incidents.rules import incident_id, scope_id
+from widelog.incidents.rules import DEFAULT_RULES, incident_id, scope_id
 from widelog.incidents.watermark import WorkerMark
 from worker_drain import drain, realistic_records
 
@@ -35,11 +41,21 @@ TIMEOUTS = (("error.code", "LLM_TIMEOUT"), ("http.route", "/v1/chat"))
 
 
 async def _seed(url: str, hours: int) -> int:
-    """Per-minute records for `hours` before now, as a worker fed that traffic would write."""
+    """Per-minute records for `hours` before now, as a worker fed that traffic would write.
+
+    The group opened an incident at the start, so its records are kept (the records of a group
+    that never opened are pruned after `count_retention`: a history of those is a backlog that
+    the first sweep deletes, not state that stays).
+    """
     store = MongoIncidentStore(url, timeout_ms=20_000)
     end = minute_of(dt.datetime.now(dt.UTC))
     written = 0
     iid = incident_id("errors", TIMEOUTS)
+    errors = next(rule for rule in DEFAULT_RULES if rule.id == "errors")
+    opened = end - dt.timedelta(hours=hours) + dt.timedelta(minutes=5)
+    await store.add_transition(
+        Transition(iid, 1, "open", opened, "seeded", errors.snapshot(), TIMEOUTS, scope_id(ROUTE))
+    )
     for m in range(hours * 60, 0, -1):
         minute = end - dt.timedelta(minutes=m)
         writes = []

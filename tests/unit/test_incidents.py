@@ -1131,6 +1131,32 @@ async def test_judging_looks_up_each_complete_minute_once_per_other_worker_and_n
     assert store.lookups <= 2 * minutes  # one per minute per other worker, not per batch
 
 
+async def test_a_worker_started_by_its_sweeper_and_first_batch_at_once_reads_back_one_window():
+    """`widelog worker` runs the sweeper and the consumer at once: both start the aggregator.
+    The second must wait for the first's look-back, not judge from nothing (which read a day of
+    another worker's minutes back, one lookup each, and folded the look-back twice)."""
+    from widelog.incidents.memory_store import InMemoryIncidentStore
+    from widelog.incidents.watermark import WorkerMark
+
+    class NetworkedStore(InMemoryIncidentStore):  # every read yields, as over a network
+        async def watermarks(self) -> dict[str, WorkerMark]:
+            await asyncio.sleep(0)
+            return await super().watermarks()
+
+        async def worker_minutes(self, keys: Any) -> Any:
+            await asyncio.sleep(0)
+            return await super().worker_minutes(keys)
+
+    store = NetworkedStore()
+    newest = T0 + 24 * 60 * MIN
+    await store.publish_watermark("previous", WorkerMark(newest, newest, T0))  # a day's worth
+    now = newest + 10 * MIN
+    aggregator = IncidentAggregator(store, IncidentRules(), clock=lambda: now)
+    events = burst(newest, seconds=60, successes=20)
+    await asyncio.gather(aggregator.sweep(now), aggregator.observe(events, now=now))
+    assert store.lookups <= 20  # the longest window or quiet period, not 1,440 minutes
+
+
 async def test_every_recorded_step_is_handed_to_the_on_recorded_hook_once(tmp_path):
     """The seam for notifications: the one place steps are recorded calls the hook."""
     seen = []

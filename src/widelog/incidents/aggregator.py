@@ -168,6 +168,7 @@ class IncidentAggregator:
         # Events that arrived after their minute was judged: in the totals, never in a window.
         self.late_events = 0
         self.late_count_records = 0
+        self._starting = asyncio.Lock()
         self._reset()
 
     def _reset(self) -> None:
@@ -220,6 +221,11 @@ class IncidentAggregator:
         """
         if self._started:
             return
+        async with self._starting:  # the sweeper and the first batch may both call it
+            if not self._started:
+                await self._start()
+
+    async def _start(self) -> None:
         now = self._clock()
         # Not the live watermark: wall time since a stopped worker's last batch says nothing
         # about a backlog waiting for this one. The oldest mark is safe: re-judging a minute
@@ -238,13 +244,13 @@ class IncidentAggregator:
                 state = GroupState(rule, iid, latest.key, latest.scope_id)
                 state.adopt(steps)
                 self._groups[iid] = state
-        self._started = True
         if watermark is not None:
             through = last_complete_minute(watermark)
             await self._load(through - self._keep, through)
             self._judged = through
             for state in self._groups.values():
                 state.judged = max(state.judged or through, through)
+        self._started = True  # last: nothing may judge or count before the look-back is in
 
     async def _load(self, start: dt.datetime | None, end: dt.datetime) -> None:
         """Fold every worker's counts of the minutes [start, end] into memory.
