@@ -1157,6 +1157,30 @@ async def test_a_worker_started_by_its_sweeper_and_first_batch_at_once_reads_bac
     assert store.lookups <= 20  # the longest window or quiet period, not 1,440 minutes
 
 
+async def test_old_records_are_pruned_once_per_hour_of_judged_time_not_at_every_sweep():
+    """Pruning scans on FerretDB (seconds with a day of facts): once an hour, never at start."""
+
+    class CountingStore(InMemoryIncidentStore):
+        prunes = 0
+
+        async def prune(self, *, before: dt.datetime, keep: Any) -> int:
+            self.prunes += 1
+            return await super().prune(before=before, keep=keep)
+
+    store = CountingStore()
+    now = T0
+    aggregator = IncidentAggregator(store, IncidentRules(), clock=lambda: now)
+    sweeps = []
+    for minute in range(0, 150, 5):
+        now = T0 + minute * MIN
+        await aggregator.observe(burst(now, seconds=60, successes=10), now=now)
+        await aggregator.sweep(now)
+        sweeps.append(store.prunes)
+    assert sweeps[0] == 0  # not at start
+    assert sweeps[-1] == 2  # about 140 minutes judged: twice
+    assert sweeps.count(0) >= 12  # not before an hour of judged time
+
+
 async def test_every_recorded_step_is_handed_to_the_on_recorded_hook_once(tmp_path):
     """The seam for notifications: the one place steps are recorded calls the hook."""
     seen = []

@@ -71,6 +71,10 @@ Clock = Callable[[], dt.datetime]
 TOKENS_REMEMBERED = 1000  # batches counted lately: a retried `on_stored` counts nothing twice
 WRITE_FACTS_EVERY_S = 1.0  # a batch's facts reach the store this late at most, while batches come
 NO_REQUESTS = Total(estimated=True)
+# Pruning deletes by minute and by incident: FerretDB scans the whole collection for that (5.5 s
+# with a day of an open incident's facts), so it runs once per hour of judged event time, from an
+# hour after this worker started judging, not at each sweep.
+PRUNE_EVERY = dt.timedelta(hours=1)
 MEMBERS_REMEMBERED = 100_000  # members known to be written, so not written again (then forgotten)
 
 
@@ -179,6 +183,9 @@ class IncidentAggregator:
         # estimates and count records behind exact totals (`_scope_totals`).
         self._makeup: dict[dt.datetime, WorkerMinute] = {}
         self._judged: dt.datetime | None = None  # every minute up to this one is judged
+        self._pruned_at: dt.datetime | None = (
+            None  # `_judged` at the last prune (or the first sweep)
+        )
         self._newest: dt.datetime | None = None  # the newest event time this worker has seen
         self._arrival: dt.datetime | None = None  # wall time of this worker's last batch
         self._published: WorkerMark | None = None
@@ -712,11 +719,13 @@ class IncidentAggregator:
         await self.flush()
         now = now or self._clock()
         result = await self._advance(now, ask=True)
-        if self._judged is not None:
+        judged = self._judged
+        if judged is not None and judged - (self._pruned_at or judged) >= PRUNE_EVERY:
             opened = [iid for iid, state in self._groups.items() if state.episode > 0]
-            result.pruned = await self._store.prune(
-                before=self._judged - self._retention, keep=opened
-            )
+            result.pruned = await self._store.prune(before=judged - self._retention, keep=opened)
+            self._pruned_at = judged
+        elif self._pruned_at is None:
+            self._pruned_at = judged
         return result
 
     async def settle(self) -> SweepResult:
