@@ -1158,14 +1158,15 @@ async def test_a_worker_started_by_its_sweeper_and_first_batch_at_once_reads_bac
 
 
 async def test_old_records_are_pruned_once_per_hour_of_judged_time_not_at_every_sweep():
-    """Pruning scans on FerretDB (seconds with a day of facts): once an hour, never at start."""
+    """Pruning facts scans them all on FerretDB (seconds with a day of them): once an hour, not
+    at start; the minutes (a small collection) at every sweep."""
 
     class CountingStore(InMemoryIncidentStore):
         prunes = 0
 
-        async def prune(self, *, before: dt.datetime, keep: Any) -> int:
-            self.prunes += 1
-            return await super().prune(before=before, keep=keep)
+        async def prune(self, *, before: dt.datetime, keep: Any, facts: bool = True) -> int:
+            self.prunes += facts
+            return await super().prune(before=before, keep=keep, facts=facts)
 
     store = CountingStore()
     now = T0

@@ -71,10 +71,10 @@ Clock = Callable[[], dt.datetime]
 TOKENS_REMEMBERED = 1000  # batches counted lately: a retried `on_stored` counts nothing twice
 WRITE_FACTS_EVERY_S = 1.0  # a batch's facts reach the store this late at most, while batches come
 NO_REQUESTS = Total(estimated=True)
-# Pruning deletes by minute and by incident: FerretDB scans the whole collection for that (5.5 s
-# with a day of an open incident's facts), so it runs once per hour of judged event time, from an
-# hour after this worker started judging, not at each sweep.
-PRUNE_EVERY = dt.timedelta(hours=1)
+# Pruning facts deletes by minute and incident: FerretDB scans every fact for that (5.5 s with a
+# day of an open incident's), so it runs once per hour of judged event time, from an hour after
+# this worker started judging; the minutes (a small collection, read per batch) every sweep.
+PRUNE_FACTS_EVERY = dt.timedelta(hours=1)
 MEMBERS_REMEMBERED = 100_000  # members known to be written, so not written again (then forgotten)
 
 
@@ -720,12 +720,13 @@ class IncidentAggregator:
         now = now or self._clock()
         result = await self._advance(now, ask=True)
         judged = self._judged
-        if judged is not None and judged - (self._pruned_at or judged) >= PRUNE_EVERY:
+        if judged is not None:
+            facts = judged - (self._pruned_at or judged) >= PRUNE_FACTS_EVERY
             opened = [iid for iid, state in self._groups.items() if state.episode > 0]
-            result.pruned = await self._store.prune(before=judged - self._retention, keep=opened)
-            self._pruned_at = judged
-        elif self._pruned_at is None:
-            self._pruned_at = judged
+            before = judged - self._retention
+            result.pruned = await self._store.prune(before=before, keep=opened, facts=facts)
+            if facts or self._pruned_at is None:
+                self._pruned_at = judged
         return result
 
     async def settle(self) -> SweepResult:

@@ -85,24 +85,28 @@ class InMemoryIncidentStore:
                 counts[kind] += 1
         return counts
 
-    async def prune(self, *, before: dt.datetime, keep: Collection[str]) -> int:
+    async def prune(self, *, before: dt.datetime, keep: Collection[str], facts: bool = True) -> int:
         kept = set(keep)
         old = [k for k, m in self._minutes.items() if m.minute < before]
-        facts = [
-            k for k, f in self._facts.items() if f.minute < before and f.incident_id not in kept
+        old_facts = [
+            k
+            for k, f in self._facts.items()
+            if facts and f.minute < before and f.incident_id not in kept
         ]
         members = [
-            k for k, m in self._members.items() if m < before and k.split("|")[0] not in kept
+            k
+            for k, m in self._members.items()
+            if facts and m < before and k.split("|")[0] not in kept
         ]
         for key in old:
             del self._minutes[key]
-        for key in facts:
+        for key in old_facts:
             del self._facts[key]
         for key in members:
             del self._members[key]
         for worker in [w for w, m in self._marks.items() if m.arrival < before]:
             del self._marks[worker]
-        return len(old) + len(facts) + len(members)
+        return len(old) + len(old_facts) + len(members)
 
     async def clear(self) -> None:
         for table in (self._minutes, self._facts, self._members, self._transitions, self._marks):

@@ -148,12 +148,13 @@ class MongoIncidentStore:
             counts[kind] = await self._records.count_documents(query)
         return counts
 
-    async def prune(self, *, before: dt.datetime, keep: Collection[str]) -> int:
-        # A few scans, once a sweep (not per batch): of the small minutes collection, and of the
-        # facts for the groups that never opened.
+    async def prune(self, *, before: dt.datetime, keep: Collection[str], facts: bool = True) -> int:
+        # Scans (not per batch): of the small minutes collection at every sweep, and, with
+        # `facts`, of every fact, for the groups that never opened (hourly).
         deleted = (await self._minutes.delete_many({"minute": {"$lt": before}})).deleted_count
-        query = {"minute": {"$lt": before}, "incident": {"$nin": list(keep)}}
-        deleted += (await self._records.delete_many(query)).deleted_count
+        if facts:
+            query = {"minute": {"$lt": before}, "incident": {"$nin": list(keep)}}
+            deleted += (await self._records.delete_many(query)).deleted_count
         await self._marks.delete_many({"arrival": {"$lt": before}})
         return deleted
 

@@ -66,11 +66,11 @@ class IncidentStore(Protocol):
         """Distinct members by kind ("user", "session") first seen from minute `since` on."""
         ...
 
-    async def prune(self, *, before: dt.datetime, keep: Collection[str]) -> int:
+    async def prune(self, *, before: dt.datetime, keep: Collection[str], facts: bool = True) -> int:
         """Delete what is older than `before` and no longer needed.
 
-        The worker minutes, the contributions and members of groups not in `keep` (never
-        opened), and the marks of workers silent since then.
+        The worker minutes, the marks of workers silent since then and, with `facts`, the
+        contributions and members of groups not in `keep` (never opened): the large part.
         """
         ...
 

@@ -231,7 +231,7 @@ class SQLiteIncidentStore:
         counts.update({str(kind): int(n) for kind, n in rows})
         return counts
 
-    async def prune(self, *, before: dt.datetime, keep: Collection[str]) -> int:
+    async def prune(self, *, before: dt.datetime, keep: Collection[str], facts: bool = True) -> int:
         args = (_t(before), _json(keep))
 
         def delete(db: sqlite3.Connection) -> int:
@@ -239,7 +239,7 @@ class SQLiteIncidentStore:
                 deleted = db.execute(
                     "DELETE FROM incident_minutes WHERE minute < ?", args[:1]
                 ).rowcount
-                for table in ("incident_facts", "incident_members"):
+                for table in ("incident_facts", "incident_members") if facts else ():
                     deleted += db.execute(
                         f"DELETE FROM {table} WHERE minute < ?"  # noqa: S608 - constant names
                         " AND incident NOT IN (SELECT value FROM json_each(?))",
