@@ -474,6 +474,13 @@ def write_report(results: dict[str, Any], page: Path, charts: Path) -> None:
         " [`benchmarks/results.json`](benchmarks/results.json). **Do not edit by hand.**",
         "",
     ]
+    for rerun in results.get("rerun", []):
+        lines += [
+            f"> Section(s) {', '.join(rerun['sections'])} re-run alone (`--only`) on"
+            f" {rerun['started']} in {rerun['s']} s, after a change; the rest are from the run"
+            " above.",
+            "",
+        ]
     if results.get("quick"):
         lines += [
             "> **Reduced run (`--quick`)**: shorter windows, fewer events and worker"
