@@ -43,7 +43,7 @@ from widelog.incidents.model import (
     minute_of,
     ordered,
 )
-from widelog.incidents.request_totals import ROUTE, annotate, as_floats
+from widelog.incidents.request_totals import annotate, as_floats, recorded_route
 from widelog.incidents.rules import (
     CompiledRule,
     Key,
@@ -53,7 +53,6 @@ from widelog.incidents.rules import (
     scope_id,
 )
 from widelog.incidents.watermark import WorkerMark, global_watermark, last_complete_minute
-from widelog.sampling.policy import UNKNOWN_ROUTE
 from widelog.sampling.reweighting import weight_of
 from widelog.sampling.totals import Total
 
@@ -348,10 +347,7 @@ class IncidentAggregator:
             self._newest = newest  # the retry counts the same events the same way
             raise
         self._keep_facts(batch.parts)
-        for counted in minutes:
-            self._mine[counted.minute] = counted
-            if self._first is None or counted.minute < self._first:
-                self._first = counted.minute
+        self._remember(minutes)
         self._tokens.append(token)
         self._fact_tokens.append(token)
         if batch.late:
@@ -375,8 +371,6 @@ class IncidentAggregator:
                 self._facts[where] = part
             else:
                 known.merge(part)
-                known.users |= part.users
-                known.sessions |= part.sessions
 
     async def _write(self, minutes: Sequence[WorkerMinute], *, facts_due: bool) -> None:
         """Write this worker's counts of `minutes` and, when due, the facts gathered so far.
@@ -407,6 +401,13 @@ class IncidentAggregator:
         """Write the facts gathered since the last write (the sweep, `settle` and shutdown)."""
         await self.start()
         await self._write([], facts_due=True)
+
+    def _remember(self, written: Sequence[WorkerMinute]) -> None:
+        """Keep this worker's counts of minutes just written, as its marks will say it has."""
+        for counts in written:
+            self._mine[counts.minute] = counts
+            if self._first is None or counts.minute < self._first:
+                self._first = counts.minute
 
     def _plus_mine(self, delta: WorkerMinute) -> WorkerMinute:
         """Return the worker's counts of the minute so far plus this batch's (memory unchanged)."""
@@ -648,9 +649,7 @@ class IncidentAggregator:
         so only scopes of `http.route` or of nothing); otherwise the emitter's kept events are
         re-weighted into an estimate with what its interval needs.
         """
-        fields = dict(scope)
-        by_route = set(fields) <= {ROUTE}
-        route = (fields.get(ROUTE) or UNKNOWN_ROUTE) if fields else None
+        by_route, route = recorded_route(dict(scope))
         totals: dict[dt.datetime, Total] = {}
         minute = start
         while minute <= end:
@@ -686,11 +685,8 @@ class IncidentAggregator:
         counted = [self._plus_mine(delta) for delta in minutes.values()]
         if not counted:
             return
-        await self._store.add_batch([], counted, token="")
-        for minute_counts in counted:
-            self._mine[minute_counts.minute] = minute_counts
-            if self._first is None or minute_counts.minute < self._first:
-                self._first = minute_counts.minute
+        await self._write(counted, facts_due=False)
+        self._remember(counted)
 
     def _forget(self, through: dt.datetime) -> None:
         """Keep a window's worth of completed minutes; drop groups over and never opened."""

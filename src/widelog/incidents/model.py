@@ -250,7 +250,7 @@ class Contribution:
                 members.add(member_hash(str(value)))
 
     def merge(self, other: Contribution) -> None:
-        """Fold another contribution of the same incident in (used when reading)."""
+        """Fold another contribution of the same incident in (reading, or gathering batches)."""
         self.events += other.events
         self.weight += other.weight
         self.late += other.late
@@ -270,6 +270,8 @@ class Contribution:
                 self.messages[key] = MessageStat(stat.text, stat.example, stat.example_at, 0)
                 self.messages[key].merge(stat)
         self.samples = latest_samples([*self.samples, *other.samples])
+        self.users |= other.users
+        self.sessions |= other.sessions
 
     def record_id(self, token: str) -> str:
         return f"{self.incident_id}|{minute_key(self.minute)}|{token}"

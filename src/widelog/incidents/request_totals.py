@@ -54,6 +54,19 @@ class RequestTotals(Protocol):
         ...
 
 
+def recorded_route(fields: Mapping[str, str | None]) -> tuple[bool, str | None]:
+    """Whether count records count this scope, and the route to read (None: every route).
+
+    Records know routes and nothing else: a scope of `http.route` (a missing one is the
+    counter's unknown route) or of no field at all.
+    """
+    if not set(fields) <= {ROUTE}:
+        return False, None
+    if not fields:
+        return True, None
+    return True, fields[ROUTE] if fields[ROUTE] is not None else UNKNOWN_ROUTE
+
+
 class StoredRequestTotals:
     """`RequestTotals` over an event store's count records and kept events."""
 
@@ -70,9 +83,8 @@ class StoredRequestTotals:
         until = end + MINUTE
         totals: dict[dt.datetime, Total] = {}
         recorded: set[tuple[str, dt.datetime]] = set()
-        if set(fields) <= {ROUTE}:  # count records know routes, nothing else
-            route = fields.get(ROUTE, UNKNOWN_ROUTE) if fields else None
-            route = UNKNOWN_ROUTE if fields and route is None else route
+        by_route, route = recorded_route(fields)
+        if by_route:
             for record in await self._store.request_counts(since=start, until=until):
                 recorded.add((record.emitter, record.minute))
                 exact = Total.exact(record.requests(route))
