@@ -22,9 +22,16 @@ if TYPE_CHECKING:
 
 
 class SQLiteDatabase:
-    def __init__(self, path: str | Path, *, schema: str) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        schema: str,
+        upgrade: Callable[[sqlite3.Connection], None] | None = None,
+    ) -> None:
         self.path = Path(path)
         self._schema = schema
+        self._upgrade = upgrade  # brings a file made by an older version up to `schema`
         self._lock = threading.Lock()
         self._db: sqlite3.Connection | None = None
 
@@ -54,6 +61,8 @@ class SQLiteDatabase:
             _set_wal(db)
             db.execute("PRAGMA synchronous=NORMAL")
             db.executescript(self._schema)
+            if self._upgrade is not None:
+                self._upgrade(db)
             self._db = db
         return self._db
 

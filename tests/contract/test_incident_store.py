@@ -97,9 +97,10 @@ class IncidentStoreContract:
     async def test_each_worker_publishes_its_own_watermark(self, store, second):
         await store.publish_watermark("w1", WorkerMark(None, T0))
         await second.publish_watermark("w2", WorkerMark(T0 + MIN, T0 + 2 * MIN, T0))
-        await store.publish_watermark("w1", WorkerMark(T0 + 3 * MIN, T0 + 4 * MIN, T0 + MIN))
+        pruned = WorkerMark(T0 + 3 * MIN, T0 + 4 * MIN, T0 + MIN, pruned_before=T0)
+        await store.publish_watermark("w1", pruned)
         assert {
-            "w1": WorkerMark(T0 + 3 * MIN, T0 + 4 * MIN, T0 + MIN),
+            "w1": pruned,
             "w2": WorkerMark(T0 + MIN, T0 + 2 * MIN, T0),
         } == await second.watermarks()
 
@@ -187,10 +188,14 @@ class IncidentStoreContract:
         await store.publish_watermark("gone", WorkerMark(T0, T0, T0))
         await store.publish_watermark("here", WorkerMark(T0 + 9 * MIN, T0 + 9 * MIN, T0))
 
-        assert 1 == await second.prune(before=T0 + 5 * MIN, keep=[], facts=False)  # the minute
+        assert 1 == await second.prune(minutes_before=T0 + 5 * MIN)  # the minute, no facts
         assert 2 == len(await store.contributions("inc_noise", T0))
-        deleted = await second.prune(before=T0 + 5 * MIN, keep=["inc_opened"])
+        assert {"gone", "here"} == set(await store.watermarks())
+        deleted = await second.prune(
+            minutes_before=T0, facts_before=T0 + 5 * MIN, keep=["inc_opened"]
+        )
         assert 2 == deleted  # the noise's old facts and its member
+        assert {"here"} == set(await store.watermarks())
         assert [T0 + 9 * MIN] == [
             c.minute for c in await store.worker_minutes([(T0, "w1"), (T0 + 9 * MIN, "w1")])
         ]
@@ -277,3 +282,27 @@ class TestMongoIncidentStore(IncidentStoreContract):
         store = MongoIncidentStore(mongo_url(database))
         yield store
         await store.close()
+
+
+def test_a_sqlite_file_of_an_older_version_gains_the_new_mark_column(tmp_path):
+    """Files made before `pruned_before` existed still open, and keep their marks."""
+    import sqlite3
+
+    from widelog.incidents.sqlite_store import SQLiteIncidentStore
+
+    path = tmp_path / "incidents.sqlite3"
+    with sqlite3.connect(path) as db:
+        db.execute(
+            "CREATE TABLE incident_marks (worker TEXT PRIMARY KEY, newest TEXT,"
+            " arrival TEXT NOT NULL, first TEXT) WITHOUT ROWID"
+        )
+        db.execute("INSERT INTO incident_marks VALUES ('w1', NULL, ?, NULL)", (T0.isoformat(),))
+
+    async def check() -> None:
+        store = SQLiteIncidentStore(path)
+        assert {"w1": WorkerMark(None, T0)} == await store.watermarks()
+        await store.publish_watermark("w2", WorkerMark(T0, T0, T0, pruned_before=T0))
+        assert WorkerMark(T0, T0, T0, T0) == (await store.watermarks())["w2"]
+        await store.close()
+
+    asyncio.run(check())

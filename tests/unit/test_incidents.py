@@ -1157,6 +1157,59 @@ async def test_a_worker_started_by_its_sweeper_and_first_batch_at_once_reads_bac
     assert store.lookups <= 20  # the longest window or quiet period, not 1,440 minutes
 
 
+async def test_a_worker_behind_the_one_that_pruned_takes_up_the_recorded_steps_again():
+    """Minute counts are deleted a window and the lateness after they are judged (FerretDB scans
+    them at every read). A worker whose partitions went quiet falls behind the one that pruned:
+    it starts over from the recorded steps and the last window, rather than judging an hour of
+    minutes with holes (and looking each one up), and the history is the one a single worker
+    records."""
+    from widelog.incidents.memory_store import InMemoryIncidentStore
+
+    def traffic() -> list[list[dict[str, Any]]]:
+        steady = [burst(T0 + m * MIN, seconds=60, successes=60) for m in range(2, 120)]
+        steady[60] += burst(T0 + 62 * MIN, seconds=60, errors={"LLM_TIMEOUT": 30})  # regression
+        return [burst(T0, seconds=120, successes=400, errors={"LLM_TIMEOUT": 40}), *steady]
+
+    async def history(store: InMemoryIncidentStore) -> list[tuple[str, int, str, dt.datetime]]:
+        steps = [s for steps in (await store.transitions()).values() for s in steps]
+        return sorted((s.incident_id, s.episode, s.kind, s.at) for s in steps)
+
+    async def run(workers: int) -> tuple[InMemoryIncidentStore, IncidentAggregator | None]:
+        store = InMemoryIncidentStore()
+        clock = {"now": T0}
+        ahead, behind = (
+            IncidentAggregator(store, IncidentRules(), clock=lambda: clock["now"], worker=name)
+            for name in ("ahead", "behind")
+        )
+        first, *rest = traffic()
+        for n, batch in enumerate(batches(first, 50)):  # both read the first burst
+            clock["now"] = dt.datetime.fromisoformat(batch[-1]["timestamp"])
+            await (behind if workers == 2 and n % 2 else ahead).observe(batch)
+        for minute, events in enumerate(rest):  # then only `ahead` gets events
+            clock["now"] = dt.datetime.fromisoformat(events[-1]["timestamp"])
+            await ahead.observe(events)
+            if minute % 5 == 4:
+                await ahead.sweep()
+        return store, behind if workers == 2 else None
+
+    reference, _ = await run(workers=1)
+    store, behind = await run(workers=2)
+    assert behind is not None
+    expected = await history(reference)
+    assert 4 == len(expected)  # opened, resolved, reopened, resolved (the steady traffic is ok)
+    assert expected == await history(store)
+    [mark] = [m for w, m in (await store.watermarks()).items() if w == "ahead"]
+    assert mark.pruned_before is not None
+    assert mark.pruned_before > T0 + 90 * MIN  # an hour and a half of minute counts deleted
+
+    store.lookups = 0
+    await behind.sweep()
+    assert store.lookups <= 2 * 20  # one window per worker, not the two hours it missed
+    assert expected == await history(store)
+    assert behind.judged_through is not None
+    assert behind.judged_through >= mark.pruned_before
+
+
 async def test_old_records_are_pruned_once_per_hour_of_judged_time_not_at_every_sweep():
     """Pruning facts scans them all on FerretDB (seconds with a day of them): once an hour, not
     at start; the minutes (a small collection) at every sweep."""
@@ -1164,9 +1217,9 @@ async def test_old_records_are_pruned_once_per_hour_of_judged_time_not_at_every_
     class CountingStore(InMemoryIncidentStore):
         prunes = 0
 
-        async def prune(self, *, before: dt.datetime, keep: Any, facts: bool = True) -> int:
-            self.prunes += facts
-            return await super().prune(before=before, keep=keep, facts=facts)
+        async def prune(self, **kwargs: Any) -> int:
+            self.prunes += kwargs.get("facts_before") is not None
+            return await super().prune(**kwargs)
 
     store = CountingStore()
     now = T0

@@ -23,6 +23,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable, Mapping
@@ -52,7 +53,12 @@ from widelog.incidents.rules import (
     judging_order,
     scope_id,
 )
-from widelog.incidents.watermark import WorkerMark, global_watermark, last_complete_minute
+from widelog.incidents.watermark import (
+    WorkerMark,
+    global_watermark,
+    last_complete_minute,
+    pruned_before,
+)
 from widelog.sampling.reweighting import weight_of
 from widelog.sampling.totals import Total
 
@@ -154,10 +160,11 @@ class IncidentAggregator:
         self._lateness = dt.timedelta(seconds=rules.lateness)
         self._idle_after = idle_after if idle_after is not None else self._lateness
         longest = max((max(r.window, r.quiet) for r in rules.active), default=0)
-        # Minutes kept in memory behind the last judged one: the longest window or quiet period.
-        self._keep = dt.timedelta(seconds=longest) + MINUTE
+        # Whole minutes kept in memory behind the last judged one: the longest window or quiet
+        # period; the store keeps every worker's minute counts `lateness` longer (`sweep`).
+        self._keep = dt.timedelta(minutes=math.ceil(longest / 60) + 1)
         self._max_window = dt.timedelta(seconds=max((r.window for r in rules.active), default=0))
-        # Per-minute records (and never-opened groups) are pruned by `sweep` after this.
+        # The facts of groups that never opened are pruned by `sweep` after this.
         self._retention = self._keep + self._lateness + dt.timedelta(seconds=rules.count_retention)
         # Event times this code can do date arithmetic on: windows, quiet periods and retention
         # reach this far either side of an event, and `datetime` ends at years 1 and 9999.
@@ -182,9 +189,8 @@ class IncidentAggregator:
         # estimates and count records behind exact totals (`_scope_totals`).
         self._makeup: dict[dt.datetime, WorkerMinute] = {}
         self._judged: dt.datetime | None = None  # every minute up to this one is judged
-        self._pruned_at: dt.datetime | None = (
-            None  # `_judged` at the last prune (or the first sweep)
-        )
+        self._pruned_at: dt.datetime | None = None  # `_judged` at the last facts prune
+        self._pruned_before: dt.datetime | None = None  # minute counts deleted before this
         self._newest: dt.datetime | None = None  # the newest event time this worker has seen
         self._arrival: dt.datetime | None = None  # wall time of this worker's last batch
         self._published: WorkerMark | None = None
@@ -238,11 +244,25 @@ class IncidentAggregator:
         # someone judged already records nothing new (the same counts give the same steps).
         marks = await self._store.watermarks()
         seen = [mark.newest for mark in marks.values() if mark.newest is not None]
-        watermark = min(seen) - self._lateness if seen else None
         self._marks = dict(marks)
         self._marks[self.worker] = self._published = WorkerMark(None, now)
         await self._store.publish_watermark(self.worker, self._published)
         self._arrival = now
+        through = last_complete_minute(min(seen) - self._lateness) if seen else None
+        await self._seed(through)
+        self._started = True  # last: nothing may judge or count before the look-back is in
+
+    async def _seed(self, through: dt.datetime | None) -> None:
+        """Take up the recorded lifecycles and the counts of the window up to `through`, as judged.
+
+        At start, and when minute counts this worker had not judged yet were pruned by a worker
+        that had (this one fell behind; that one's steps stand). Never before what was pruned:
+        the worker that pruned it judged a window past it.
+        """
+        pruned = pruned_before(self._marks)
+        if pruned is not None and (through is None or through - self._keep < pruned):
+            through = pruned + self._keep
+        self._groups, self._scopes, self._makeup = {}, {}, {}
         for iid, steps in (await self._store.transitions()).items():
             latest = ordered(steps)[-1]
             rule = self._by_id.get(str(latest.rule.get("id")))
@@ -250,13 +270,11 @@ class IncidentAggregator:
                 state = GroupState(rule, iid, latest.key, latest.scope_id)
                 state.adopt(steps)
                 self._groups[iid] = state
-        if watermark is not None:
-            through = last_complete_minute(watermark)
+        if through is not None:
             await self._load(through - self._keep, through)
             self._judged = through
             for state in self._groups.values():
                 state.judged = max(state.judged or through, through)
-        self._started = True  # last: nothing may judge or count before the look-back is in
 
     async def _load(self, start: dt.datetime | None, end: dt.datetime) -> None:
         """Fold every worker's counts of the minutes [start, end] into memory.
@@ -524,10 +542,11 @@ class IncidentAggregator:
     async def _publish(self, now: dt.datetime) -> None:
         """Tell the other workers how far this one has read (after its counts are written)."""
         arrival = self._arrival or now
-        mark = WorkerMark(self._newest, arrival, self._first)
+        mark = WorkerMark(self._newest, arrival, self._first, self._pruned_before)
         published = self._published
         newer_minute = (
             published is None
+            or mark.pruned_before != published.pruned_before
             or (mark.newest is not None and published.newest is None)
             or (
                 mark.newest is not None
@@ -567,6 +586,12 @@ class IncidentAggregator:
         if self._judged is not None and through <= self._judged:
             return result
         start = None if self._judged is None else self._judged + MINUTE
+        pruned = pruned_before(marks)
+        if pruned is not None and (start is None or start < pruned):
+            await self._seed(pruned + self._keep)  # another worker judged and pruned these
+            if self._judged is not None and through <= self._judged:
+                return result
+            start = None if self._judged is None else self._judged + MINUTE
         await self._load(start, through)
         for iid in sorted(self._groups, key=lambda i: (self._rank[self._groups[i].rule.id], i)):
             state = self._groups[iid]
@@ -715,15 +740,31 @@ class IncidentAggregator:
         await self.flush()
         now = now or self._clock()
         result = await self._advance(now, ask=True)
-        judged = self._judged
-        if judged is not None:
-            facts = judged - (self._pruned_at or judged) >= PRUNE_FACTS_EVERY
-            opened = [iid for iid, state in self._groups.items() if state.episode > 0]
-            before = judged - self._retention
-            result.pruned = await self._store.prune(before=before, keep=opened, facts=facts)
-            if facts or self._pruned_at is None:
-                self._pruned_at = judged
+        result.pruned = await self._prune(now)
         return result
+
+    async def _prune(self, now: dt.datetime) -> int:
+        """Delete the records no worker needs any more; how many."""
+        judged = self._judged
+        if judged is None:
+            return 0
+        # Minute counts are read per batch and, on FerretDB, every read scans them all: keep
+        # only what a worker starting now or one a little behind needs. Say so first (the mark),
+        # so that a worker further behind starts over instead of judging on holes.
+        horizon = minute_of(judged - self._keep - self._lateness)
+        if self._pruned_before is None or horizon > self._pruned_before:
+            self._pruned_before = horizon
+            await self._publish(now)
+        facts = judged - (self._pruned_at or judged) >= PRUNE_FACTS_EVERY
+        opened = [iid for iid, state in self._groups.items() if state.episode > 0]
+        pruned = await self._store.prune(
+            minutes_before=horizon,
+            facts_before=judged - self._retention if facts else None,
+            keep=opened,
+        )
+        if facts or self._pruned_at is None:
+            self._pruned_at = judged
+        return pruned
 
     async def settle(self) -> SweepResult:
         """Judge every minute up to the newest event, as if wall time had run on in silence.
@@ -771,6 +812,7 @@ class IncidentAggregator:
         final = await self._advance(now, floor=max(now, newest) - self._lateness)
         result.transitions += final.opened + final.resolved
         await self.flush()
+        await self._prune(now)  # as the sweeps of a live worker would have
         history = await self._store.transitions()
         result.opened = len(history)
         return result

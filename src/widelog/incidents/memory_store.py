@@ -85,27 +85,35 @@ class InMemoryIncidentStore:
                 counts[kind] += 1
         return counts
 
-    async def prune(self, *, before: dt.datetime, keep: Collection[str], facts: bool = True) -> int:
+    async def prune(
+        self,
+        *,
+        minutes_before: dt.datetime,
+        facts_before: dt.datetime | None = None,
+        keep: Collection[str] = (),
+    ) -> int:
         kept = set(keep)
-        old = [k for k, m in self._minutes.items() if m.minute < before]
-        old_facts = [
-            k
-            for k, f in self._facts.items()
-            if facts and f.minute < before and f.incident_id not in kept
-        ]
-        members = [
-            k
-            for k, m in self._members.items()
-            if facts and m < before and k.split("|")[0] not in kept
-        ]
+        old = [k for k, m in self._minutes.items() if m.minute < minutes_before]
+        old_facts, members = [], []
+        if facts_before is not None:
+            old_facts = [
+                k
+                for k, f in self._facts.items()
+                if f.minute < facts_before and f.incident_id not in kept
+            ]
+            members = [
+                k
+                for k, m in self._members.items()
+                if m < facts_before and k.split("|")[0] not in kept
+            ]
+            for worker in [w for w, m in self._marks.items() if m.arrival < facts_before]:
+                del self._marks[worker]
         for key in old:
             del self._minutes[key]
         for key in old_facts:
             del self._facts[key]
         for key in members:
             del self._members[key]
-        for worker in [w for w, m in self._marks.items() if m.arrival < before]:
-            del self._marks[worker]
         return len(old) + len(old_facts) + len(members)
 
     async def clear(self) -> None:

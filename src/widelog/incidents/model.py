@@ -892,7 +892,8 @@ def assemble(
     """The incident these records describe, or None if the group never opened.
 
     `scope` (the scope's requests per minute around the last event) gives the current window; if
-    it is gone (pruned), the window recorded with the latest step is shown instead.
+    it is gone (pruned), the window that opened the latest episode is shown instead (a resolve's
+    own window is empty by definition, a facet's is another group's).
     """
     history = ordered(transitions)
     episodes = episodes_of(history)
@@ -907,7 +908,7 @@ def assemble(
         facts.masking = part.masking
         totals = Tally(part.events, part.weight)
         series[part.minute] = series[part.minute].plus(totals) if part.minute in series else totals
-    window = history[-1].window
+    window = opening.window
     window_s = int(opening.rule.get("window_s", 300))
     if scope and facts.last is not None:
         current = window_at(window_s, minute_of(facts.last), series, scope)

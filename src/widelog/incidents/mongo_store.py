@@ -99,13 +99,21 @@ class MongoIncidentStore:
 
     async def publish_watermark(self, worker: str, mark: WorkerMark) -> None:
         # One writer per document (the worker itself), so a replace is safe even on FerretDB.
-        doc = {"newest": mark.newest, "arrival": mark.arrival, "first": mark.first}
+        doc = {
+            "newest": mark.newest,
+            "arrival": mark.arrival,
+            "first": mark.first,
+            "pruned_before": mark.pruned_before,
+        }
         await self._marks.replace_one({"_id": worker}, doc, upsert=True)
 
     async def watermarks(self) -> dict[str, WorkerMark]:
         return {
             str(doc["_id"]): WorkerMark(
-                parse_time(doc.get("newest")), _time(doc["arrival"]), parse_time(doc.get("first"))
+                parse_time(doc.get("newest")),
+                _time(doc["arrival"]),
+                parse_time(doc.get("first")),
+                parse_time(doc.get("pruned_before")),
             )
             async for doc in self._marks.find({})
         }
@@ -148,14 +156,21 @@ class MongoIncidentStore:
             counts[kind] = await self._records.count_documents(query)
         return counts
 
-    async def prune(self, *, before: dt.datetime, keep: Collection[str], facts: bool = True) -> int:
+    async def prune(
+        self,
+        *,
+        minutes_before: dt.datetime,
+        facts_before: dt.datetime | None = None,
+        keep: Collection[str] = (),
+    ) -> int:
         # Scans (not per batch): of the small minutes collection at every sweep, and, with
-        # `facts`, of every fact, for the groups that never opened (hourly).
-        deleted = (await self._minutes.delete_many({"minute": {"$lt": before}})).deleted_count
-        if facts:
-            query = {"minute": {"$lt": before}, "incident": {"$nin": list(keep)}}
+        # `facts_before`, of every fact, for the groups that never opened (hourly).
+        query: dict[str, Any] = {"minute": {"$lt": minutes_before}}
+        deleted = (await self._minutes.delete_many(query)).deleted_count
+        if facts_before is not None:
+            query = {"minute": {"$lt": facts_before}, "incident": {"$nin": list(keep)}}
             deleted += (await self._records.delete_many(query)).deleted_count
-        await self._marks.delete_many({"arrival": {"$lt": before}})
+            await self._marks.delete_many({"arrival": {"$lt": facts_before}})
         return deleted
 
     async def clear(self) -> None:

@@ -66,11 +66,18 @@ class IncidentStore(Protocol):
         """Distinct members by kind ("user", "session") first seen from minute `since` on."""
         ...
 
-    async def prune(self, *, before: dt.datetime, keep: Collection[str], facts: bool = True) -> int:
-        """Delete what is older than `before` and no longer needed.
+    async def prune(
+        self,
+        *,
+        minutes_before: dt.datetime,
+        facts_before: dt.datetime | None = None,
+        keep: Collection[str] = (),
+    ) -> int:
+        """Delete what is older and no longer needed; return how many records.
 
-        The worker minutes, the marks of workers silent since then and, with `facts`, the
-        contributions and members of groups not in `keep` (never opened): the large part.
+        Every worker's minute counts before `minutes_before` (read per batch, so kept few) and,
+        with `facts_before`, the contributions and members before it of groups not in `keep`
+        (never opened: the large part), and the marks of workers silent since then.
         """
         ...
 

@@ -18,6 +18,7 @@ from widelog.incidents.model import (
 )
 from widelog.incidents.request_totals import annotate, as_floats
 from widelog.incidents.summary import summarize
+from widelog.incidents.watermark import pruned_before
 
 if TYPE_CHECKING:
     from widelog.incidents.model import Transition
@@ -79,8 +80,12 @@ async def scope_series(
     """The scope's re-weighted requests (counted on time) per minute in [start, end].
 
     Summed over every worker: one `_id` lookup per (minute, worker that had counted by then).
+    Empty if some of those minutes were pruned: a part of a window would misstate its rate.
     """
     marks = await store.watermarks()
+    pruned = pruned_before(marks)
+    if pruned is not None and start < pruned:
+        return {}
     keys = []
     minute = start
     while minute <= end:

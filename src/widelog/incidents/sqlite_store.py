@@ -39,7 +39,8 @@ CREATE TABLE IF NOT EXISTS incident_marks (
     worker  TEXT PRIMARY KEY,
     newest  TEXT,
     arrival TEXT NOT NULL,
-    first   TEXT
+    first   TEXT,
+    pruned_before TEXT
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS incident_facts (
     id        TEXT PRIMARY KEY,
@@ -77,8 +78,23 @@ _TABLES = (
 _encoder = msgspec.json.Encoder()
 
 
+def _upgrade(db: sqlite3.Connection) -> None:
+    """Add the columns newer versions added to a file an older version made."""
+    columns = {row[1] for row in db.execute("PRAGMA table_info(incident_marks)")}
+    if "pruned_before" not in columns:
+        db.execute("ALTER TABLE incident_marks ADD COLUMN pruned_before TEXT")
+
+
 def _t(moment: dt.datetime) -> str:
     return moment.astimezone(dt.UTC).isoformat(timespec="milliseconds")
+
+
+def _maybe_t(moment: dt.datetime | None) -> str | None:
+    return None if moment is None else _t(moment)
+
+
+def _maybe_parse(text: str | None) -> dt.datetime | None:
+    return None if text is None else _parse(text)
 
 
 def _parse(text: str) -> dt.datetime:
@@ -125,7 +141,7 @@ class SQLiteIncidentStore:
     """`IncidentStore` on SQLite, in the same file as the events (`sqlite_db.py`)."""
 
     def __init__(self, path: str | Path) -> None:
-        self._db = SQLiteDatabase(path, schema=_SCHEMA)
+        self._db = SQLiteDatabase(path, schema=_SCHEMA, upgrade=_upgrade)
         self._run = self._db.run
 
     async def add_batch(
@@ -163,26 +179,32 @@ class SQLiteIncidentStore:
         return [WorkerMinute.from_doc(msgspec.json.decode(doc)) for doc in await self._run(read)]
 
     async def publish_watermark(self, worker: str, mark: WorkerMark) -> None:
-        newest = None if mark.newest is None else _t(mark.newest)
-        first = None if mark.first is None else _t(mark.first)
-        args = (worker, newest, _t(mark.arrival), first)
+        args = (
+            worker,
+            _maybe_t(mark.newest),
+            _t(mark.arrival),
+            _maybe_t(mark.first),
+            _maybe_t(mark.pruned_before),
+        )
+        sql = (
+            "INSERT OR REPLACE INTO incident_marks (worker, newest, arrival, first, pruned_before)"
+            " VALUES (?, ?, ?, ?, ?)"
+        )
 
         def upsert(db: sqlite3.Connection) -> None:
             with db:
-                db.execute("INSERT OR REPLACE INTO incident_marks VALUES (?, ?, ?, ?)", args)
+                db.execute(sql, args)
 
         await self._run(upsert)
 
     async def watermarks(self) -> dict[str, WorkerMark]:
-        sql = "SELECT worker, newest, arrival, first FROM incident_marks"
+        sql = "SELECT worker, newest, arrival, first, pruned_before FROM incident_marks"
         rows = await self._run(lambda db: db.execute(sql).fetchall())
         return {
             worker: WorkerMark(
-                None if newest is None else _parse(newest),
-                _parse(arrival),
-                None if first is None else _parse(first),
+                _maybe_parse(newest), _parse(arrival), _maybe_parse(first), _maybe_parse(pruned)
             )
-            for worker, newest, arrival, first in rows
+            for worker, newest, arrival, first, pruned in rows
         }
 
     async def add_transition(self, transition: Transition) -> bool:
@@ -231,21 +253,27 @@ class SQLiteIncidentStore:
         counts.update({str(kind): int(n) for kind, n in rows})
         return counts
 
-    async def prune(self, *, before: dt.datetime, keep: Collection[str], facts: bool = True) -> int:
-        args = (_t(before), _json(keep))
-
+    async def prune(
+        self,
+        *,
+        minutes_before: dt.datetime,
+        facts_before: dt.datetime | None = None,
+        keep: Collection[str] = (),
+    ) -> int:
         def delete(db: sqlite3.Connection) -> int:
             with db:
                 deleted = db.execute(
-                    "DELETE FROM incident_minutes WHERE minute < ?", args[:1]
+                    "DELETE FROM incident_minutes WHERE minute < ?", (_t(minutes_before),)
                 ).rowcount
-                for table in ("incident_facts", "incident_members") if facts else ():
-                    deleted += db.execute(
-                        f"DELETE FROM {table} WHERE minute < ?"  # noqa: S608 - constant names
-                        " AND incident NOT IN (SELECT value FROM json_each(?))",
-                        args,
-                    ).rowcount
-                db.execute("DELETE FROM incident_marks WHERE arrival < ?", args[:1])
+                if facts_before is not None:
+                    args = (_t(facts_before), _json(keep))
+                    for table in ("incident_facts", "incident_members"):
+                        deleted += db.execute(
+                            f"DELETE FROM {table} WHERE minute < ?"  # noqa: S608 - constant names
+                            " AND incident NOT IN (SELECT value FROM json_each(?))",
+                            args,
+                        ).rowcount
+                    db.execute("DELETE FROM incident_marks WHERE arrival < ?", args[:1])
             return int(deleted)
 
         return int(await self._run(delete))

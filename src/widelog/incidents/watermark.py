@@ -35,6 +35,9 @@ class WorkerMark:
     newest: dt.datetime | None
     arrival: dt.datetime  # wall time of the worker's last batch (or of its registration)
     first: dt.datetime | None = None  # the first minute it counted (where judging can start)
+    # Before this minute, the worker deleted every worker's minute counts (it had judged them):
+    # another worker that has not judged them yet starts over from the lifecycles instead.
+    pruned_before: dt.datetime | None = None
 
 
 def global_watermark(
@@ -53,6 +56,11 @@ def global_watermark(
         return min(m for m in newest if m is not None) - lateness
     flowing = [m.newest + (now - m.arrival) for m in marks.values() if m.newest is not None]
     return min(flowing) - lateness if flowing else None
+
+
+def pruned_before(marks: Mapping[str, WorkerMark]) -> dt.datetime | None:
+    """The minute before which some worker may have deleted the minute counts; None: none did."""
+    return max((m.pruned_before for m in marks.values() if m.pruned_before), default=None)
 
 
 def last_complete_minute(watermark: dt.datetime) -> dt.datetime:
