@@ -15,6 +15,7 @@ reaches `min_rate`, and the scope saw at least `min_requests` requests (the volu
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 import json
 import math
@@ -306,12 +307,15 @@ def field_value(doc: Mapping[str, Any], path: str) -> str | None:
 Key = tuple[tuple[str, str | None], ...]  # ((field, value), ...) in group_by order
 
 
+# Both ids are asked for every event and rule, and a few groups get most events: cached.
+@functools.lru_cache(maxsize=4096)
 def incident_id(rule_id: str, key: Key) -> str:
     """Deterministic: every worker computes the same id for a group, so there is one incident."""
     text = json.dumps([rule_id, [list(pair) for pair in key]], separators=(",", ":"))
     return "inc_" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
+@functools.lru_cache(maxsize=4096)
 def scope_id(key: Key) -> str:
     text = json.dumps([list(pair) for pair in key], separators=(",", ":"))
     return "scope_" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16]
