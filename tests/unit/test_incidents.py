@@ -1210,6 +1210,46 @@ async def test_a_worker_behind_the_one_that_pruned_takes_up_the_recorded_steps_a
     assert behind.judged_through >= mark.pruned_before
 
 
+async def test_minutes_pruned_while_a_worker_reads_them_are_not_taken_for_silence():
+    """A worker far behind reads the marks, then the minute counts; if the one ahead prunes in
+    between, the holes must not read as silence (which resolved an incident whose errors went
+    on, and reopened it as a regression)."""
+    from widelog.incidents.memory_store import InMemoryIncidentStore
+
+    class RacingStore(InMemoryIncidentStore):
+        meanwhile: Any = None
+
+        async def worker_minutes(self, keys: Any) -> Any:
+            meanwhile, self.meanwhile = self.meanwhile, None
+            if meanwhile is not None:
+                await meanwhile()
+            return await super().worker_minutes(keys)
+
+    store = RacingStore()
+    clock = {"now": T0}
+    ahead, behind = (
+        IncidentAggregator(store, IncidentRules(), clock=lambda: clock["now"], worker=name)
+        for name in ("ahead", "behind")
+    )
+    for n, batch in enumerate(batches(burst(T0, successes=400, errors={"LLM_TIMEOUT": 40}), 50)):
+        clock["now"] = dt.datetime.fromisoformat(batch[-1]["timestamp"])
+        await (behind if n % 2 else ahead).observe(batch)
+
+    async def drain(first: int, last: int) -> None:  # errors go on: the incident stays open
+        for n, minute in enumerate(range(first, last)):
+            events = burst(T0 + minute * MIN, seconds=60, successes=60, errors={"LLM_TIMEOUT": 30})
+            clock["now"] = dt.datetime.fromisoformat(events[-1]["timestamp"])
+            await ahead.observe(events)
+            if n % 5 == 4:
+                await ahead.sweep()
+
+    await drain(2, 60)
+    store.meanwhile = lambda: drain(60, 80)
+    await behind.sweep()
+    steps = [step for steps in (await store.transitions()).values() for step in steps]
+    assert ["open"] == sorted({s.kind for s in steps} - {"facet"})
+
+
 async def test_old_records_are_pruned_once_per_hour_of_judged_time_not_at_every_sweep():
     """Pruning facts scans them all on FerretDB (seconds with a day of them): once an hour, not
     at start; the minutes (a small collection) at every sweep."""

@@ -179,6 +179,8 @@ class IncidentAggregator:
         self.late_events = 0
         self.late_count_records = 0
         self._starting = asyncio.Lock()
+        # The sweeper and the consumer run as two tasks: one judges (or prunes) at a time.
+        self._judging = asyncio.Lock()
         self._reset()
 
     def _reset(self) -> None:
@@ -245,7 +247,10 @@ class IncidentAggregator:
         marks = await self._store.watermarks()
         seen = [mark.newest for mark in marks.values() if mark.newest is not None]
         self._marks = dict(marks)
-        self._marks[self.worker] = self._published = WorkerMark(None, now)
+        mine = marks.get(self.worker)  # restarted under the same name: what it pruned still is
+        self._pruned_before = None if mine is None else mine.pruned_before
+        mark = WorkerMark(None, now, pruned_before=self._pruned_before)
+        self._marks[self.worker] = self._published = mark
         await self._store.publish_watermark(self.worker, self._published)
         self._arrival = now
         through = last_complete_minute(min(seen) - self._lateness) if seen else None
@@ -259,28 +264,33 @@ class IncidentAggregator:
         that had (this one fell behind; that one's steps stand). Never before what was pruned:
         the worker that pruned it judged a window past it.
         """
-        pruned = pruned_before(self._marks)
-        if pruned is not None and (through is None or through - self._keep < pruned):
-            through = pruned + self._keep
-        self._groups, self._scopes, self._makeup = {}, {}, {}
-        for iid, steps in (await self._store.transitions()).items():
-            latest = ordered(steps)[-1]
-            rule = self._by_id.get(str(latest.rule.get("id")))
-            if rule is not None:
-                state = GroupState(rule, iid, latest.key, latest.scope_id)
-                state.adopt(steps)
-                self._groups[iid] = state
-        if through is not None:
-            await self._load(through - self._keep, through)
-            self._judged = through
-            for state in self._groups.values():
-                state.judged = max(state.judged or through, through)
+        while True:
+            pruned = pruned_before(self._marks)
+            if pruned is not None and (through is None or through - self._keep < pruned):
+                through = pruned + self._keep
+            self._groups, self._scopes, self._makeup = {}, {}, {}
+            for iid, steps in (await self._store.transitions()).items():
+                latest = ordered(steps)[-1]
+                rule = self._by_id.get(str(latest.rule.get("id")))
+                if rule is not None:
+                    state = GroupState(rule, iid, latest.key, latest.scope_id)
+                    state.adopt(steps)
+                    self._groups[iid] = state
+            if through is None:
+                return
+            if await self._load(through - self._keep, through):
+                break
+        self._judged = through
+        for state in self._groups.values():
+            state.judged = max(state.judged or through, through)
 
-    async def _load(self, start: dt.datetime | None, end: dt.datetime) -> None:
+    async def _load(self, start: dt.datetime | None, end: dt.datetime) -> bool:
         """Fold every worker's counts of the minutes [start, end] into memory.
 
         One `_id` lookup per (minute, worker) that can have counts: between the worker's first
-        minute and its newest event. This worker's own come from memory.
+        minute and its newest event. This worker's own come from memory. False, with nothing
+        folded, if the marks read afterwards say some of them may have been pruned meanwhile
+        (a worker that judged them pruned while they were read): `_seed` past them instead.
         """
         others = [
             (mark.first, minute_of(mark.newest), worker)
@@ -297,11 +307,17 @@ class IncidentAggregator:
             keys += [(minute, w) for first, newest, w in others if first <= minute <= newest]
             minute += MINUTE
         counts = await self._store.worker_minutes(keys)
+        if keys:
+            self._marks = await self._store.watermarks()
+            pruned = pruned_before(self._marks)
+            if pruned is not None and start < pruned:
+                return False
         counts += [self._mine.pop(m) for m in sorted(self._mine) if start <= m <= end]
         for old in [m for m in self._mine if m < start]:
             del self._mine[old]  # judged before this worker counted them (should not happen)
         for worker_minute in counts:
             self._fold(worker_minute)
+        return True
 
     def _fold(self, counts: WorkerMinute) -> None:
         for sid, weight in counts.scopes.items():
@@ -568,6 +584,12 @@ class IncidentAggregator:
         After a batch, the others are asked only when this worker's own events completed a
         minute not judged yet (`ask` forces it: the sweep, where wall time may have done so).
         """
+        async with self._judging:
+            return await self._advance_locked(now, ask=ask, floor=floor)
+
+    async def _advance_locked(
+        self, now: dt.datetime, *, ask: bool, floor: dt.datetime | None
+    ) -> SweepResult:
         await self._publish(now)
         result = SweepResult()
         own = self._complete_through()
@@ -585,14 +607,16 @@ class IncidentAggregator:
         through = last_complete_minute(watermark)
         if self._judged is not None and through <= self._judged:
             return result
-        start = None if self._judged is None else self._judged + MINUTE
-        pruned = pruned_before(marks)
-        if pruned is not None and (start is None or start < pruned):
-            await self._seed(pruned + self._keep)  # another worker judged and pruned these
+        while True:
+            start = None if self._judged is None else self._judged + MINUTE
+            pruned = pruned_before(self._marks)
+            if pruned is not None and (start is None or start < pruned):
+                await self._seed(pruned + self._keep)  # another worker judged and pruned these
+                continue
             if self._judged is not None and through <= self._judged:
                 return result
-            start = None if self._judged is None else self._judged + MINUTE
-        await self._load(start, through)
+            if await self._load(start, through):
+                break
         for iid in sorted(self._groups, key=lambda i: (self._rank[self._groups[i].rule.id], i)):
             state = self._groups[iid]
             scope: Mapping[dt.datetime, float] = self._scopes.get(state.scope_id, {})
@@ -745,26 +769,31 @@ class IncidentAggregator:
 
     async def _prune(self, now: dt.datetime) -> int:
         """Delete the records no worker needs any more; how many."""
-        judged = self._judged
-        if judged is None:
-            return 0
-        # Minute counts are read per batch and, on FerretDB, every read scans them all: keep
-        # only what a worker starting now or one a little behind needs. Say so first (the mark),
-        # so that a worker further behind starts over instead of judging on holes.
-        horizon = minute_of(judged - self._keep - self._lateness)
-        if self._pruned_before is None or horizon > self._pruned_before:
-            self._pruned_before = horizon
-            await self._publish(now)
-        facts = judged - (self._pruned_at or judged) >= PRUNE_FACTS_EVERY
-        opened = [iid for iid, state in self._groups.items() if state.episode > 0]
-        pruned = await self._store.prune(
-            minutes_before=horizon,
-            facts_before=judged - self._retention if facts else None,
-            keep=opened,
-        )
-        if facts or self._pruned_at is None:
-            self._pruned_at = judged
-        return pruned
+        async with self._judging:
+            judged = self._judged
+            if judged is None:
+                return 0
+            # Minute counts are read per batch and, on FerretDB, every read scans them all: keep
+            # only what a worker starting now or one a little behind needs. Say so in the mark a
+            # sweep before deleting, so that a worker further behind, reading the marks and then
+            # the minutes, starts over (`_seed`) instead of judging on holes.
+            deletable = self._pruned_before
+            horizon = minute_of(judged - self._keep - self._lateness)
+            if deletable is None or horizon > deletable:
+                self._pruned_before = horizon
+                await self._publish(now)
+            if deletable is None:
+                return 0
+            facts = judged - (self._pruned_at or judged) >= PRUNE_FACTS_EVERY
+            opened = [iid for iid, state in self._groups.items() if state.episode > 0]
+            pruned = await self._store.prune(
+                minutes_before=deletable,
+                facts_before=judged - self._retention if facts else None,
+                keep=opened,
+            )
+            if facts or self._pruned_at is None:
+                self._pruned_at = judged
+            return pruned
 
     async def settle(self) -> SweepResult:
         """Judge every minute up to the newest event, as if wall time had run on in silence.

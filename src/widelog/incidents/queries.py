@@ -95,8 +95,12 @@ async def scope_series(
             if mark.first is not None and mark.first <= minute
         ]
         minute += MINUTE
+    found = await store.worker_minutes(keys)
+    pruned = pruned_before(await store.watermarks())  # pruned while they were read?
+    if pruned is not None and start < pruned:
+        return {}
     series: dict[dt.datetime, float] = {}
-    for counts in await store.worker_minutes(keys):
+    for counts in found:
         if scope_id in counts.scopes:
             series[counts.minute] = series.get(counts.minute, 0.0) + counts.scopes[scope_id]
     return series

@@ -227,8 +227,8 @@ class IncidentRules(_Section):
     version: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")] = "1"
     enabled: bool = True
     lateness: Seconds = 120  # how late an event may arrive and still keep its incident open
-    # How long per-minute counts (and never-opened groups) are kept past the longest window and
-    # quiet period. A consumer further behind than this judges rates on pruned counts.
+    # How long the facts of groups that never opened are kept, past the longest window or quiet
+    # period and the lateness (the per-minute counts are kept only that long).
     count_retention: Seconds = 6 * 3600
     disabled_rules: tuple[str, ...] = ()
     rules: tuple[Rule, ...] = DEFAULT_RULES

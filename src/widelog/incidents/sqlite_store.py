@@ -82,7 +82,11 @@ def _upgrade(db: sqlite3.Connection) -> None:
     """Add the columns newer versions added to a file an older version made."""
     columns = {row[1] for row in db.execute("PRAGMA table_info(incident_marks)")}
     if "pruned_before" not in columns:
-        db.execute("ALTER TABLE incident_marks ADD COLUMN pruned_before TEXT")
+        try:
+            db.execute("ALTER TABLE incident_marks ADD COLUMN pruned_before TEXT")
+        except sqlite3.OperationalError as exc:  # another process added it just now
+            if "duplicate column" not in str(exc):
+                raise
 
 
 def _t(moment: dt.datetime) -> str:
