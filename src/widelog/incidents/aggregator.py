@@ -774,20 +774,17 @@ class IncidentAggregator:
             if judged is None:
                 return 0
             # Minute counts are read per batch and, on FerretDB, every read scans them all: keep
-            # only what a worker starting now or one a little behind needs. Say so in the mark a
-            # sweep before deleting, so that a worker further behind, reading the marks and then
-            # the minutes, starts over (`_seed`) instead of judging on holes.
-            deletable = self._pruned_before
+            # only what a worker starting now or one a little behind needs. Say so in the mark
+            # before deleting: a worker further behind, which reads the marks again after the
+            # minutes, then starts over (`_seed`) instead of judging on holes.
             horizon = minute_of(judged - self._keep - self._lateness)
-            if deletable is None or horizon > deletable:
+            if self._pruned_before is None or horizon > self._pruned_before:
                 self._pruned_before = horizon
                 await self._publish(now)
-            if deletable is None:
-                return 0
             facts = judged - (self._pruned_at or judged) >= PRUNE_FACTS_EVERY
             opened = [iid for iid, state in self._groups.items() if state.episode > 0]
             pruned = await self._store.prune(
-                minutes_before=deletable,
+                minutes_before=self._pruned_before,
                 facts_before=judged - self._retention if facts else None,
                 keep=opened,
             )
