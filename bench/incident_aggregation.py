@@ -40,15 +40,18 @@ PROVIDER = (("llm.provider", "openai-compatible"), ("llm.model", "gpt-4o-mini"))
 TIMEOUTS = (("error.code", "LLM_TIMEOUT"), ("http.route", "/v1/chat"))
 
 
-async def _seed(url: str, hours: int) -> int:
-    """Per-minute records for `hours` before now, as a worker fed that traffic would write.
+async def _seed(url: str, hours: int, end: dt.datetime) -> int:
+    """Per-minute records for `hours` before `end`, as a worker fed that traffic would write.
+
+    `end` is where the drained events begin: the worker that wrote the history stopped there,
+    so the new one judges every drained event on time, after a day of state.
 
     The group opened an incident at the start, so its records are kept (the records of a group
     that never opened are pruned after `count_retention`: a history of those is a backlog that
     the first sweep deletes, not state that stays).
     """
     store = MongoIncidentStore(url, timeout_ms=20_000)
-    end = minute_of(dt.datetime.now(dt.UTC))
+    end = minute_of(end)
     written = 0
     iid = incident_id("errors", TIMEOUTS)
     errors = next(rule for rule in DEFAULT_RULES if rule.id == "errors")
@@ -81,9 +84,9 @@ async def _seed(url: str, hours: int) -> int:
     return written
 
 
-def seed_history(hours: int) -> Any:
+def seed_history(hours: int, end: dt.datetime) -> Any:
     def prepare(url: str) -> None:
-        written = asyncio.run(_seed(url, hours))
+        written = asyncio.run(_seed(url, hours, end))
         log(f"seeded {hours} h of incident history: {written} records")
 
     return prepare
@@ -104,6 +107,8 @@ def spread_in_time(records: list[tuple[str, bytes]], per_minute: int) -> list[tu
 
 def run(services: Services, *, events: int, quick: bool) -> dict[str, Any]:
     records = spread_in_time(realistic_records(events), BATCHES_PER_MINUTE * 100)
+    first = msgspec.json.decode(records[0][1])["timestamp"]
+    begin = dt.datetime.fromisoformat(first.replace("Z", "+00:00"))
     rows = []
     cases = [(False, 0), (True, 0), (True, 24)]
     if not quick:
@@ -117,7 +122,7 @@ def run(services: Services, *, events: int, quick: bool) -> dict[str, Any]:
             batch=100,
             incidents=incidents,
             timeout=600.0,
-            prepare=seed_history(hours) if hours else None,
+            prepare=seed_history(hours, begin) if hours else None,
         )
         row["history_h"] = hours
         rows.append(row)
