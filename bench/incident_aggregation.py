@@ -34,6 +34,7 @@ from widelog.incidents.rules import DEFAULT_RULES, incident_id, scope_id
 from widelog.incidents.watermark import WorkerMark
 from worker_drain import drain, realistic_records
 
+MANY_ROUTES = 2000  # distinct routes in the case of thousands of scopes a minute
 BATCHES_PER_MINUTE = 20  # ~2,000 requests a minute in batches of 100
 ROUTE = (("http.route", "/v1/chat"),)
 PROVIDER = (("llm.provider", "openai-compatible"), ("llm.model", "gpt-4o-mini"))
@@ -105,18 +106,30 @@ def spread_in_time(records: list[tuple[str, bytes]], per_minute: int) -> list[tu
     return spread
 
 
+def spread_over_routes(records: list[tuple[str, bytes]], routes: int) -> list[tuple[str, bytes]]:
+    """The same events over `routes` distinct `http.route`s: as many scopes every minute."""
+    spread = []
+    for i, (key, payload) in enumerate(records):
+        doc = msgspec.json.decode(payload)
+        doc["http"]["route"] = f"/v1/tenant-{i % routes}/chat"
+        spread.append((key, msgspec.json.encode(doc)))
+    return spread
+
+
 def run(services: Services, *, events: int, quick: bool) -> dict[str, Any]:
     records = spread_in_time(realistic_records(events), BATCHES_PER_MINUTE * 100)
     first = msgspec.json.decode(records[0][1])["timestamp"]
     begin = dt.datetime.fromisoformat(first.replace("Z", "+00:00"))
+    many = spread_over_routes(records, MANY_ROUTES)
     rows = []
-    cases = [(False, 0), (True, 0), (True, 24)]
+    # (incidents, hours of history, routes): the last two, thousands of scopes a minute
+    cases = [(False, 0, 1), (True, 0, 1), (True, 24, 1)]
     if not quick:
-        cases.append((False, 24))
-    for incidents, hours in cases:
+        cases += [(False, 24, 1), (False, 0, MANY_ROUTES), (True, 0, MANY_ROUTES)]
+    for incidents, hours, routes in cases:
         row = drain(
             services,
-            records,
+            records if routes == 1 else many,
             transport="kafka",
             workers=1,
             batch=100,
@@ -124,15 +137,15 @@ def run(services: Services, *, events: int, quick: bool) -> dict[str, Any]:
             timeout=600.0,
             prepare=seed_history(hours, begin) if hours else None,
         )
-        row["history_h"] = hours
+        row["history_h"], row["routes"] = hours, routes
         rows.append(row)
         log(
-            f"incidents {'on' if incidents else 'off'}, {hours} h history: "
+            f"incidents {'on' if incidents else 'off'}, {hours} h history, {routes} routes: "
             f"{row['events_per_s']:.0f} ev/s, ms/batch by quarter {row['ms_per_batch']}"
         )
-    off = rows[0]["events_per_s"]
-    for row in rows:
-        row["vs_off"] = row["events_per_s"] / off if off else 0.0
+    for row in rows:  # against incidents off over an empty store with the same routes
+        off = next(r for r in rows if not r["incidents"] and r["routes"] == row["routes"])
+        row["vs_off"] = row["events_per_s"] / off["events_per_s"] if off["events_per_s"] else 0.0
     return {"events": events, "batch": 100, "rows": rows}
 
 
