@@ -64,6 +64,7 @@ async def consume(aggregator: IncidentAggregator, events: list[dict[str, Any]]) 
     for batch in batches(events, 50):
         await aggregator.observe(batch)
         await asyncio.sleep(0)  # let the other worker in between batches, as I/O would
+    await aggregator.flush()  # its sweeper's, within `write_every_s` of the last batch
 
 
 async def reference(

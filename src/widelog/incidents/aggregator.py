@@ -159,6 +159,9 @@ class IncidentAggregator:
         self._scope_fields = sorted({c.scope_fields for c in self._compiled})
         self._lateness = dt.timedelta(seconds=rules.lateness)
         self._idle_after = idle_after if idle_after is not None else self._lateness
+        # What it counted must be in the store before the others may take it for idle and judge
+        # without it (the sweeper writes every `write_every_s`).
+        self.write_every_s = min(self.write_every_s, self._idle_after.total_seconds() / 2)
         longest = max((max(r.window, r.quiet) for r in rules.active), default=0)
         # Whole minutes kept in memory behind the last judged one: the longest window or quiet
         # period; the store keeps every worker's minute counts `lateness` longer (`sweep`).
@@ -198,6 +201,7 @@ class IncidentAggregator:
         self._published: WorkerMark | None = None
         self._members_written: set[str] = set()
         self._mine: dict[dt.datetime, WorkerMinute] = {}  # my counts of minutes not judged yet
+        self._unwritten: set[dt.datetime] = set()  # minutes of `_mine` changed since written
         self._first: dt.datetime | None = None  # the first minute this worker counted
         self._tokens: collections.deque[str] = collections.deque(maxlen=TOKENS_REMEMBERED)
         self._marks: dict[str, WorkerMark] = {}  # every worker's, as last read
@@ -312,7 +316,9 @@ class IncidentAggregator:
             pruned = pruned_before(self._marks)
             if pruned is not None and start < pruned:
                 return False
-        counts += [self._mine.pop(m) for m in sorted(self._mine) if start <= m <= end]
+        mine = [m for m in sorted(self._mine) if start <= m <= end]
+        counts += [self._mine.pop(m) for m in mine]
+        self._unwritten.difference_update(mine)  # written before judging (`_advance`)
         for old in [m for m in self._mine if m < start]:
             del self._mine[old]  # judged before this worker counted them (should not happen)
         for worker_minute in counts:
@@ -361,9 +367,9 @@ class IncidentAggregator:
         await self.start()
         now = now or self._clock()
         token = batch_token(new_events)
-        if token in self._tokens:
-            return 0  # a retried `on_stored` of a batch already counted
-        newest = self._newest
+        if token in self._tokens:  # a retried `on_stored` of a batch already counted
+            await self._write(facts_due=False)  # what failed to go out the first time
+            return 0
         batch = _Batch({}, {})
         for doc in new_events:
             try:
@@ -374,14 +380,9 @@ class IncidentAggregator:
                 # `on_stored` is retried: an event this code cannot read would block every batch
                 # behind it. Skip it (it is stored; `rebuild` sees it again).
                 self._skip(f"an event this code cannot count ({type(exc).__name__})", exc_info=True)
-        minutes = [self._plus_mine(delta) for delta in batch.minutes.values()]
-        try:
-            await self._write(minutes, facts_due=time.monotonic() >= self._facts_due)
-        except BaseException:
-            self._newest = newest  # the retry counts the same events the same way
-            raise
+        for delta in batch.minutes.values():
+            self._remember(delta)
         self._keep_facts(batch.parts)
-        self._remember(minutes)
         self._tokens.append(token)
         self._fact_tokens.append(token)
         if batch.late:
@@ -394,6 +395,7 @@ class IncidentAggregator:
                 )
             self.late_events += batch.late
         self._arrival = now
+        await self._write(facts_due=time.monotonic() >= self._facts_due)
         result = await self._advance(now)
         return result.opened + result.resolved
 
@@ -406,47 +408,54 @@ class IncidentAggregator:
             else:
                 known.merge(part)
 
-    async def _write(self, minutes: Sequence[WorkerMinute], *, facts_due: bool) -> None:
-        """Write this worker's counts of `minutes` and, when due, the facts gathered so far.
+    async def _write(self, *, facts_due: bool, through: dt.datetime | None = None) -> None:
+        """Write this worker's counts of the minutes it changed, and the facts, when due.
 
-        The counts go out with every batch: other workers judge on them once this worker's
-        watermark says so. The facts (what summaries read) wait up to `write_every_s` and go
-        out with a later batch's counts, in one insert: a second round trip to the store per
-        batch was most of what aggregation cost the consumer. A write that failed is retried
-        as it was (same token), so a partial insert never counts a fact twice.
+        Both wait up to `write_every_s` in memory and go out together, in one round trip: with
+        thousands of scopes a minute, replacing a minute's record after every batch was most of
+        what aggregation cost. Counts of a minute that someone may judge (at or before
+        `through`; default: what this worker's next mark completes) go out at once, before the
+        mark that lets them judge it. A failed write is retried as it was (the facts' token is
+        kept), so a partial insert never counts a fact twice.
         """
+        through = through or self._complete_through()
+        urgent = through is not None and any(m <= through for m in self._unwritten)
         facts = self._unsent
         if facts is None and facts_due and self._facts:
             text = "\n".join(self._fact_tokens).encode()
             facts = (hashlib.sha256(text).hexdigest()[:24], list(self._facts.values()))
             self._unsent = facts
             self._facts, self._fact_tokens = {}, []
+        pending, minutes = set(), []
+        if facts_due or urgent:
+            pending, self._unwritten = self._unwritten, set()
+            minutes = [self._mine[m] for m in sorted(pending) if m in self._mine]
         if facts is None and not minutes:
             return
         token, parts = facts or ("", [])
         written = self._known_members(parts)
-        await self._store.add_batch(parts, minutes, token=token)
+        try:
+            await self._store.add_batch(parts, minutes, token=token)
+        except BaseException:
+            self._unwritten |= pending
+            raise
         self._members_written |= written
         if facts is not None:
             self._unsent = None
             self._facts_due = time.monotonic() + self.write_every_s
 
     async def flush(self) -> None:
-        """Write the facts gathered since the last write (the sweep, `settle` and shutdown)."""
+        """Write the counts and facts gathered since the last write (sweep, `settle`, shutdown)."""
         await self.start()
-        await self._write([], facts_due=True)
+        await self._write(facts_due=True)
 
-    def _remember(self, written: Sequence[WorkerMinute]) -> None:
-        """Keep this worker's counts of minutes just written, as its marks will say it has."""
-        for counts in written:
-            self._mine[counts.minute] = counts
-            if self._first is None or counts.minute < self._first:
-                self._first = counts.minute
-
-    def _plus_mine(self, delta: WorkerMinute) -> WorkerMinute:
-        """Return the worker's counts of the minute so far plus this batch's (memory unchanged)."""
+    def _remember(self, delta: WorkerMinute) -> None:
+        """Add a batch's counts of a minute to this worker's, to be written (`_write`)."""
         known = self._mine.get(delta.minute)
-        return delta if known is None else known.plus(delta)
+        self._mine[delta.minute] = delta if known is None else known.add(delta)
+        self._unwritten.add(delta.minute)
+        if self._first is None or delta.minute < self._first:
+            self._first = delta.minute
 
     def _known_members(self, parts: Sequence[Contribution]) -> set[str]:
         """Leave out the members this worker already wrote; return the ones left.
@@ -607,6 +616,7 @@ class IncidentAggregator:
         through = last_complete_minute(watermark)
         if self._judged is not None and through <= self._judged:
             return result
+        await self._write(facts_due=False, through=through)  # what is judged now is in the store
         while True:
             start = None if self._judged is None else self._judged + MINUTE
             pruned = pruned_before(self._marks)
@@ -731,11 +741,9 @@ class IncidentAggregator:
                 continue
             delta = minutes.setdefault(minute, WorkerMinute(minute, self.worker))
             delta.records[record.emitter] = RouteCounts.of(record)
-        counted = [self._plus_mine(delta) for delta in minutes.values()]
-        if not counted:
-            return
-        await self._write(counted, facts_due=False)
-        self._remember(counted)
+        for delta in minutes.values():
+            self._remember(delta)
+        await self._write(facts_due=False)
 
     def _forget(self, through: dt.datetime) -> None:
         """Keep a window's worth of completed minutes; drop groups over and never opened."""

@@ -541,21 +541,24 @@ class WorkerMinute:
 
     def plus(self, other: WorkerMinute) -> WorkerMinute:
         """The counts of both (the same minute): a worker's and a batch's, or two workers'."""
-        total = self.copy()
+        return self.copy().add(other)
+
+    def add(self, other: WorkerMinute) -> WorkerMinute:
+        """Add `other`'s counts to these, in place (a worker's running minute, per batch)."""
         for sid, weight in other.scopes.items():
-            total.scopes[sid] = total.scopes.get(sid, 0.0) + weight
+            self.scopes[sid] = self.scopes.get(sid, 0.0) + weight
         for iid, group in other.groups.items():
-            mine = total.groups.get(iid)
-            total.groups[iid] = group if mine is None else mine.plus(group)
+            mine = self.groups.get(iid)
+            self.groups[iid] = group if mine is None else mine.plus(group)
         for sid, by in other.estimates.items():
-            into = total.estimates.setdefault(sid, {})
+            into = self.estimates.setdefault(sid, {})
             for emitter, estimate in by.items():
                 into[emitter] = into[emitter] + estimate if emitter in into else estimate
         for emitter, counts in other.records.items():
-            known = total.records.get(emitter)
+            known = self.records.get(emitter)
             if known is None or counts.version > known.version:
-                total.records[emitter] = counts
-        return total
+                self.records[emitter] = counts
+        return self
 
 
 def worker_minute_id(minute: dt.datetime, worker: str) -> str:
