@@ -58,6 +58,7 @@ from widelog.incidents.watermark import (
     global_watermark,
     last_complete_minute,
     pruned_before,
+    pruned_from,
 )
 from widelog.sampling.reweighting import weight_of
 from widelog.sampling.totals import Total
@@ -266,7 +267,8 @@ class IncidentAggregator:
 
         At start, and when minute counts this worker had not judged yet were pruned by a worker
         that had (this one fell behind; that one's steps stand). Never before what was pruned:
-        the worker that pruned it judged a window past it.
+        the worker that pruned it judged a window past it (`through` None: just past it, or
+        nothing to load when no worker has counted yet).
         """
         while True:
             pruned = pruned_before(self._marks)
@@ -293,8 +295,8 @@ class IncidentAggregator:
 
         One `_id` lookup per (minute, worker) that can have counts: between the worker's first
         minute and its newest event. This worker's own come from memory. False, with nothing
-        folded, if the marks read afterwards say some of them may have been pruned meanwhile
-        (a worker that judged them pruned while they were read): `_seed` past them instead.
+        folded, if the marks say some of them may have been pruned, before the read or after it
+        (a worker that had judged them pruned meanwhile): `_seed` past them instead.
         """
         others = [
             (mark.first, minute_of(mark.newest), worker)
@@ -305,6 +307,8 @@ class IncidentAggregator:
             firsts = [first for first, _, _ in others] + list(self._mine)
             start = min(firsts, default=end)
         last = max([newest for _, newest, _ in others] + list(self._mine), default=start)
+        if pruned_from(self._marks, start):
+            return False
         keys = []
         minute = start
         while minute <= min(end, last):
@@ -313,8 +317,7 @@ class IncidentAggregator:
         counts = await self._store.worker_minutes(keys)
         if keys:
             self._marks = await self._store.watermarks()
-            pruned = pruned_before(self._marks)
-            if pruned is not None and start < pruned:
+            if pruned_from(self._marks, start):
                 return False
         mine = [m for m in sorted(self._mine) if start <= m <= end]
         counts += [self._mine.pop(m) for m in mine]
@@ -618,15 +621,12 @@ class IncidentAggregator:
             return result
         await self._write(facts_due=False, through=through)  # what is judged now is in the store
         while True:
-            start = None if self._judged is None else self._judged + MINUTE
-            pruned = pruned_before(self._marks)
-            if pruned is not None and (start is None or start < pruned):
-                await self._seed(pruned + self._keep)  # another worker judged and pruned these
-                continue
             if self._judged is not None and through <= self._judged:
                 return result
+            start = None if self._judged is None else self._judged + MINUTE
             if await self._load(start, through):
                 break
+            await self._seed(None)  # past what another worker judged and pruned meanwhile
         for iid in sorted(self._groups, key=lambda i: (self._rank[self._groups[i].rule.id], i)):
             state = self._groups[iid]
             scope: Mapping[dt.datetime, float] = self._scopes.get(state.scope_id, {})

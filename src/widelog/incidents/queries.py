@@ -18,7 +18,7 @@ from widelog.incidents.model import (
 )
 from widelog.incidents.request_totals import annotate, as_floats
 from widelog.incidents.summary import summarize
-from widelog.incidents.watermark import pruned_before
+from widelog.incidents.watermark import pruned_from
 
 if TYPE_CHECKING:
     from widelog.incidents.model import Transition
@@ -83,8 +83,7 @@ async def scope_series(
     Empty if some of those minutes were pruned: a part of a window would misstate its rate.
     """
     marks = await store.watermarks()
-    pruned = pruned_before(marks)
-    if pruned is not None and start < pruned:
+    if pruned_from(marks, start):
         return {}
     keys = []
     minute = start
@@ -96,8 +95,7 @@ async def scope_series(
         ]
         minute += MINUTE
     found = await store.worker_minutes(keys)
-    pruned = pruned_before(await store.watermarks())  # pruned while they were read?
-    if pruned is not None and start < pruned:
+    if pruned_from(await store.watermarks(), start):  # pruned while they were read
         return {}
     series: dict[dt.datetime, float] = {}
     for counts in found:

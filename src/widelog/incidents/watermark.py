@@ -63,6 +63,15 @@ def pruned_before(marks: Mapping[str, WorkerMark]) -> dt.datetime | None:
     return max((m.pruned_before for m in marks.values() if m.pruned_before), default=None)
 
 
+def pruned_from(marks: Mapping[str, WorkerMark], start: dt.datetime) -> bool:
+    """Whether some minute counts from `start` on may have been deleted (a window has holes).
+
+    Read the marks again after the counts too, in case a prune ran meanwhile.
+    """
+    pruned = pruned_before(marks)
+    return pruned is not None and start < pruned
+
+
 def last_complete_minute(watermark: dt.datetime) -> dt.datetime:
     """The latest minute whose end the watermark has passed."""
     return minute_of(watermark) - MINUTE
