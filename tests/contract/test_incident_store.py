@@ -79,20 +79,27 @@ class IncidentStoreContract:
     def second(self) -> IncidentStore:
         raise NotImplementedError
 
-    async def test_a_worker_minute_is_replaced_whole_and_found_by_minute_and_worker(
+    async def test_minute_counts_are_stored_once_per_write_and_read_by_minute_range(
         self, store, second
     ):
         await store.add_batch([], [counts(T0), counts(T0 + MIN)], token="b1")
         await store.add_batch([], [counts(T0, n=3)], token="b2")  # the same worker, later
-        await second.add_batch([], [counts(T0, "w2", 2)], token="b3")
+        await store.add_batch([], [counts(T0, n=3)], token="b2")  # that write, retried
+        await second.add_batch([], [counts(T0, "w2", 2)], token="b1")
+        await second.add_batch([], [counts(T0 + 2 * MIN)], token="b3")
 
-        found = await second.worker_minutes(
-            [(T0, "w1"), (T0, "w2"), (T0 + MIN, "w1"), (T0 + MIN, "w2"), (T0, "w3")]
+        def summed(found: list[WorkerMinute]) -> dict[tuple[dt.datetime, str], int]:
+            total: dict[tuple[dt.datetime, str], int] = {}
+            for c in found:
+                where = (c.minute, c.worker)
+                total[where] = total.get(where, 0) + c.groups["inc_a"].events
+            return total
+
+        assert {(T0, "w1"): 4, (T0, "w2"): 2, (T0 + MIN, "w1"): 1} == summed(
+            await second.minute_counts(T0, T0 + MIN)
         )
-        assert sorted(
-            [counts(T0, n=3), counts(T0, "w2", 2), counts(T0 + MIN)], key=lambda c: c.record_id
-        ) == sorted(found, key=lambda c: c.record_id)
-        assert [] == await store.worker_minutes([])
+        assert [counts(T0 + MIN)] == await store.minute_counts(T0 + MIN, T0 + MIN)
+        assert [] == await store.minute_counts(T0 + 3 * MIN, T0 + 9 * MIN)
 
     async def test_each_worker_publishes_its_own_watermark(self, store, second):
         await store.publish_watermark("w1", WorkerMark(None, T0))
@@ -153,7 +160,7 @@ class IncidentStoreContract:
         )
         minute = WorkerMinute(T0, "w1", {"scope_chat": 10.0}, {"inc_b": latency})
         await store.add_batch([], [minute], token="b1")
-        assert [minute] == await second.worker_minutes([(T0, "w1")])
+        assert [minute] == await second.minute_counts(T0, T0)
 
         facet = replace(step(), kind="facet", facet_id="inc_b")
         assert await store.add_transition(step())
@@ -175,7 +182,7 @@ class IncidentStoreContract:
             await writer.add_batch([part(events=1, weight=1.0)], [mine], token=f"b{n}")
 
         await asyncio.gather(*(batch(w, n) for n, w in enumerate([store, second] * 15)))
-        found = await second.worker_minutes([(T0, f"w{n}") for n in range(30)])
+        found = await second.minute_counts(T0, T0)
         assert 30 == sum(c.groups["inc_a"].events for c in found)
         assert 30 == sum(p.events for p in await store.contributions("inc_a", T0))
 
@@ -196,9 +203,7 @@ class IncidentStoreContract:
         )
         assert 2 == deleted  # the noise's old facts and its member
         assert {"here"} == set(await store.watermarks())
-        assert [T0 + 9 * MIN] == [
-            c.minute for c in await store.worker_minutes([(T0, "w1"), (T0 + 9 * MIN, "w1")])
-        ]
+        assert [T0 + 9 * MIN] == [c.minute for c in await store.minute_counts(T0, T0 + 9 * MIN)]
         assert 2 == len(await store.contributions("inc_opened", T0))
         assert 1 == len(await store.contributions("inc_noise", T0))
         assert {"user": 1, "session": 0} == await store.member_counts("inc_opened", T0)
@@ -212,7 +217,7 @@ class IncidentStoreContract:
 
         await second.clear()
         assert {} == await store.watermarks()
-        assert [] == await store.worker_minutes([(T0, "w1")])
+        assert [] == await store.minute_counts(T0, T0)
         assert {} == await store.transitions()
         assert [] == await store.contributions("inc_a", T0)
         assert {"user": 0, "session": 0} == await store.member_counts("inc_a", T0)

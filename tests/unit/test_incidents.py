@@ -1128,7 +1128,7 @@ async def test_judging_looks_up_each_complete_minute_once_per_other_worker_and_n
     assert two.judged_through is not None
     minutes = (max(judged, two.judged_through) - T0) // MIN + 1
     assert 9 <= minutes <= 12  # the last minutes wait for the lateness
-    assert store.lookups <= 2 * minutes  # one per minute per other worker, not per batch
+    assert store.minutes_read <= 2 * minutes  # each worker reads each minute once, not per batch
 
 
 async def test_a_worker_started_by_its_sweeper_and_first_batch_at_once_reads_back_one_window():
@@ -1143,9 +1143,9 @@ async def test_a_worker_started_by_its_sweeper_and_first_batch_at_once_reads_bac
             await asyncio.sleep(0)
             return await super().watermarks()
 
-        async def worker_minutes(self, keys: Any) -> Any:
+        async def minute_counts(self, start: Any, end: Any) -> Any:
             await asyncio.sleep(0)
-            return await super().worker_minutes(keys)
+            return await super().minute_counts(start, end)
 
     store = NetworkedStore()
     newest = T0 + 24 * 60 * MIN
@@ -1154,7 +1154,7 @@ async def test_a_worker_started_by_its_sweeper_and_first_batch_at_once_reads_bac
     aggregator = IncidentAggregator(store, IncidentRules(), clock=lambda: now)
     events = burst(newest, seconds=60, successes=20)
     await asyncio.gather(aggregator.sweep(now), aggregator.observe(events, now=now))
-    assert store.lookups <= 20  # the longest window or quiet period, not 1,440 minutes
+    assert store.minutes_read <= 20  # the longest window or quiet period, not 1,440 minutes
 
 
 async def test_a_worker_behind_the_one_that_pruned_takes_up_the_recorded_steps_again():
@@ -1202,9 +1202,9 @@ async def test_a_worker_behind_the_one_that_pruned_takes_up_the_recorded_steps_a
     assert mark.pruned_before is not None
     assert mark.pruned_before > T0 + 90 * MIN  # an hour and a half of minute counts deleted
 
-    store.lookups = 0
+    store.minutes_read = 0
     await behind.sweep()
-    assert store.lookups <= 2 * 20  # one window per worker, not the two hours it missed
+    assert store.minutes_read <= 2 * 20  # one window per worker, not the two hours it missed
     assert expected == await history(store)
     assert behind.judged_through is not None
     assert behind.judged_through >= mark.pruned_before
@@ -1219,11 +1219,11 @@ async def test_minutes_pruned_while_a_worker_reads_them_are_not_taken_for_silenc
     class RacingStore(InMemoryIncidentStore):
         meanwhile: Any = None
 
-        async def worker_minutes(self, keys: Any) -> Any:
+        async def minute_counts(self, start: Any, end: Any) -> Any:
             meanwhile, self.meanwhile = self.meanwhile, None
             if meanwhile is not None:
                 await meanwhile()
-            return await super().worker_minutes(keys)
+            return await super().minute_counts(start, end)
 
     store = RacingStore()
     clock = {"now": T0}

@@ -1,14 +1,14 @@
 """The incident aggregator: stored events in, incidents (open → update → resolve → reopen) out.
 
 `observe` is the consumer's `on_stored` hook: it gets each batch's newly stored events (never a
-re-delivery) and writes what they add to the shared store: facts (`Contribution`, insert-only,
-keyed by batch) and this worker's running counts of each minute (`WorkerMinute`, one record per
-minute and worker, replaced by its one writer). Nothing is judged on a partial minute: once the
-watermark (`watermark.py`) has passed a minute, the aggregator looks that minute up for every
-worker (`_id` equality), keeps the complete minutes in memory (a window's worth), and judges every
-group on them (`lifecycle.py`). Judging a batch therefore does no scanning query, and the
-history is the same however the events were batched, split between workers, replayed by
-`rebuild` or read as a backlog.
+re-delivery) and writes what they add to the shared store, about once a second: facts
+(`Contribution`) and this worker's counts of each minute (`WorkerMinute`), both insert-only, keyed
+by write. Nothing is judged on a partial minute: once the watermark (`watermark.py`) has passed a
+minute, the aggregator reads that minute's counts of every worker (one `_id` range), keeps the
+complete minutes in memory (a window's worth), and judges every group on them (`lifecycle.py`).
+Judging costs one read per step of the watermark, however many batches or scopes, and the history
+is the same however the events were batched, split between workers, replayed by `rebuild` or
+read as a backlog.
 
 `sweep` advances the watermark when no batch comes (on wall time, see `watermark.py`), so silence
 resolves, and prunes old records; run it every minute or so in every process that consumes.
@@ -109,6 +109,15 @@ class _Batch:
     late: int = 0
 
 
+@dataclass(slots=True, frozen=True)
+class _Write:
+    """Counts and facts gathered since the last write; a failed write is retried as it was."""
+
+    token: str
+    parts: list[Contribution]
+    minutes: list[WorkerMinute]
+
+
 @dataclass(slots=True)
 class SweepResult:
     resolved: int = 0
@@ -201,17 +210,15 @@ class IncidentAggregator:
         self._arrival: dt.datetime | None = None  # wall time of this worker's last batch
         self._published: WorkerMark | None = None
         self._members_written: set[str] = set()
-        self._mine: dict[dt.datetime, WorkerMinute] = {}  # my counts of minutes not judged yet
-        self._unwritten: set[dt.datetime] = set()  # minutes of `_mine` changed since written
         self._first: dt.datetime | None = None  # the first minute this worker counted
         self._tokens: collections.deque[str] = collections.deque(maxlen=TOKENS_REMEMBERED)
         self._marks: dict[str, WorkerMark] = {}  # every worker's, as last read
-        # Facts counted but not written yet, by (incident, minute), and the batches they came
-        # from; `_unsent`: a write of facts that failed, retried as it was (`_write`).
+        # Counted but not written yet: counts by minute, facts by (incident, minute);
+        # `_unsent`: a write that failed, retried as it was (`_write`).
+        self._counts: dict[dt.datetime, WorkerMinute] = {}
         self._facts: dict[tuple[str, dt.datetime], Contribution] = {}
-        self._fact_tokens: list[str] = []
-        self._unsent: tuple[str, list[Contribution]] | None = None
-        self._facts_due = 0.0  # monotonic time
+        self._unsent: _Write | None = None
+        self._write_due = 0.0  # monotonic time
 
     @property
     def skipped(self) -> int:
@@ -291,39 +298,22 @@ class IncidentAggregator:
             state.judged = max(state.judged or through, through)
 
     async def _load(self, start: dt.datetime | None, end: dt.datetime) -> bool:
-        """Fold every worker's counts of the minutes [start, end] into memory.
+        """Fold every worker's counts of the minutes [start, end] into memory (one read).
 
-        One `_id` lookup per (minute, worker) that can have counts: between the worker's first
-        minute and its newest event. This worker's own come from memory. False, with nothing
-        folded, if the marks say some of them may have been pruned, before the read or after it
-        (a worker that had judged them pruned meanwhile): `_seed` past them instead.
+        This worker's own are read back too: they were written before judging (`_advance`),
+        and so were those of an earlier process under the same name. False, with nothing
+        folded, if the marks say some of them may have been pruned, before the read or after
+        it (a worker that had judged them pruned meanwhile): `_seed` past them instead.
         """
-        others = [
-            (mark.first, minute_of(mark.newest), worker)
-            for worker, mark in sorted(self._marks.items())
-            if worker != self.worker and mark.first is not None and mark.newest is not None
-        ]
-        if start is None:
-            firsts = [first for first, _, _ in others] + list(self._mine)
-            start = min(firsts, default=end)
-        last = max([newest for _, newest, _ in others] + list(self._mine), default=start)
+        if start is None:  # the first judging: from the first minute any worker counted
+            firsts = [mark.first for mark in self._marks.values() if mark.first is not None]
+            start = min([*firsts, *([self._first] if self._first else [])], default=end)
         if pruned_from(self._marks, start):
             return False
-        keys = []
-        minute = start
-        while minute <= min(end, last):
-            keys += [(minute, w) for first, newest, w in others if first <= minute <= newest]
-            minute += MINUTE
-        counts = await self._store.worker_minutes(keys)
-        if keys:
-            self._marks = await self._store.watermarks()
-            if pruned_from(self._marks, start):
-                return False
-        mine = [m for m in sorted(self._mine) if start <= m <= end]
-        counts += [self._mine.pop(m) for m in mine]
-        self._unwritten.difference_update(mine)  # written before judging (`_advance`)
-        for old in [m for m in self._mine if m < start]:
-            del self._mine[old]  # judged before this worker counted them (should not happen)
+        counts = await self._store.minute_counts(start, end)
+        self._marks = await self._store.watermarks()
+        if pruned_from(self._marks, start):
+            return False
         for worker_minute in counts:
             self._fold(worker_minute)
         return True
@@ -371,7 +361,7 @@ class IncidentAggregator:
         now = now or self._clock()
         token = batch_token(new_events)
         if token in self._tokens:  # a retried `on_stored` of a batch already counted
-            await self._write(facts_due=False)  # what failed to go out the first time
+            await self._write(due=False)  # what failed to go out the first time
             return 0
         batch = _Batch({}, {})
         for doc in new_events:
@@ -387,7 +377,6 @@ class IncidentAggregator:
             self._remember(delta)
         self._keep_facts(batch.parts)
         self._tokens.append(token)
-        self._fact_tokens.append(token)
         if batch.late:
             if not self.late_events:
                 log.warning(
@@ -398,12 +387,12 @@ class IncidentAggregator:
                 )
             self.late_events += batch.late
         self._arrival = now
-        await self._write(facts_due=time.monotonic() >= self._facts_due)
+        await self._write(due=time.monotonic() >= self._write_due)
         result = await self._advance(now)
         return result.opened + result.resolved
 
     def _keep_facts(self, parts: Mapping[tuple[str, dt.datetime], Contribution]) -> None:
-        """Gather a batch's facts, to be written with a later batch's counts (`_write`)."""
+        """Gather a batch's facts, to be written with the counts (`_write`)."""
         for where, part in parts.items():
             known = self._facts.get(where)
             if known is None:
@@ -411,54 +400,44 @@ class IncidentAggregator:
             else:
                 known.merge(part)
 
-    async def _write(self, *, facts_due: bool, through: dt.datetime | None = None) -> None:
-        """Write this worker's counts of the minutes it changed, and the facts, when due.
+    def _remember(self, delta: WorkerMinute) -> None:
+        """Gather a batch's counts of a minute, to be written with the facts (`_write`)."""
+        known = self._counts.get(delta.minute)
+        self._counts[delta.minute] = delta if known is None else known.add(delta)
+        if self._first is None or delta.minute < self._first:
+            self._first = delta.minute
 
-        Both wait up to `write_every_s` in memory and go out together, in one round trip: with
-        thousands of scopes a minute, replacing a minute's record after every batch was most of
-        what aggregation cost. Counts of a minute that someone may judge (at or before
+    async def _write(self, *, due: bool, through: dt.datetime | None = None) -> None:
+        """Write the counts and facts gathered since the last write, when due.
+
+        They wait up to `write_every_s` in memory and go out together, inserted under one new
+        token: with thousands of scopes a minute, writing a minute's counts after every batch was
+        most of what aggregation cost. Counts of a minute that someone may judge (at or before
         `through`; default: what this worker's next mark completes) go out at once, before the
-        mark that lets them judge it. A failed write is retried as it was (the facts' token is
-        kept), so a partial insert never counts a fact twice.
+        mark that lets them judge it. A failed write is retried as it was (same token), so a
+        partial insert never counts anything twice.
         """
         through = through or self._complete_through()
-        urgent = through is not None and any(m <= through for m in self._unwritten)
-        facts = self._unsent
-        if facts is None and facts_due and self._facts:
-            text = "\n".join(self._fact_tokens).encode()
-            facts = (hashlib.sha256(text).hexdigest()[:24], list(self._facts.values()))
-            self._unsent = facts
-            self._facts, self._fact_tokens = {}, []
-        pending, minutes = set(), []
-        if facts_due or urgent:
-            pending, self._unwritten = self._unwritten, set()
-            minutes = [self._mine[m] for m in sorted(pending) if m in self._mine]
-        if facts is None and not minutes:
-            return
-        token, parts = facts or ("", [])
-        written = self._known_members(parts)
-        try:
-            await self._store.add_batch(parts, minutes, token=token)
-        except BaseException:
-            self._unwritten |= pending
-            raise
-        self._members_written |= written
-        if facts is not None:
+        while True:
+            if self._unsent is None:
+                urgent = through is not None and any(m <= through for m in self._counts)
+                if not (due or urgent) or not (self._counts or self._facts):
+                    return
+                token = uuid.uuid4().hex[:24]
+                facts, counts = list(self._facts.values()), list(self._counts.values())
+                self._unsent = _Write(token, facts, counts)
+                self._facts, self._counts = {}, {}
+            write = self._unsent
+            written = self._known_members(write.parts)
+            await self._store.add_batch(write.parts, write.minutes, token=write.token)
+            self._members_written |= written
             self._unsent = None
-            self._facts_due = time.monotonic() + self.write_every_s
+            self._write_due = time.monotonic() + self.write_every_s
 
     async def flush(self) -> None:
         """Write the counts and facts gathered since the last write (sweep, `settle`, shutdown)."""
         await self.start()
-        await self._write(facts_due=True)
-
-    def _remember(self, delta: WorkerMinute) -> None:
-        """Add a batch's counts of a minute to this worker's, to be written (`_write`)."""
-        known = self._mine.get(delta.minute)
-        self._mine[delta.minute] = delta if known is None else known.add(delta)
-        self._unwritten.add(delta.minute)
-        if self._first is None or delta.minute < self._first:
-            self._first = delta.minute
+        await self._write(due=True)
 
     def _known_members(self, parts: Sequence[Contribution]) -> set[str]:
         """Leave out the members this worker already wrote; return the ones left.
@@ -619,7 +598,7 @@ class IncidentAggregator:
         through = last_complete_minute(watermark)
         if self._judged is not None and through <= self._judged:
             return result
-        await self._write(facts_due=False, through=through)  # what is judged now is in the store
+        await self._write(due=False, through=through)  # what is judged now is in the store
         while True:
             if self._judged is not None and through <= self._judged:
                 return result
@@ -743,7 +722,7 @@ class IncidentAggregator:
             delta.records[record.emitter] = RouteCounts.of(record)
         for delta in minutes.values():
             self._remember(delta)
-        await self._write(facts_due=False)
+        await self._write(due=False)
 
     def _forget(self, through: dt.datetime) -> None:
         """Keep a window's worth of completed minutes; drop groups over and never opened."""

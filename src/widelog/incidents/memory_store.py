@@ -9,7 +9,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import TYPE_CHECKING
 
-from widelog.incidents.model import Contribution, WorkerMinute, minute_key, worker_minute_id
+from widelog.incidents.model import MINUTE, Contribution, WorkerMinute, minute_key
 
 if TYPE_CHECKING:
     from collections.abc import Collection, Sequence
@@ -27,7 +27,7 @@ class InMemoryIncidentStore:
         self._members: dict[str, dt.datetime] = {}
         self._transitions: dict[str, Transition] = {}
         self._marks: dict[str, WorkerMark] = {}
-        self.lookups = 0  # worker minutes looked up (a test checks judging stays bounded)
+        self.minutes_read = 0  # minutes read back (tests check judging reads a bounded window)
 
     async def add_batch(
         self, contributions: Sequence[Contribution], minutes: Sequence[WorkerMinute], *, token: str
@@ -39,13 +39,17 @@ class InMemoryIncidentStore:
             for kind, hashes in (("user", part.users), ("session", part.sessions)):
                 for h in hashes:
                     self._members.setdefault(f"{part.incident_id}|{kind}|{h}", part.minute)
-        for minute in minutes:
-            self._minutes[minute.record_id] = WorkerMinute.from_doc(minute.to_doc())
+        for counts in minutes:
+            stored = WorkerMinute.from_doc(counts.to_doc())
+            self._minutes.setdefault(counts.record_id(token), stored)
 
-    async def worker_minutes(self, keys: Sequence[tuple[dt.datetime, str]]) -> list[WorkerMinute]:
-        self.lookups += len(keys)
-        found = (self._minutes.get(worker_minute_id(m, w)) for m, w in keys)
-        return [WorkerMinute.from_doc(f.to_doc()) for f in found if f is not None]
+    async def minute_counts(self, start: dt.datetime, end: dt.datetime) -> list[WorkerMinute]:
+        self.minutes_read += (end - start) // MINUTE + 1
+        return [
+            WorkerMinute.from_doc(m.to_doc())
+            for m in self._minutes.values()
+            if start <= m.minute <= end
+        ]
 
     async def publish_watermark(self, worker: str, mark: WorkerMark) -> None:
         self._marks[worker] = mark

@@ -3,8 +3,8 @@
 Shared state is **insert-only** (or has exactly one writer), each record under a deterministic
 id, so several workers, a re-delivered batch and a retried `on_stored` call all converge:
 
-- `WorkerMinute` — (minute, worker): that worker's on-time requests per scope (the rate's
-  denominator) and matches per group, replaced whole by that worker after each batch;
+- `WorkerMinute` — (minute, worker, write): what one write of that worker adds to its on-time
+  requests per scope (the rate's denominator) and matches per group;
 - `Contribution` — (incident, minute, batch): the group's matching events and their facts;
 - members — (incident, user or session): who was affected;
 - `Transition` — (incident, episode, open|resolve): one lifecycle step. The first writer wins, so
@@ -457,11 +457,12 @@ class RouteCounts:
 
 @dataclass(slots=True)
 class WorkerMinute:
-    """One worker's on-time counts of one minute, every batch so far.
+    """One worker's on-time counts of one minute, from the batches of one write.
 
-    Only that worker writes it (a replace of the whole record after each batch), so there is no
-    update race even on FerretDB, and every reader finds it by `_id` equality (`minute|worker`),
-    the one lookup FerretDB 1.24 pushes down to SQLite (it scans for an `_id` range).
+    Stored insert-only, one record per minute and write (`minute|worker|token`), and summed when
+    read: FerretDB 1.24 scans its whole collection to find or replace a document (even by
+    `_id`), but not to insert one, so counts written every second cost what they add, however
+    many scopes a minute has. Every worker reads the minutes it judges with one `_id` range.
 
     With exact totals on, it also holds what a scope's requests are made of: the kept events'
     estimate by emitter (`estimates`, scope id -> emitter -> `Total`) and the count records
@@ -476,9 +477,9 @@ class WorkerMinute:
     estimates: dict[str, dict[str, Total]] = field(default_factory=dict)
     records: dict[str, RouteCounts] = field(default_factory=dict)
 
-    @property
-    def record_id(self) -> str:
-        return worker_minute_id(self.minute, self.worker)
+    def record_id(self, token: str) -> str:
+        """`minute|worker|token`: a retried write inserts nothing new, and ids range by minute."""
+        return f"{minute_key(self.minute)}|{self.worker}|{token}"
 
     def copy(self) -> WorkerMinute:
         return WorkerMinute(
@@ -559,10 +560,6 @@ class WorkerMinute:
             if known is None or counts.version > known.version:
                 self.records[emitter] = counts
         return self
-
-
-def worker_minute_id(minute: dt.datetime, worker: str) -> str:
-    return f"{minute_key(minute)}|{worker}"
 
 
 @dataclass(slots=True, frozen=True)

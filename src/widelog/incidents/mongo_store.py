@@ -12,16 +12,17 @@ from __future__ import annotations
 import datetime as dt
 from typing import TYPE_CHECKING, Any
 
-from pymongo import ASCENDING, ReplaceOne
+import msgspec
+from pymongo import ASCENDING
 from pymongo.errors import DuplicateKeyError
 
 from widelog.incidents.model import (
+    MINUTE,
     Contribution,
     Transition,
     WorkerMinute,
     minute_key,
     parse_time,
-    worker_minute_id,
 )
 from widelog.incidents.watermark import WorkerMark
 from widelog.pipeline.mongo_store import insert_new, mongo_client
@@ -37,17 +38,24 @@ def _time(value: object) -> dt.datetime:
     return moment
 
 
+# A minute's counts are one MessagePack value: thousands of scopes as BSON fields made FerretDB
+# (which stores every field with its type, in JSON) spend ~60 ms on each insert and scan.
+_pack = msgspec.msgpack.Encoder().encode
+_unpack = msgspec.msgpack.Decoder().decode
+
+
 def _id_range(low: str, high: str) -> dict[str, Any]:
     return {"_id": {"$gte": low, "$lt": high}}
 
 
 class MongoIncidentStore:
-    """The incident store on MongoDB or FerretDB; the judging reads are `_id` equalities.
+    """The incident store on MongoDB or FerretDB; the judging reads are `_id` ranges.
 
-    FerretDB 1.24 (SQLite) pushes only an `_id` equality down to SQLite (`explain`:
-    `filterPushdown`); an `_id` range, `$in` or a secondary field scans every document. The
-    summaries' reads (one incident's facts, its members, the transitions) and the prune still
-    scan; they run per request or per sweep, never per batch.
+    FerretDB 1.24 (SQLite) scans a collection for every find, replace or delete, even by `_id`
+    (docs/incidents.md says why); only inserts use its index. So the records written per batch
+    are inserted, and the ones read per judging step (minute counts) are kept few by `prune`.
+    The summaries' reads (one incident's facts, its members, the transitions) and the prune
+    scan too; they run per request or per sweep, never per batch.
     """
 
     def __init__(
@@ -68,8 +76,8 @@ class MongoIncidentStore:
     async def add_batch(
         self, contributions: Sequence[Contribution], minutes: Sequence[WorkerMinute], *, token: str
     ) -> None:
-        # Facts and members in one collection (`incident|minute|…`, `incident|user|…`): one
-        # `insert_many`. Then this worker's minutes, replaced whole: it is their only writer.
+        # Facts and members in one collection (`incident|minute|…`, `incident|user|…`), then
+        # the counts: two `insert_many`s, which FerretDB does not scan for (a replace does).
         docs: list[dict[str, Any]] = []
         for part in contributions:
             if part.first is None or part.last is None:
@@ -82,20 +90,18 @@ class MongoIncidentStore:
                     for h in sorted(hashes)
                 ]  # fmt: skip
         await insert_new(self._records, docs)
-        if minutes:
-            await self._minutes.bulk_write(
-                [ReplaceOne({"_id": m.record_id}, m.to_doc(), upsert=True) for m in minutes],
-                ordered=True,
-            )
+        counts = [
+            {"_id": c.record_id(token), "minute": c.minute, "packed": _pack(c.to_doc())}
+            for c in minutes
+        ]
+        await insert_new(self._minutes, counts)
 
-    async def worker_minutes(self, keys: Sequence[tuple[dt.datetime, str]]) -> list[WorkerMinute]:
-        # One `_id` equality each: FerretDB 1.24 scans for `$in` and for `_id` ranges.
-        found = []
-        for minute, worker in keys:
-            doc = await self._minutes.find_one({"_id": worker_minute_id(minute, worker)})
-            if doc is not None:
-                found.append(WorkerMinute.from_doc(doc))
-        return found
+    async def minute_counts(self, start: dt.datetime, end: dt.datetime) -> list[WorkerMinute]:
+        query = _id_range(minute_key(start), minute_key(end + MINUTE))
+        return [
+            WorkerMinute.from_doc(_unpack(doc["packed"]) if "packed" in doc else doc)
+            async for doc in self._minutes.find(query)
+        ]
 
     async def publish_watermark(self, worker: str, mark: WorkerMark) -> None:
         # One writer per document (the worker itself), so a replace is safe even on FerretDB.

@@ -21,23 +21,23 @@ class IncidentStore(Protocol):
     concurrent updates of one document). Counts are summed when read. `token` identifies the
     batch a record came from. Times are aware UTC datetimes; minutes are whole minutes.
 
-    Every read the aggregator makes while judging is an `_id` equality (a worker's minute), the
-    one lookup FerretDB 1.24 pushes down to SQLite; it scans for an `_id` range.
+    The aggregator reads, while judging, one `_id` range of minute counts per judging step.
+    FerretDB 1.24 scans the collection for it (as for any find by `_id`), so the counts are kept
+    to a window's worth (`prune`) and written by insert, which does not scan.
     """
 
     async def add_batch(
         self, contributions: Sequence[Contribution], minutes: Sequence[WorkerMinute], *, token: str
     ) -> None:
-        """Store what one batch adds.
+        """Store what one write adds, each record once (`token` names the write).
 
-        Its (incident, minute) contributions and the members they name first, each once; and
-        this worker's counts of the minutes it touched, replaced whole (one writer per record:
-        the worker).
+        Its (incident, minute) contributions and the members they name first; then the counts
+        it adds to each minute (`WorkerMinute.record_id(token)`), which readers sum.
         """
         ...
 
-    async def worker_minutes(self, keys: Sequence[tuple[dt.datetime, str]]) -> list[WorkerMinute]:
-        """The stored (minute, worker) counts among `keys`, each looked up by `_id` equality."""
+    async def minute_counts(self, start: dt.datetime, end: dt.datetime) -> list[WorkerMinute]:
+        """Every stored count record of the minutes [start, end], of every worker (one range)."""
         ...
 
     async def publish_watermark(self, worker: str, mark: WorkerMark) -> None:

@@ -79,22 +79,12 @@ async def scope_series(
 ) -> dict[dt.datetime, float]:
     """The scope's re-weighted requests (counted on time) per minute in [start, end].
 
-    Summed over every worker: one `_id` lookup per (minute, worker that had counted by then).
-    Empty if some of those minutes were pruned: a part of a window would misstate its rate.
+    Summed over every worker's count records (one `_id` range). Empty if some of those minutes
+    were pruned: a part of a window would misstate its rate.
     """
-    marks = await store.watermarks()
-    if pruned_from(marks, start):
+    if pruned_from(await store.watermarks(), start):
         return {}
-    keys = []
-    minute = start
-    while minute <= end:
-        keys += [
-            (minute, worker)
-            for worker, mark in sorted(marks.items())
-            if mark.first is not None and mark.first <= minute
-        ]
-        minute += MINUTE
-    found = await store.worker_minutes(keys)
+    found = await store.minute_counts(start, end)
     if pruned_from(await store.watermarks(), start):  # pruned while they were read
         return {}
     series: dict[dt.datetime, float] = {}

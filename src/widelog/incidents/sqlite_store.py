@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from widelog.incidents.model import (
+    MINUTE,
     Contribution,
     Transition,
     WorkerMinute,
+    minute_key,
     parse_time,
-    worker_minute_id,
 )
 from widelog.incidents.watermark import WorkerMark
 from widelog.sqlite_db import SQLiteDatabase
@@ -152,7 +153,10 @@ class SQLiteIncidentStore:
         self, contributions: Sequence[Contribution], minutes: Sequence[WorkerMinute], *, token: str
     ) -> None:
         facts, members = _fact_rows(contributions, token)
-        rows = [(m.record_id, _t(m.minute), _encoder.encode(m.to_doc()).decode()) for m in minutes]
+        rows = [
+            (m.record_id(token), _t(m.minute), _encoder.encode(m.to_doc()).decode())
+            for m in minutes
+        ]
 
         def insert(db: sqlite3.Connection) -> None:
             with db:
@@ -167,18 +171,17 @@ class SQLiteIncidentStore:
                     " VALUES (?, ?, ?, ?)",
                     members,
                 )
-                db.executemany("INSERT OR REPLACE INTO incident_minutes VALUES (?, ?, ?)", rows)
+                db.executemany("INSERT OR IGNORE INTO incident_minutes VALUES (?, ?, ?)", rows)
 
         if facts or rows:
             await self._run(insert)
 
-    async def worker_minutes(self, keys: Sequence[tuple[dt.datetime, str]]) -> list[WorkerMinute]:
-        ids = [worker_minute_id(m, w) for m, w in keys]
-        sql = "SELECT doc FROM incident_minutes WHERE id = ?"
+    async def minute_counts(self, start: dt.datetime, end: dt.datetime) -> list[WorkerMinute]:
+        sql = "SELECT doc FROM incident_minutes WHERE id >= ? AND id < ?"
+        args = (minute_key(start), minute_key(end + MINUTE))
 
         def read(db: sqlite3.Connection) -> list[str]:
-            rows = (db.execute(sql, (i,)).fetchone() for i in ids)
-            return [row[0] for row in rows if row is not None]
+            return [row[0] for row in db.execute(sql, args)]
 
         return [WorkerMinute.from_doc(msgspec.json.decode(doc)) for doc in await self._run(read)]
 
