@@ -384,6 +384,44 @@ async def test_a_worker_restart_keeps_open_incidents_and_carries_on(world, tmp_p
     await restarted.store.close()
 
 
+async def test_a_worker_restarted_under_the_same_name_mid_minute_keeps_what_it_counted():
+    """A container restarted in place has the same host name and pid, so the same worker name.
+    Its counts of the minutes not judged yet were written before it stopped; the new process
+    adds to them (each write is its own record), so the history and its windows are the ones
+    an uninterrupted worker records."""
+    events = burst(T0, successes=1000, errors={"LLM_TIMEOUT": 60})
+    cut = len(events) // 3 // 50  # the batch from which on the restarted process counts
+    assert dt.datetime.fromisoformat(events[cut * 50]["timestamp"]) < T0 + MIN
+
+    async def run(restart: bool) -> list[Any]:
+        store = InMemoryIncidentStore()
+        clock = {"now": T0}
+
+        def worker() -> IncidentAggregator:
+            return IncidentAggregator(
+                store, IncidentRules(), clock=lambda: clock["now"], worker="chat-worker-1"
+            )
+
+        aggregator = worker()
+        for n, batch in enumerate(batches(events, 50)):
+            if restart and n == cut:
+                await aggregator.flush()  # its sweeper's last write; then the process is gone
+                aggregator = worker()
+            clock["now"] = dt.datetime.fromisoformat(batch[-1]["timestamp"])
+            await aggregator.observe(batch)
+        await aggregator.sweep(
+            clock["now"] + dt.timedelta(seconds=aggregator.rules.lateness) + 2 * MIN
+        )
+        return sorted(
+            (s for steps in (await store.transitions()).values() for s in steps),
+            key=lambda s: s.record_id,
+        )
+
+    uninterrupted = await run(restart=False)
+    assert {"open"} <= {s.kind for s in uninterrupted}
+    assert uninterrupted == await run(restart=True)
+
+
 async def test_latency_and_llm_provider_rules_open_on_their_own_thresholds(world):
     """No open `errors` incident explains these signals, so each opens by itself: slow
     successes, and a provider failing on every route, under the errors rule's bar on each."""
