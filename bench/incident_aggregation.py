@@ -1,10 +1,12 @@
 """Issue 11 item 5: does incident aggregation keep up with the store, with and without history?
 
 `widelog worker` drains the same pre-filled Kafka topic (6 partitions, batches of 100) into
-FerretDB four times: incidents off, incidents on over an empty incident store, and incidents on
-over a store that already holds 24 h of per-minute records (what a day of the same traffic, about
-2,000 requests a minute, leaves behind), plus off again with that history present. It reports
-events/s, the ratio to incidents off, and the mean ms per batch in each quarter of the drain:
+FerretDB with incidents off, incidents on over an empty incident store, and incidents on over a
+store that already holds 24 h of per-minute records (what a day of the same traffic, about 2,000
+requests a minute, leaves behind), off again with that history present, and off and on over
+2,000 routes (thousands of scopes a minute); and inserts the same documents by plain
+`insert_many`, batches of 100 (the store's own rate). It reports events/s, the ratios to
+incidents off and to `insert_many`, and the mean ms per batch in each quarter of the drain:
 a store query that scans a growing collection shows as a rising ms per batch. The events' times
 are spread at 2,000 a minute up to now, so minutes complete (and are judged) during the drain.
 
@@ -32,7 +34,7 @@ from widelog.incidents.model import (
 from widelog.incidents.mongo_store import MongoIncidentStore
 from widelog.incidents.rules import DEFAULT_RULES, incident_id, scope_id
 from widelog.incidents.watermark import WorkerMark
-from worker_drain import drain, realistic_records
+from worker_drain import ceiling, drain, realistic_records
 
 MANY_ROUTES = 2000  # distinct routes in the case of thousands of scopes a minute
 BATCHES_PER_MINUTE = 20  # ~2,000 requests a minute in batches of 100
@@ -143,10 +145,14 @@ def run(services: Services, *, events: int, quick: bool) -> dict[str, Any]:
             f"incidents {'on' if incidents else 'off'}, {hours} h history, {routes} routes: "
             f"{row['events_per_s']:.0f} ev/s, ms/batch by quarter {row['ms_per_batch']}"
         )
+    # The floor of the store itself: the same documents by plain `insert_many`, batches of 100.
+    plain = ceiling(services, records, 100)
+    log(f"plain insert_many, batches of 100: {plain['events_per_s']:.0f} ev/s")
     for row in rows:  # against incidents off over an empty store with the same routes
         off = next(r for r in rows if not r["incidents"] and r["routes"] == row["routes"])
         row["vs_off"] = row["events_per_s"] / off["events_per_s"] if off["events_per_s"] else 0.0
-    return {"events": events, "batch": 100, "rows": rows}
+        row["vs_insert_many"] = row["events_per_s"] / plain["events_per_s"]
+    return {"events": events, "batch": 100, "insert_many": plain, "rows": rows}
 
 
 def main() -> None:

@@ -85,7 +85,7 @@ MEMBERS_REMEMBERED = 100_000  # members known to be written, so not written agai
 
 
 def batch_token(events: Sequence[Mapping[str, Any]]) -> str:
-    """The same batch gives the same token (so a retry inserts nothing new); another, another."""
+    """The same batch gives the same token, so a retried `on_stored` counts nothing."""
     ids = sorted(
         str(doc.get("event_id") or doc.get("request_id") or i) for i, doc in enumerate(events)
     )
