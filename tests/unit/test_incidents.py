@@ -50,6 +50,7 @@ from widelog.incidents.rules import (
     IncidentRulesError,
     incident_id,
     parse_duration,
+    scope_id,
 )
 from widelog.incidents.sqlite_store import SQLiteIncidentStore
 from widelog.incidents.summary import summarize
@@ -1246,6 +1247,42 @@ async def test_a_worker_behind_the_one_that_pruned_takes_up_the_recorded_steps_a
     assert expected == await history(store)
     assert behind.judged_through is not None
     assert behind.judged_through >= mark.pruned_before
+
+
+async def test_a_write_failing_while_another_is_in_flight_loses_no_count():
+    """The consumer and the sweeper both write (two tasks). A write still in flight when the
+    other task's write fails must not drop the failed one's counts: it is retried as it was."""
+
+    class SlowThenFailingStore(InMemoryIncidentStore):
+        calls = 0
+        gate = asyncio.Event()
+
+        async def add_batch(self, contributions: Any, minutes: Any, *, token: str) -> None:
+            self.calls += 1
+            if self.calls == 1:
+                await self.gate.wait()  # a slow round trip
+            elif self.calls == 3:
+                raise ConnectionError("the store went away")
+            await super().add_batch(contributions, minutes, token=token)
+
+    store = SlowThenFailingStore()
+    now = T0 + 30 * dt.timedelta(seconds=1)
+    aggregator = IncidentAggregator(store, IncidentRules(), clock=lambda: now, write_every_s=0)
+    first, second = batches(burst(T0, seconds=30, successes=100), 50)
+    slow = asyncio.create_task(aggregator.observe(first))
+    while store.calls < 1:
+        await asyncio.sleep(0)
+    failing = asyncio.create_task(aggregator.observe(second))
+    for _ in range(20):
+        await asyncio.sleep(0)
+    store.gate.set()
+    outcomes = await asyncio.gather(slow, failing, return_exceptions=True)
+    for batch, outcome in zip((first, second), outcomes, strict=True):
+        if isinstance(outcome, ConnectionError):
+            await aggregator.observe(batch)  # the consumer retries `on_stored`
+    await aggregator.flush()
+    counted = await store.minute_counts(T0, T0)
+    assert 100 == sum(c.scopes[scope_id((("http.route", "/v1/chat"),))] for c in counted)
 
 
 async def test_minutes_pruned_while_a_worker_reads_them_are_not_taken_for_silence():

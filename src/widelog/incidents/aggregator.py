@@ -192,8 +192,10 @@ class IncidentAggregator:
         self.late_events = 0
         self.late_count_records = 0
         self._starting = asyncio.Lock()
-        # The sweeper and the consumer run as two tasks: one judges (or prunes) at a time.
+        # The sweeper and the consumer run as two tasks: one judges (or prunes) at a time, and
+        # one writes at a time (a write in flight is what a retry, or a judge, waits for).
         self._judging = asyncio.Lock()
+        self._writing = asyncio.Lock()
         self._reset()
 
     def _reset(self) -> None:
@@ -417,22 +419,23 @@ class IncidentAggregator:
         mark that lets them judge it. A failed write is retried as it was (same token), so a
         partial insert never counts anything twice.
         """
-        through = through or self._complete_through()
-        while True:
-            if self._unsent is None:
-                urgent = through is not None and any(m <= through for m in self._counts)
-                if not (due or urgent) or not (self._counts or self._facts):
-                    return
-                token = uuid.uuid4().hex[:24]
-                facts, counts = list(self._facts.values()), list(self._counts.values())
-                self._unsent = _Write(token, facts, counts)
-                self._facts, self._counts = {}, {}
-            write = self._unsent
-            written = self._known_members(write.parts)
-            await self._store.add_batch(write.parts, write.minutes, token=write.token)
-            self._members_written |= written
-            self._unsent = None
-            self._write_due = time.monotonic() + self.write_every_s
+        async with self._writing:
+            through = through or self._complete_through()
+            while True:
+                if self._unsent is None:
+                    urgent = through is not None and any(m <= through for m in self._counts)
+                    if not (due or urgent) or not (self._counts or self._facts):
+                        return
+                    token = uuid.uuid4().hex[:24]
+                    facts, counts = list(self._facts.values()), list(self._counts.values())
+                    self._unsent = _Write(token, facts, counts)
+                    self._facts, self._counts = {}, {}
+                write = self._unsent
+                written = self._known_members(write.parts)
+                await self._store.add_batch(write.parts, write.minutes, token=write.token)
+                self._members_written |= written
+                self._unsent = None
+                self._write_due = time.monotonic() + self.write_every_s
 
     async def flush(self) -> None:
         """Write the counts and facts gathered since the last write (sweep, `settle`, shutdown)."""
