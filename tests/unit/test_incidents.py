@@ -1285,6 +1285,76 @@ async def test_a_write_failing_while_another_is_in_flight_loses_no_count():
     assert 100 == sum(c.scopes[scope_id((("http.route", "/v1/chat"),))] for c in counted)
 
 
+async def test_a_worker_judges_a_minute_on_its_own_counts_even_with_a_write_in_flight():
+    """The sweeper's write is in flight when a batch completes a minute: the consumer's judging
+    waits for it, then writes its own counts, and only then reads the minute back."""
+
+    class SlowStore(InMemoryIncidentStore):
+        calls = 0
+
+        async def add_batch(self, contributions: Any, minutes: Any, *, token: str) -> None:
+            self.calls += 1
+            await asyncio.sleep({2: 0.05, 3: 0.10, 4: 0.30}.get(self.calls, 0))
+            await super().add_batch(contributions, minutes, token=token)
+
+    store = SlowStore()
+    now = T0 + 10 * MIN
+    aggregator = IncidentAggregator(
+        store,
+        IncidentRules(),
+        clock=lambda: now,
+        write_every_s=100,
+        idle_after=dt.timedelta(hours=1),
+    )
+    lateness = dt.timedelta(seconds=aggregator.rules.lateness)
+    early, middle, late = (
+        [request(T0 + dt.timedelta(seconds=start + i)) for i in range(10)] for start in (1, 20, 40)
+    )
+    late.append(request(T0 + lateness + 2 * MIN))  # completes minute T0
+    await aggregator.observe(early, now=now)  # written at once (the first write is due)
+    await aggregator.observe(middle, now=now)  # waits in memory
+    sweeper = asyncio.create_task(aggregator.flush())  # writes `middle`, slowly
+    await asyncio.sleep(0.01)
+    await aggregator.observe(late, now=now)  # the consumer: counts, writes, judges T0
+    await sweeper
+    chat = scope_id((("http.route", "/v1/chat"),))
+    stored = sum(c.scopes.get(chat, 0) for c in await store.minute_counts(T0, T0))
+    assert aggregator.judged_through is not None
+    assert aggregator.judged_through >= T0
+    assert (30, 30) == (stored, aggregator._scopes[chat][T0])
+
+
+async def test_an_event_of_a_minute_being_judged_is_late_not_counted_apart_from_the_verdict():
+    """A stalled consumer's batch arrives while the sweeper reads a minute that wall time
+    completed: its events are late (in the totals, flagged), not on-time counts of a minute
+    judged without them (a later reader would then see another total than the verdict's)."""
+
+    class SlowRead(InMemoryIncidentStore):
+        slow = False
+
+        async def minute_counts(self, start: Any, end: Any) -> Any:
+            found = await super().minute_counts(start, end)
+            if self.slow:
+                await asyncio.sleep(0.1)
+            return found
+
+    store = SlowRead()
+    then = T0 + dt.timedelta(seconds=30)
+    aggregator = IncidentAggregator(store, IncidentRules(), clock=lambda: then, write_every_s=0)
+    await aggregator.observe([request(T0 + dt.timedelta(seconds=i)) for i in range(10)], now=then)
+    store.slow = True
+    later = then + 10 * MIN  # silence: wall time completes T0
+    sweep = asyncio.create_task(aggregator.sweep(later))
+    await asyncio.sleep(0.05)  # the sweep is reading the minute
+    stalled = [request(T0 + dt.timedelta(seconds=40 + i)) for i in range(5)]
+    await aggregator.observe(stalled, now=later)
+    await sweep
+    await aggregator.flush()
+    chat = scope_id((("http.route", "/v1/chat"),))
+    stored = sum(c.scopes.get(chat, 0) for c in await store.minute_counts(T0, T0))
+    assert (10, 10, 5) == (stored, aggregator._scopes[chat][T0], aggregator.late_events)
+
+
 async def test_minutes_pruned_while_a_worker_reads_them_are_not_taken_for_silence():
     """A worker far behind reads the marks, then the minute counts; if the one ahead prunes in
     between, the holes must not read as silence (which resolved an incident whose errors went

@@ -79,7 +79,8 @@ WRITE_FACTS_EVERY_S = 1.0  # a batch's facts reach the store this late at most, 
 NO_REQUESTS = Total(estimated=True)
 # Pruning facts deletes by minute and incident: FerretDB scans every fact for that (5.5 s with a
 # day of an open incident's), so it runs once per hour of judged event time, from an hour after
-# this worker started judging; the minutes (a small collection, read per batch) every sweep.
+# this worker started judging; the minutes (a small collection, read per judged minute) every
+# sweep.
 PRUNE_FACTS_EVERY = dt.timedelta(hours=1)
 MEMBERS_REMEMBERED = 100_000  # members known to be written, so not written again (then forgotten)
 
@@ -206,6 +207,7 @@ class IncidentAggregator:
         # estimates and count records behind exact totals (`_scope_totals`).
         self._makeup: dict[dt.datetime, WorkerMinute] = {}
         self._judged: dt.datetime | None = None  # every minute up to this one is judged
+        self._sealed: dt.datetime | None = None  # ... or being judged: no longer counted
         self._pruned_at: dt.datetime | None = None  # `_judged` at the last facts prune
         self._pruned_before: dt.datetime | None = None  # minute counts deleted before this
         self._newest: dt.datetime | None = None  # the newest event time this worker has seen
@@ -244,8 +246,7 @@ class IncidentAggregator:
         """Register this worker's watermark and load the recent minutes and the lifecycles.
 
         Called by the first `observe` or `sweep` if not before. The look-back read is bounded:
-        the longest window or quiet period before the watermark, one `_id` lookup per minute and
-        worker.
+        the longest window or quiet period before the watermark, in one `_id` range read.
         """
         if self._started:
             return
@@ -462,11 +463,12 @@ class IncidentAggregator:
         return fresh
 
     def _complete_through(self) -> dt.datetime | None:
-        """Minutes up to this one are complete as far as this worker knows (late after it)."""
+        """Minutes up to this one are complete as far as this worker knows (late after it).
+
+        By its own newest event, or because they are judged or being judged.
+        """
         own = None if self._newest is None else last_complete_minute(self._newest - self._lateness)
-        if own is None or (self._judged is not None and self._judged > own):
-            return self._judged
-        return own
+        return max((m for m in (own, self._judged, self._sealed) if m is not None), default=None)
 
     def _count(self, doc: Mapping[str, Any], now: dt.datetime, batch: _Batch) -> None:
         """Add one event to its scopes' counts and to every group whose rule matches it."""
@@ -550,7 +552,12 @@ class IncidentAggregator:
     # --- advancing the watermark ---------------------------------------------------------------
 
     async def _publish(self, now: dt.datetime) -> None:
-        """Tell the other workers how far this one has read (after its counts are written)."""
+        """Tell the other workers how far this one has read.
+
+        After writing the counts that the mark lets them judge (waiting for a write in flight
+        first): the mark is taken right after, with no await in between.
+        """
+        await self._write(due=False)
         arrival = self._arrival or now
         mark = WorkerMark(self._newest, arrival, self._first, self._pruned_before)
         published = self._published
@@ -601,6 +608,8 @@ class IncidentAggregator:
         through = last_complete_minute(watermark)
         if self._judged is not None and through <= self._judged:
             return result
+        # From here on an event of these minutes is late: the verdict reads the store once.
+        self._sealed = through if self._sealed is None else max(self._sealed, through)
         await self._write(due=False, through=through)  # what is judged now is in the store
         while True:
             if self._judged is not None and through <= self._judged:
@@ -763,7 +772,7 @@ class IncidentAggregator:
             judged = self._judged
             if judged is None:
                 return 0
-            # Minute counts are read per batch and, on FerretDB, every read scans them all: keep
+            # Minute counts are read per judged minute and, on FerretDB, every read scans them: keep
             # only what a worker starting now or one a little behind needs. Say so in the mark
             # before deleting: a worker further behind, which reads the marks again after the
             # minutes, then starts over (`_seed`) instead of judging on holes.

@@ -545,7 +545,7 @@ class WorkerMinute:
         return self.copy().add(other)
 
     def add(self, other: WorkerMinute) -> WorkerMinute:
-        """Add `other`'s counts to these, in place (a worker's running minute, per batch)."""
+        """Add `other`'s counts to these, in place (a batch's, to those waiting to be written)."""
         for sid, weight in other.scopes.items():
             self.scopes[sid] = self.scopes.get(sid, 0.0) + weight
         for iid, group in other.groups.items():

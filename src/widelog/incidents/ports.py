@@ -16,10 +16,11 @@ if TYPE_CHECKING:
 class IncidentStore(Protocol):
     """Where every worker's incident aggregator keeps its state, so there is one incident per key.
 
-    Insert-only: each record has a deterministic id and a second insert of it is ignored, which
-    makes re-delivered and retried batches harmless and needs no atomic update (FerretDB loses
-    concurrent updates of one document). Counts are summed when read. `token` identifies the
-    batch a record came from. Times are aware UTC datetimes; minutes are whole minutes.
+    Insert-only (the marks aside: one writer each): each record has a unique id and a second
+    insert of it is ignored, which makes a retried write harmless and needs no atomic update
+    (FerretDB loses concurrent updates of one document). Counts are summed when read. `token`
+    identifies the write a record came from. Times are aware UTC datetimes; minutes are whole
+    minutes.
 
     The aggregator reads, while judging, one `_id` range of minute counts per judging step.
     FerretDB 1.24 scans the collection for it (as for any find by `_id`), so the counts are kept
@@ -75,7 +76,8 @@ class IncidentStore(Protocol):
     ) -> int:
         """Delete what is older and no longer needed; return how many records.
 
-        Every worker's minute counts before `minutes_before` (read per batch, so kept few) and,
+        Every worker's minute counts before `minutes_before` (read per judged minute, so kept
+        few) and,
         with `facts_before`, the contributions and members before it of groups not in `keep`
         (never opened: the large part), and the marks of workers silent since then.
         """
