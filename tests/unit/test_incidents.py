@@ -1355,6 +1355,21 @@ async def test_an_event_of_a_minute_being_judged_is_late_not_counted_apart_from_
     assert (10, 10, 5) == (stored, aggregator._scopes[chat][T0], aggregator.late_events)
 
 
+async def test_a_backlog_judged_between_sweeps_keeps_the_minute_counts_to_a_window():
+    """Draining a backlog judges an hour of minutes in seconds, long before the next sweep.
+    Every judging step reads the minute counts (a scan of all of them on FerretDB), so they are
+    pruned as judging goes, not left to pile up until the sweep."""
+    store = InMemoryIncidentStore()
+    aggregator = IncidentAggregator(store, IncidentRules(), clock=lambda: T0 + 70 * MIN)
+    events = burst(T0, seconds=3600, successes=3600, errors={"LLM_TIMEOUT": 120})
+    for batch in batches(events, 100):  # no sweep in between
+        await aggregator.observe(batch)
+    kept = {counts.minute for counts in store._minutes.values()}
+    assert aggregator.judged_through is not None
+    assert aggregator.judged_through >= T0 + 55 * MIN
+    assert len(kept) <= 30  # a window, the lateness and a few minutes, not the hour
+
+
 async def test_minutes_pruned_while_a_worker_reads_them_are_not_taken_for_silence():
     """A worker far behind reads the marks, then the minute counts; if the one ahead prunes in
     between, the holes must not read as silence (which resolved an incident whose errors went

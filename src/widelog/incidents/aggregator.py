@@ -79,9 +79,11 @@ WRITE_FACTS_EVERY_S = 1.0  # a batch's facts reach the store this late at most, 
 NO_REQUESTS = Total(estimated=True)
 # Pruning facts deletes by minute and incident: FerretDB scans every fact for that (5.5 s with a
 # day of an open incident's), so it runs once per hour of judged event time, from an hour after
-# this worker started judging; the minutes (a small collection, read per judged minute) every
-# sweep.
+# this worker started judging. The minutes (a small collection, read per judged minute) every
+# sweep, and while a backlog is judged faster than sweeps come, every few judged minutes: each
+# read scans them all on FerretDB, so they must not pile up between sweeps.
 PRUNE_FACTS_EVERY = dt.timedelta(hours=1)
+PRUNE_MINUTES_EVERY = dt.timedelta(minutes=5)
 MEMBERS_REMEMBERED = 100_000  # members known to be written, so not written again (then forgotten)
 
 
@@ -586,7 +588,12 @@ class IncidentAggregator:
         minute not judged yet (`ask` forces it: the sweep, where wall time may have done so).
         """
         async with self._judging:
-            return await self._advance_locked(now, ask=ask, floor=floor)
+            result = await self._advance_locked(now, ask=ask, floor=floor)
+            judged, pruned = self._judged, self._pruned_before
+            horizon = None if judged is None else minute_of(judged - self._keep - self._lateness)
+            if horizon is not None and (pruned is None or horizon - pruned >= PRUNE_MINUTES_EVERY):
+                result.pruned += await self._prune_locked(now, facts=False)
+            return result
 
     async def _advance_locked(
         self, now: dt.datetime, *, ask: bool, floor: dt.datetime | None
@@ -769,27 +776,31 @@ class IncidentAggregator:
     async def _prune(self, now: dt.datetime) -> int:
         """Delete the records no worker needs any more; how many."""
         async with self._judging:
-            judged = self._judged
-            if judged is None:
-                return 0
-            # Minute counts are read per judged minute and, on FerretDB, every read scans them: keep
-            # only what a worker starting now or one a little behind needs. Say so in the mark
-            # before deleting: a worker further behind, which reads the marks again after the
-            # minutes, then starts over (`_seed`) instead of judging on holes.
-            horizon = minute_of(judged - self._keep - self._lateness)
-            if self._pruned_before is None or horizon > self._pruned_before:
-                self._pruned_before = horizon
-                await self._publish(now)
-            facts = judged - (self._pruned_at or judged) >= PRUNE_FACTS_EVERY
-            opened = [iid for iid, state in self._groups.items() if state.episode > 0]
-            pruned = await self._store.prune(
-                minutes_before=self._pruned_before,
-                facts_before=judged - self._retention if facts else None,
-                keep=opened,
-            )
-            if facts or self._pruned_at is None:
-                self._pruned_at = judged
-            return pruned
+            return await self._prune_locked(now, facts=True)
+
+    async def _prune_locked(self, now: dt.datetime, *, facts: bool) -> int:
+        """Delete the minute counts no worker needs, and (`facts`, hourly) old facts and marks."""
+        judged = self._judged
+        if judged is None:
+            return 0
+        # Minute counts are read per judged minute and, on FerretDB, every read scans them: keep
+        # only what a worker starting now or one a little behind needs. Say so in the mark
+        # before deleting: a worker further behind, which reads the marks again after the
+        # minutes, then starts over (`_seed`) instead of judging on holes.
+        horizon = minute_of(judged - self._keep - self._lateness)
+        if self._pruned_before is None or horizon > self._pruned_before:
+            self._pruned_before = horizon
+            await self._publish(now)
+        facts = facts and judged - (self._pruned_at or judged) >= PRUNE_FACTS_EVERY
+        opened = [iid for iid, state in self._groups.items() if state.episode > 0]
+        pruned = await self._store.prune(
+            minutes_before=self._pruned_before,
+            facts_before=judged - self._retention if facts else None,
+            keep=opened,
+        )
+        if facts or self._pruned_at is None:
+            self._pruned_at = judged
+        return pruned
 
     async def settle(self) -> SweepResult:
         """Judge every minute up to the newest event, as if wall time had run on in silence.
