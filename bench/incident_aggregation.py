@@ -4,7 +4,9 @@
 FerretDB with incidents off, incidents on over an empty incident store, and incidents on over a
 store that already holds 24 h of per-minute records (what a day of the same traffic, about 2,000
 requests a minute, leaves behind), off again with that history present, and off and on over
-2,000 routes (thousands of scopes a minute); and inserts the same documents by plain
+2,000 routes (thousands of scopes a minute), also as a 45-minute backlog (90,000 events: judging
+runs far ahead of the sweeper, whose prunes then come too late); and inserts the same documents
+by plain
 `insert_many`, batches of 100 (the store's own rate). It reports events/s, the ratios to
 incidents off and to `insert_many`, and the mean ms per batch in each quarter of the drain:
 a store query that scans a growing collection shows as a rising ms per batch. The events' times
@@ -37,6 +39,7 @@ from widelog.incidents.watermark import WorkerMark
 from worker_drain import ceiling, drain, realistic_records
 
 MANY_ROUTES = 2000  # distinct routes in the case of thousands of scopes a minute
+LONG_BACKLOG = 90_000  # events in the longest case: 45 minutes of event time, drained in ~30 s
 BATCHES_PER_MINUTE = 20  # ~2,000 requests a minute in batches of 100
 ROUTE = (("http.route", "/v1/chat"),)
 PROVIDER = (("llm.provider", "openai-compatible"), ("llm.model", "gpt-4o-mini"))
@@ -122,16 +125,21 @@ def run(services: Services, *, events: int, quick: bool) -> dict[str, Any]:
     records = spread_in_time(realistic_records(events), BATCHES_PER_MINUTE * 100)
     first = msgspec.json.decode(records[0][1])["timestamp"]
     begin = dt.datetime.fromisoformat(first.replace("Z", "+00:00"))
-    many = spread_over_routes(records, MANY_ROUTES)
+    inputs = {(events, 1): records}
     rows = []
-    # (incidents, hours of history, routes): the last two, thousands of scopes a minute
-    cases = [(False, 0, 1), (True, 0, 1), (True, 24, 1)]
+    # (incidents, hours of history, routes, events): thousands of scopes a minute, then over a
+    # backlog long enough that judging prunes while it drains (minute counts pile up otherwise)
+    cases = [(False, 0, 1, events), (True, 0, 1, events), (True, 24, 1, events)]
     if not quick:
-        cases += [(False, 24, 1), (False, 0, MANY_ROUTES), (True, 0, MANY_ROUTES)]
-    for incidents, hours, routes in cases:
+        cases += [(False, 24, 1, events)]
+        cases += [(inc, 0, MANY_ROUTES, n) for n in (events, LONG_BACKLOG) for inc in (False, True)]
+    for incidents, hours, routes, count in cases:
+        if (count, routes) not in inputs:
+            timed = spread_in_time(realistic_records(count), BATCHES_PER_MINUTE * 100)
+            inputs[count, routes] = spread_over_routes(timed, routes)
         row = drain(
             services,
-            records if routes == 1 else many,
+            inputs[count, routes],
             transport="kafka",
             workers=1,
             batch=100,
@@ -139,17 +147,23 @@ def run(services: Services, *, events: int, quick: bool) -> dict[str, Any]:
             timeout=600.0,
             prepare=seed_history(hours, begin) if hours else None,
         )
-        row["history_h"], row["routes"] = hours, routes
+        row["history_h"], row["routes"], row["events"] = hours, routes, count
         rows.append(row)
         log(
-            f"incidents {'on' if incidents else 'off'}, {hours} h history, {routes} routes: "
-            f"{row['events_per_s']:.0f} ev/s, ms/batch by quarter {row['ms_per_batch']}"
+            f"incidents {'on' if incidents else 'off'}, {hours} h history, {routes} routes, "
+            f"{count} events: {row['events_per_s']:.0f} ev/s, ms/batch by quarter "
+            f"{row['ms_per_batch']}"
         )
     # The floor of the store itself: the same documents by plain `insert_many`, batches of 100.
     plain = ceiling(services, records, 100)
     log(f"plain insert_many, batches of 100: {plain['events_per_s']:.0f} ev/s")
-    for row in rows:  # against incidents off over an empty store with the same routes
-        off = next(r for r in rows if not r["incidents"] and r["routes"] == row["routes"])
+    for row in rows:  # against incidents off over an empty store with the same input
+        off = next(
+            r
+            for r in rows
+            if not r["incidents"]
+            and (r["routes"], r["events"], r["history_h"]) == (row["routes"], row["events"], 0)
+        )
         row["vs_off"] = row["events_per_s"] / off["events_per_s"] if off["events_per_s"] else 0.0
         row["vs_insert_many"] = row["events_per_s"] / plain["events_per_s"]
     return {"events": events, "batch": 100, "insert_many": plain, "rows": rows}
