@@ -1370,6 +1370,24 @@ async def test_a_backlog_judged_between_sweeps_keeps_the_minute_counts_to_a_wind
     assert len(kept) <= 30  # a window, the lateness and a few minutes, not the hour
 
 
+async def test_a_prune_failing_while_a_batch_is_judged_fails_nothing_and_is_retried(caplog):
+    class FlakyPrune(InMemoryIncidentStore):
+        failures = 1
+
+        async def prune(self, **kwargs: Any) -> int:
+            if self.failures:
+                self.failures -= 1
+                raise ConnectionError("the store went away")
+            return await super().prune(**kwargs)
+
+    store = FlakyPrune()
+    aggregator = IncidentAggregator(store, IncidentRules(), clock=lambda: T0 + 70 * MIN)
+    for batch in batches(burst(T0, seconds=3600, successes=3600), 100):
+        await aggregator.observe(batch)  # raises nothing
+    assert "pruning minute counts failed" in caplog.text
+    assert len({counts.minute for counts in store._minutes.values()}) <= 30
+
+
 async def test_minutes_pruned_while_a_worker_reads_them_are_not_taken_for_silence():
     """A worker far behind reads the marks, then the minute counts; if the one ahead prunes in
     between, the holes must not read as silence (which resolved an incident whose errors went

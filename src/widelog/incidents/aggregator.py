@@ -177,7 +177,7 @@ class IncidentAggregator:
         self.write_every_s = min(self.write_every_s, self._idle_after.total_seconds() / 2)
         longest = max((max(r.window, r.quiet) for r in rules.active), default=0)
         # Whole minutes kept in memory behind the last judged one: the longest window or quiet
-        # period; the store keeps every worker's minute counts `lateness` longer (`sweep`).
+        # period; the store keeps every worker's minute counts `lateness` longer (`_prune`).
         self._keep = dt.timedelta(minutes=math.ceil(longest / 60) + 1)
         self._max_window = dt.timedelta(seconds=max((r.window for r in rules.active), default=0))
         # The facts of groups that never opened are pruned by `sweep` after this.
@@ -589,10 +589,15 @@ class IncidentAggregator:
         """
         async with self._judging:
             result = await self._advance_locked(now, ask=ask, floor=floor)
-            judged, pruned = self._judged, self._pruned_before
+            # A backlog judges faster than sweeps come: prune the minute counts as it goes (any
+            # worker's prune will do). A failure is the next prune's to retry, not the batch's.
+            judged, pruned = self._judged, pruned_before(self._marks)
             horizon = None if judged is None else minute_of(judged - self._keep - self._lateness)
             if horizon is not None and (pruned is None or horizon - pruned >= PRUNE_MINUTES_EVERY):
-                result.pruned += await self._prune_locked(now, facts=False)
+                try:
+                    result.pruned += await self._prune_locked(now, facts=False)
+                except Exception:
+                    log.warning("incidents: pruning minute counts failed", exc_info=True)
             return result
 
     async def _advance_locked(
@@ -770,7 +775,7 @@ class IncidentAggregator:
         await self.flush()
         now = now or self._clock()
         result = await self._advance(now, ask=True)
-        result.pruned = await self._prune(now)
+        result.pruned += await self._prune(now)
         return result
 
     async def _prune(self, now: dt.datetime) -> int:
@@ -779,26 +784,36 @@ class IncidentAggregator:
             return await self._prune_locked(now, facts=True)
 
     async def _prune_locked(self, now: dt.datetime, *, facts: bool) -> int:
-        """Delete the minute counts no worker needs, and (`facts`, hourly) old facts and marks."""
+        """Delete the minute counts no worker needs; how many records.
+
+        With `facts` (the sweep), hourly, also the facts of groups that never opened and the
+        marks of workers gone.
+        """
         judged = self._judged
         if judged is None:
             return 0
         # Minute counts are read per judged minute and, on FerretDB, every read scans them: keep
         # only what a worker starting now or one a little behind needs. Say so in the mark
         # before deleting: a worker further behind, which reads the marks again after the
-        # minutes, then starts over (`_seed`) instead of judging on holes.
+        # minutes, then starts over (`_seed`) instead of judging on holes. Only what the
+        # published mark says is deleted (the publish may fail).
         horizon = minute_of(judged - self._keep - self._lateness)
         if self._pruned_before is None or horizon > self._pruned_before:
             self._pruned_before = horizon
-            await self._publish(now)
-        facts = facts and judged - (self._pruned_at or judged) >= PRUNE_FACTS_EVERY
+        await self._publish(now)
+        published = None if self._published is None else self._published.pruned_before
+        if published is None:
+            return 0
+        # The hour between fact prunes runs from the first sweep's prune (a `rebuild` never
+        # gets there), not from the first judging.
+        due = facts and judged - (self._pruned_at or judged) >= PRUNE_FACTS_EVERY
         opened = [iid for iid, state in self._groups.items() if state.episode > 0]
         pruned = await self._store.prune(
-            minutes_before=self._pruned_before,
-            facts_before=judged - self._retention if facts else None,
+            minutes_before=published,
+            facts_before=judged - self._retention if due else None,
             keep=opened,
         )
-        if facts or self._pruned_at is None:
+        if facts and (due or self._pruned_at is None):
             self._pruned_at = judged
         return pruned
 

@@ -66,7 +66,8 @@ class MongoIncidentStore:
     (docs/incidents.md says why); only inserts use its index. So the records written per batch
     are inserted, and the ones read per judging step (minute counts) are kept few by `prune`.
     The summaries' reads (one incident's facts, its members, the transitions) and the prune
-    scan too; they run per request or per sweep, never per batch.
+    scan too; they run per request, per sweep, or (the minute counts' prune) every few judged
+    minutes, never per batch.
     """
 
     def __init__(
@@ -180,8 +181,9 @@ class MongoIncidentStore:
         facts_before: dt.datetime | None = None,
         keep: Collection[str] = (),
     ) -> int:
-        # Scans (not per batch): of the small minutes collection at every sweep, and, with
-        # `facts_before`, of every fact, for the groups that never opened (hourly).
+        # Scans (not per batch): of the small minutes collection at every sweep and every few
+        # judged minutes, and, with `facts_before`, of every fact, for the groups that never
+        # opened (hourly, from the sweep).
         query: dict[str, Any] = {"minute": {"$lt": minutes_before}}
         deleted = (await self._minutes.delete_many(query)).deleted_count
         if facts_before is not None:
