@@ -311,8 +311,8 @@ class IncidentAggregator:
         it (a worker that had judged them pruned meanwhile): `_seed` past them instead.
         """
         if start is None:  # the first judging: from the first minute any worker counted
-            firsts = [mark.first for mark in self._marks.values() if mark.first is not None]
-            start = min([*firsts, *([self._first] if self._first else [])], default=end)
+            firsts = [mark.first for mark in self._marks.values()] + [self._first]
+            start = min((first for first in firsts if first is not None), default=end)
         if pruned_from(self._marks, start):
             return False
         counts = await self._store.minute_counts(start, end)
@@ -591,8 +591,7 @@ class IncidentAggregator:
             result = await self._advance_locked(now, ask=ask, floor=floor)
             # A backlog judges faster than sweeps come: prune the minute counts as it goes (any
             # worker's prune will do). A failure is the next prune's to retry, not the batch's.
-            judged, pruned = self._judged, pruned_before(self._marks)
-            horizon = None if judged is None else minute_of(judged - self._keep - self._lateness)
+            horizon, pruned = self._prune_horizon(), pruned_before(self._marks)
             if horizon is not None and (pruned is None or horizon - pruned >= PRUNE_MINUTES_EVERY):
                 try:
                     result.pruned += await self._prune_locked(now, facts=False)
@@ -778,6 +777,16 @@ class IncidentAggregator:
         result.pruned += await self._prune(now)
         return result
 
+    def _prune_horizon(self) -> dt.datetime | None:
+        """The minute before which no worker starting now, or a little behind, needs counts.
+
+        A window and the lateness before the last judged minute. Minute counts are read per
+        judged minute and, on FerretDB, every read scans them all, so they are kept few.
+        """
+        if self._judged is None:
+            return None
+        return minute_of(self._judged - self._keep - self._lateness)
+
     async def _prune(self, now: dt.datetime) -> int:
         """Delete the records no worker needs any more; how many."""
         async with self._judging:
@@ -789,15 +798,12 @@ class IncidentAggregator:
         With `facts` (the sweep), hourly, also the facts of groups that never opened and the
         marks of workers gone.
         """
-        judged = self._judged
-        if judged is None:
+        judged, horizon = self._judged, self._prune_horizon()
+        if judged is None or horizon is None:
             return 0
-        # Minute counts are read per judged minute and, on FerretDB, every read scans them: keep
-        # only what a worker starting now or one a little behind needs. Say so in the mark
-        # before deleting: a worker further behind, which reads the marks again after the
-        # minutes, then starts over (`_seed`) instead of judging on holes. Only what the
-        # published mark says is deleted (the publish may fail).
-        horizon = minute_of(judged - self._keep - self._lateness)
+        # Say so in the mark before deleting: a worker further behind, which reads the marks
+        # again after the minutes, then starts over (`_seed`) instead of judging on holes. Only
+        # what the published mark says is deleted (the publish may fail).
         if self._pruned_before is None or horizon > self._pruned_before:
             self._pruned_before = horizon
         await self._publish(now)

@@ -77,9 +77,8 @@ class IncidentStore(Protocol):
         """Delete what is older and no longer needed; return how many records.
 
         Every worker's minute counts before `minutes_before` (read per judged minute, so kept
-        few) and,
-        with `facts_before`, the contributions and members before it of groups not in `keep`
-        (never opened: the large part), and the marks of workers silent since then.
+        few) and, with `facts_before`, the contributions and members before it of groups not in
+        `keep` (never opened: the large part), and the marks of workers silent since then.
         """
         ...
 
